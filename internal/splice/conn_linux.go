@@ -1,0 +1,470 @@
+//go:build linux
+
+package splice
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// spliceFlags: SPLICE_F_NONBLOCK makes the pipe side non-blocking
+	// (the sockets are O_NONBLOCK already); SPLICE_F_MOVE is a hint the
+	// kernel may use to move pages instead of copying them.
+	spliceFlags = unix.SPLICE_F_MOVE | unix.SPLICE_F_NONBLOCK
+	// budget is how many bytes one direction may move per service call
+	// before the connection yields to others in the same loop.
+	budget = 1 << 20
+	// scratchSize is the loop's buffer for the no-pipe fallback.
+	scratchSize = 64 << 10
+)
+
+// sock is one socket of a connection and what epoll last said of it.
+type sock struct {
+	fd       int
+	readable bool // no EAGAIN seen on read since the last EPOLLIN
+	writable bool // no EAGAIN seen on write since the last EPOLLOUT
+	failed   bool // EPOLLERR or EPOLLHUP seen
+}
+
+// half is one direction of a connection: bytes read from src, written to
+// dst through p.
+type half struct {
+	p    *pipe // nil while no bytes are in flight
+	n    int   // bytes in p
+	eof  bool  // src reached EOF
+	done bool  // EOF delivered: dst was shut down for writing
+}
+
+// conn is one relayed connection. An idle conn holds no pipe: this struct
+// and two socket fds are its whole cost.
+type conn struct {
+	id         uint32
+	connecting bool
+	closed     bool
+	queued     bool // in loop.ready
+	client     sock
+	backend    sock
+	up         half // client → backend
+	down       half // backend → client
+	last       int64 // loop clock at the last byte moved
+	deadline   int64 // connect deadline while connecting
+	peer       netip.AddrPort
+	prev, next *conn
+}
+
+// open starts relaying a freshly accepted client socket: it begins a
+// non-blocking connect to the backend and registers both sockets.
+func (l *loop) open(cfd int, sa unix.Sockaddr) {
+	l.e.r.connOpened()
+	l.nextID++
+	c := &conn{id: l.nextID, client: sock{fd: cfd}, backend: sock{fd: -1}, peer: addrPortOf(sa)}
+	bfd, err := unix.Socket(l.e.family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		unix.Close(cfd)
+		l.e.r.stats.failed.Add(1)
+		l.e.r.connDone(1)
+		l.logErr("backend socket failed; closing client "+c.peer.String(), err)
+		return
+	}
+	c.backend.fd = bfd
+	if l.e.tcp {
+		// Small writes must leave at once: the proxy must not add
+		// Nagle delay to request/response traffic.
+		unix.SetsockoptInt(cfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		unix.SetsockoptInt(bfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	}
+	c.connecting = true
+	err = unix.Connect(bfd, l.e.backendSA)
+	switch err {
+	case nil:
+		c.connecting = false
+	case unix.EINPROGRESS:
+	default:
+		l.link(c)
+		l.connectFailed(c, err)
+		return
+	}
+	l.link(c)
+	if err := l.register(c, cfd); err != nil {
+		l.finish(c, err, false)
+		return
+	}
+	if err := l.register(c, bfd); err != nil {
+		l.finish(c, err, false)
+		return
+	}
+	c.last = l.now
+	c.deadline = l.now + int64(l.e.r.connectTimeout())
+}
+
+// link adds c to the live list and the fd table.
+func (l *loop) link(c *conn) {
+	c.prev, c.next = l.live.prev, &l.live
+	l.live.prev.next = c
+	l.live.prev = c
+	l.nlive++
+	for _, fd := range [2]int{c.client.fd, c.backend.fd} {
+		for fd >= len(l.byFD) {
+			l.byFD = append(l.byFD, nil)
+		}
+		l.byFD[fd] = c
+	}
+}
+
+// register adds fd to epoll, edge-triggered for input, output and
+// errors: readiness is tracked in sock, so interest never changes and no
+// further epoll_ctl is needed for backpressure.
+func (l *loop) register(c *conn, fd int) error {
+	ev := unix.EpollEvent{
+		Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET,
+		Fd:     int32(fd),
+		Pad:    int32(c.id),
+	}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return fmt.Errorf("epoll_ctl add: %w", err)
+	}
+	return nil
+}
+
+// onEvent records what epoll reported for one socket of c and moves bytes.
+func (l *loop) onEvent(c *conn, fd int, ev uint32) {
+	s := &c.client
+	if fd == c.backend.fd {
+		s = &c.backend
+	}
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		s.readable = true
+	}
+	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		s.writable = true
+	}
+	if ev&(unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		s.failed = true
+	}
+	if c.connecting {
+		switch {
+		case s == &c.backend && ev&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0:
+			l.connected(c)
+		case s == &c.client && s.failed:
+			l.finish(c, errors.New("client closed while backend was connecting"), false)
+		}
+		return
+	}
+	l.service(c)
+}
+
+// connected completes a non-blocking connect.
+func (l *loop) connected(c *conn) {
+	errno, err := unix.GetsockoptInt(c.backend.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	if err == nil && errno != 0 {
+		err = syscall.Errno(errno)
+	}
+	if err != nil {
+		l.connectFailed(c, err)
+		return
+	}
+	c.connecting = false
+	c.backend.failed = false
+	c.last = l.now
+	l.service(c)
+}
+
+// connectFailed closes a client whose backend could not be reached.
+func (l *loop) connectFailed(c *conn, err error) {
+	l.e.r.stats.failed.Add(1)
+	l.e.r.logger().Warn("backend connect failed; closing client",
+		"client", c.peer.String(), "backend", l.e.r.Backend.String(), "err", err)
+	l.finish(c, nil, false)
+}
+
+// service moves bytes in both directions until each would block, then
+// ends the connection if both directions are done or a socket failed.
+func (l *loop) service(c *conn) {
+	more1, err := l.pump(c, &c.up, &c.client, &c.backend)
+	if err == nil {
+		var more2 bool
+		more2, err = l.pump(c, &c.down, &c.backend, &c.client)
+		more1 = more1 || more2
+	}
+	if err != nil {
+		if errors.Is(err, errNoSplice) {
+			l.handoff(c)
+			return
+		}
+		l.finish(c, err, true)
+		return
+	}
+	if c.up.done && c.down.done {
+		l.finish(c, nil, false)
+		return
+	}
+	// A socket that reported an error or hang-up, and from which nothing
+	// more will be read, can no longer take bytes either: nothing is left
+	// to deliver, so end the connection now instead of when the other side
+	// next sends.
+	if (c.client.failed && c.up.eof) || (c.backend.failed && c.down.eof) {
+		l.finish(c, sockErr(c), true)
+		return
+	}
+	if more1 && !c.queued {
+		c.queued = true
+		l.ready = append(l.ready, c)
+	}
+}
+
+// sockErr names the pending error of whichever socket of c failed.
+func sockErr(c *conn) error {
+	for _, s := range [2]*sock{&c.client, &c.backend} {
+		if !s.failed {
+			continue
+		}
+		if errno, err := unix.GetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && errno != 0 {
+			return syscall.Errno(errno)
+		}
+	}
+	return unix.ECONNRESET
+}
+
+// errNoSplice reports that the kernel cannot splice this socket type.
+var errNoSplice = errors.New("socket type cannot splice")
+
+// pump moves bytes from src to dst through h's pipe until src has nothing
+// more, dst can take nothing more, or the budget is spent (then more is
+// true). Invariant: bytes are read into the pipe only when it is empty,
+// so an EAGAIN on that read always means src is drained, never that the
+// pipe is full.
+func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
+	if h.done {
+		return false, nil
+	}
+	moved := 0
+	for {
+		if h.n > 0 {
+			if !dst.writable {
+				return false, nil
+			}
+			n, err := unix.Splice(h.p.r, nil, dst.fd, nil, h.n, spliceFlags)
+			if err != nil {
+				switch err {
+				case unix.EAGAIN:
+					dst.writable = false
+					return false, nil
+				case unix.EINTR:
+					continue
+				}
+				return false, fmt.Errorf("write: %w", err)
+			}
+			h.n -= int(n)
+			moved += int(n)
+			c.last = l.now
+			if h.n > 0 {
+				continue
+			}
+		}
+		// The pipe is empty here.
+		if h.eof {
+			l.dropPipe(h)
+			h.done = true
+			if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
+				return false, fmt.Errorf("shutdown: %w", err)
+			}
+			return false, nil
+		}
+		if !src.readable {
+			l.dropPipe(h)
+			return false, nil
+		}
+		if moved >= budget {
+			return true, nil
+		}
+		if h.p == nil {
+			p, perr := l.pool.get()
+			if perr != nil {
+				// No fd for a pipe: move this chunk through the loop's
+				// buffer instead of stalling (a stalled direction could
+				// hold the pipes its peer direction waits for).
+				n, err := l.copyChunk(src, dst, h)
+				if err != nil {
+					return false, err
+				}
+				moved += n
+				if n == 0 && !h.eof {
+					return false, nil
+				}
+				continue
+			}
+			h.p = p
+		}
+		var n int64
+		if l.noSpliceFor {
+			err = unix.EINVAL
+		} else {
+			n, err = unix.Splice(src.fd, nil, h.p.w, nil, h.p.size, spliceFlags)
+		}
+		if err != nil {
+			switch err {
+			case unix.EAGAIN:
+				src.readable = false
+				continue
+			case unix.EINTR:
+				continue
+			case unix.EINVAL:
+				// This socket type has no splice support; nothing was
+				// consumed, so the relay can move on to copying.
+				return false, errNoSplice
+			}
+			return false, fmt.Errorf("read: %w", err)
+		}
+		if n == 0 {
+			h.eof = true
+			continue
+		}
+		h.n = int(n)
+		c.last = l.now
+	}
+}
+
+// dropPipe gives h's pipe back: to the pool if empty, closed if it still
+// holds bytes.
+func (l *loop) dropPipe(h *half) {
+	if h.p != nil {
+		l.pool.put(h.p, h.n == 0)
+		h.p = nil
+		h.n = 0
+	}
+}
+
+// copyChunk moves one chunk from src to dst through the loop's buffer. It
+// peeks, writes what dst takes, and only then consumes that much from
+// src, so no byte waits in user space between events. It returns the
+// bytes moved; zero with no error means one side would block.
+func (l *loop) copyChunk(src, dst *sock, h *half) (int, error) {
+	if !dst.writable {
+		return 0, nil
+	}
+	if l.scratch == nil {
+		l.scratch = make([]byte, scratchSize)
+	}
+	n, _, err := unix.Recvfrom(src.fd, l.scratch, unix.MSG_PEEK)
+	switch {
+	case err == unix.EAGAIN:
+		src.readable = false
+		return 0, nil
+	case err != nil:
+		return 0, fmt.Errorf("read: %w", err)
+	case n == 0:
+		h.eof = true
+		return 0, nil
+	}
+	w, err := unix.Write(dst.fd, l.scratch[:n])
+	if err == unix.EAGAIN {
+		dst.writable = false
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("write: %w", err)
+	}
+	if _, err := unix.Read(src.fd, l.scratch[:w]); err != nil {
+		return 0, fmt.Errorf("read: %w", err)
+	}
+	return w, nil
+}
+
+// finish ends c: it unlinks it, returns or closes its pipes and closes
+// both sockets. With reset, sockets are closed with RST so each peer sees
+// a failure rather than a clean end of stream. A non-nil reason other
+// than a clean end is logged.
+func (l *loop) finish(c *conn, reason error, reset bool) {
+	if c.closed {
+		return
+	}
+	c.closed = true
+	l.unlink(c)
+	l.dropPipe(&c.up)
+	l.dropPipe(&c.down)
+	for _, fd := range [2]int{c.client.fd, c.backend.fd} {
+		if fd < 0 {
+			continue
+		}
+		if reset {
+			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		}
+		unix.Close(fd)
+	}
+	l.e.r.connDone(1)
+	if reason != nil {
+		l.e.r.logger().Info("connection closed", "client", c.peer.String(),
+			"backend", l.e.r.Backend.String(), "reason", reason.Error())
+	}
+}
+
+// unlink removes c from the live list and the fd table.
+func (l *loop) unlink(c *conn) {
+	c.prev.next = c.next
+	c.next.prev = c.prev
+	c.prev, c.next = nil, nil
+	l.nlive--
+	for _, fd := range [2]int{c.client.fd, c.backend.fd} {
+		if fd >= 0 && fd < len(l.byFD) && l.byFD[fd] == c {
+			l.byFD[fd] = nil
+		}
+	}
+}
+
+// handoff passes c to the copy engine because its sockets cannot splice.
+// Only a connection with no byte in flight and no direction ended can be
+// handed off; any other is reset.
+func (l *loop) handoff(c *conn) {
+	if c.up.n > 0 || c.down.n > 0 || c.up.eof || c.down.eof {
+		l.finish(c, errors.New("socket cannot splice mid-stream"), true)
+		return
+	}
+	l.dropPipe(&c.up)
+	l.dropPipe(&c.down)
+	// Take the sockets out of this loop's epoll set before their fds are
+	// handed to the Go runtime's poller.
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.client.fd, nil)
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.backend.fd, nil)
+	c.closed = true
+	l.unlink(c)
+	client, err1 := fdConn(c.client.fd)
+	backend, err2 := fdConn(c.backend.fd)
+	if err1 != nil || err2 != nil {
+		if client != nil {
+			client.Close()
+		}
+		if backend != nil {
+			backend.Close()
+		}
+		l.e.r.connDone(1)
+		l.e.r.logger().Warn("cannot hand connection to copy relay", "client", c.peer.String(), "err", errors.Join(err1, err2))
+		return
+	}
+	// The copy engine counts the connection as done when it ends.
+	go l.e.handoff.relay(client, backend)
+}
+
+// fdConn wraps fd in a net.Conn, taking ownership of fd.
+func fdConn(fd int) (net.Conn, error) {
+	f := os.NewFile(uintptr(fd), "socket")
+	defer f.Close()
+	return net.FileConn(f)
+}
+
+// addrPortOf converts an accepted peer's socket address for logging.
+func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
+	}
+	return netip.AddrPort{}
+}

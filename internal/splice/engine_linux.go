@@ -1,0 +1,199 @@
+//go:build linux
+
+package splice
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// spliceEngine runs the epoll event loops of ModeSplice.
+type spliceEngine struct {
+	r         *Relay
+	loops     []*loop
+	backendSA unix.Sockaddr
+	family    int
+	tcp       bool // backend is TCP: set TCP_NODELAY on new sockets
+	start     time.Time
+	handoff   *copyEngine // relays connections whose sockets cannot splice
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+func startSplice(r *Relay, lns []net.Listener) (engine, error) {
+	sa, family, err := sockaddrOf(r.Backend)
+	if err != nil {
+		return nil, err
+	}
+	fds := make([]int, 0, len(lns))
+	for _, ln := range lns {
+		fd, err := listenerFD(ln)
+		if err != nil {
+			closeFDs(fds)
+			return nil, err
+		}
+		fds = append(fds, fd)
+	}
+	n := r.Loops
+	if n <= 0 {
+		n = runtime.GOMAXPROCS(0)
+	}
+	e := &spliceEngine{
+		r:         r,
+		backendSA: sa,
+		family:    family,
+		tcp:       family != unix.AF_UNIX,
+		start:     time.Now(),
+		handoff:   newCopyEngine(r),
+	}
+	for i := 0; i < n; i++ {
+		l, err := newLoop(e, fds)
+		if err != nil {
+			for _, l := range e.loops {
+				l.release()
+			}
+			closeFDs(fds)
+			return nil, err
+		}
+		e.loops = append(e.loops, l)
+	}
+	// The loops hold their own duplicates of the listening sockets; the
+	// originals are no longer needed. Closing a duplicate never shuts the
+	// socket down, so a listener passed by systemd keeps its queue.
+	closeFDs(fds)
+	for _, ln := range lns {
+		ln.Close()
+	}
+	for _, l := range e.loops {
+		e.wg.Add(1)
+		go l.run(&e.wg)
+	}
+	return e, nil
+}
+
+// listenerFD returns a duplicate of ln's socket fd, close-on-exec and
+// non-blocking.
+func listenerFD(ln net.Listener) (int, error) {
+	sc, ok := ln.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("listener %s: %T has no file descriptor", ln.Addr(), ln)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return -1, fmt.Errorf("listener %s: %w", ln.Addr(), err)
+	}
+	fd := -1
+	var dupErr error
+	err = raw.Control(func(s uintptr) {
+		fd, dupErr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	})
+	if err == nil {
+		err = dupErr
+	}
+	if err != nil {
+		return -1, fmt.Errorf("listener %s: duplicate fd: %w", ln.Addr(), err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("listener %s: set non-blocking: %w", ln.Addr(), err)
+	}
+	return fd, nil
+}
+
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// now returns the engine's monotonic clock in nanoseconds.
+func (e *spliceEngine) now() int64 { return int64(time.Since(e.start)) }
+
+func (e *spliceEngine) stopAccepting() {
+	for _, l := range e.loops {
+		<-l.post(cmdStopAccept)
+	}
+}
+
+func (e *spliceEngine) closeAll() {
+	e.closeOnce.Do(func() {
+		for _, l := range e.loops {
+			<-l.post(cmdCloseAll)
+		}
+		e.wg.Wait()
+		e.handoff.closeAll()
+	})
+}
+
+func (e *spliceEngine) pipes() (open, idle int64) {
+	for _, l := range e.loops {
+		open += l.pool.open.Load()
+		idle += l.pool.idle.Load()
+	}
+	return open, idle
+}
+
+func (e *spliceEngine) alive(timeout time.Duration) bool {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for _, l := range e.loops {
+		select {
+		case <-l.post(cmdPing):
+		case <-t.C:
+			return false
+		}
+	}
+	return true
+}
+
+// pipesCreated reports how many pipes the loops ever made (for tests).
+func (e *spliceEngine) pipesCreated() (n int64) {
+	for _, l := range e.loops {
+		n += l.pool.created.Load()
+	}
+	return n
+}
+
+// sockaddrOf converts a backend address to a socket address and family.
+func sockaddrOf(a net.Addr) (unix.Sockaddr, int, error) {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		if ip4 := a.IP.To4(); ip4 != nil {
+			sa := &unix.SockaddrInet4{Port: a.Port}
+			copy(sa.Addr[:], ip4)
+			return sa, unix.AF_INET, nil
+		}
+		if ip16 := a.IP.To16(); ip16 != nil {
+			sa := &unix.SockaddrInet6{Port: a.Port}
+			copy(sa.Addr[:], ip16)
+			if a.Zone != "" {
+				ifi, err := net.InterfaceByName(a.Zone)
+				if err != nil {
+					return nil, 0, fmt.Errorf("backend %s: zone: %w", a, err)
+				}
+				sa.ZoneId = uint32(ifi.Index)
+			}
+			return sa, unix.AF_INET6, nil
+		}
+		return nil, 0, fmt.Errorf("backend %s: no IP address", a)
+	case *net.UnixAddr:
+		return &unix.SockaddrUnix{Name: a.Name}, unix.AF_UNIX, nil
+	}
+	return nil, 0, fmt.Errorf("backend %s: unsupported address type %T", a, a)
+}
+
+// errnoOf extracts the errno from err, or 0.
+func errnoOf(err error) syscall.Errno {
+	var en syscall.Errno
+	if errors.As(err, &en) {
+		return en
+	}
+	return 0
+}

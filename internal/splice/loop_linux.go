@@ -1,0 +1,388 @@
+//go:build linux
+
+package splice
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// acceptBatch bounds the accepts done per listener wakeup, so a
+	// connection storm cannot starve established connections. The
+	// listener is level-triggered, so what is left wakes us again.
+	acceptBatch = 64
+	// maxEvents is the epoll_wait batch size.
+	maxEvents = 256
+	// acceptPause is how long a loop stops accepting after EMFILE/ENFILE
+	// (no fd for the new socket): a level-triggered listener would
+	// otherwise wake the loop in a busy spin.
+	acceptPause = 100 * time.Millisecond
+	// minTick and maxTick bound the sweep that enforces connect and idle
+	// timeouts.
+	minTick = 10 * time.Millisecond
+	maxTick = time.Second
+)
+
+// Commands posted to a loop from other goroutines.
+const (
+	cmdStopAccept = iota + 1
+	cmdCloseAll
+	cmdPing // no-op: proves the loop is turning
+)
+
+type command struct {
+	op   int
+	done chan struct{}
+}
+
+// loop is one epoll event loop. Everything it owns (connections, pipes,
+// its listener duplicates) is touched only by its own goroutine, except
+// the command queue, guarded by mu.
+type loop struct {
+	e      *spliceEngine
+	epfd   int
+	wakefd int // eventfd that wakes the loop for commands
+	lfds   []int
+	events []unix.EpollEvent
+
+	byFD   []*conn // connection owning each socket fd
+	live   conn    // sentinel of the list of live connections
+	nlive  int
+	nextID uint32
+	ready  []*conn // connections with work left after their budget ran out
+	pool   pipePool
+	now    int64 // monotonic ns, refreshed after each epoll_wait
+	tick   int64
+	sweep  int64 // when the next timeout sweep is due
+
+	accepting   bool  // listeners are registered
+	stopped     bool  // stopAccepting ran: never accept again
+	resumeAt    int64 // when accepting resumes after EMFILE; 0 if not paused
+	lastErrLog  int64
+	scratch     []byte // buffer for the no-pipe fallback, made on first use
+	noSpliceFor bool   // test hook: pretend the kernel refuses to splice
+
+	mu     sync.Mutex
+	cmds   []command
+	exited bool // the loop is gone: commands are answered at once
+}
+
+func newLoop(e *spliceEngine, listenFDs []int) (*loop, error) {
+	l := &loop{
+		e:      e,
+		events: make([]unix.EpollEvent, maxEvents),
+		pool:   pipePool{max: e.r.maxIdlePipes(), size: e.r.PipeSize},
+	}
+	l.live.next, l.live.prev = &l.live, &l.live
+	var err error
+	if l.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	if l.wakefd, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
+		unix.Close(l.epfd)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	l.lfds = make([]int, 0, len(listenFDs))
+	for _, fd := range listenFDs {
+		dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			l.release()
+			return nil, fmt.Errorf("duplicate listener fd: %w", err)
+		}
+		l.lfds = append(l.lfds, dup)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(l.wakefd)}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, l.wakefd, &ev); err != nil {
+		l.release()
+		return nil, fmt.Errorf("epoll_ctl eventfd: %w", err)
+	}
+	if err := l.registerListeners(); err != nil {
+		l.release()
+		return nil, err
+	}
+	t := e.r.connectTimeout()
+	if it := e.r.IdleTimeout; it > 0 && it < t {
+		t = it
+	}
+	l.tick = int64(min(max(t/8, minTick), maxTick))
+	return l, nil
+}
+
+// registerListeners adds the listeners to this loop's epoll set.
+// EPOLLEXCLUSIVE wakes one loop per incoming connection instead of all.
+func (l *loop) registerListeners() error {
+	for _, fd := range l.lfds {
+		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(fd)}
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+			return fmt.Errorf("epoll_ctl listener: %w", err)
+		}
+	}
+	l.accepting = true
+	return nil
+}
+
+func (l *loop) unregisterListeners() {
+	for _, fd := range l.lfds {
+		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	}
+	l.accepting = false
+}
+
+// release closes the loop's own fds.
+func (l *loop) release() {
+	closeFDs(l.lfds)
+	l.lfds = nil
+	l.pool.drain()
+	if l.wakefd > 0 {
+		unix.Close(l.wakefd)
+	}
+	if l.epfd > 0 {
+		unix.Close(l.epfd)
+	}
+}
+
+// post queues a command for the loop and wakes it. The returned channel
+// is closed once the loop has carried the command out.
+func (l *loop) post(op int) <-chan struct{} {
+	done := make(chan struct{})
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.exited {
+		close(done)
+		return done
+	}
+	l.cmds = append(l.cmds, command{op: op, done: done})
+	one := [8]byte{1}
+	unix.Write(l.wakefd, one[:])
+	return done
+}
+
+// run is the event loop. It returns after cmdCloseAll.
+func (l *loop) run(wg *sync.WaitGroup) {
+	defer wg.Done()
+	l.now = l.e.now()
+	l.sweep = l.now + l.tick
+	for {
+		n, err := unix.EpollWait(l.epfd, l.events, l.waitTimeout())
+		l.now = l.e.now()
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			// EBADF/EINVAL would mean our own epoll fd is broken: a bug,
+			// not a runtime condition. Close everything rather than spin.
+			l.e.r.logger().Error("epoll_wait failed; closing event loop", "err", err)
+			l.exit()
+			return
+		}
+		for i := range n {
+			ev := &l.events[i]
+			fd := int(ev.Fd)
+			if fd == l.wakefd {
+				if l.runCommands() {
+					return
+				}
+				continue
+			}
+			if fd < len(l.byFD) {
+				if c := l.byFD[fd]; c != nil && c.id == uint32(ev.Pad) {
+					l.onEvent(c, fd, ev.Events)
+					continue
+				}
+			}
+			if l.isListener(fd) {
+				l.acceptBatch(fd)
+			}
+			// Otherwise a stale event for a connection closed earlier in
+			// this batch: ignore it.
+		}
+		l.runReady()
+		if l.now >= l.sweep {
+			l.sweepTimeouts()
+		}
+	}
+}
+
+// waitTimeout is the epoll_wait timeout in ms: 0 when work is queued,
+// until the next sweep when connections or a paused accept need timers,
+// forever otherwise.
+func (l *loop) waitTimeout() int {
+	if len(l.ready) > 0 {
+		return 0
+	}
+	if l.nlive == 0 && l.resumeAt == 0 {
+		return -1
+	}
+	d := l.sweep - l.e.now()
+	if d <= 0 {
+		return 0
+	}
+	return int((d + int64(time.Millisecond) - 1) / int64(time.Millisecond))
+}
+
+func (l *loop) isListener(fd int) bool {
+	for _, lfd := range l.lfds {
+		if lfd == fd {
+			return true
+		}
+	}
+	return false
+}
+
+// runCommands carries out queued commands; it reports whether the loop
+// must exit.
+func (l *loop) runCommands() bool {
+	var buf [8]byte
+	unix.Read(l.wakefd, buf[:])
+	l.mu.Lock()
+	cmds := l.cmds
+	l.cmds = nil
+	l.mu.Unlock()
+	exit := false
+	for _, c := range cmds {
+		switch c.op {
+		case cmdStopAccept:
+			l.stopAccepting()
+		case cmdCloseAll:
+			exit = true
+		}
+	}
+	if exit {
+		l.exit()
+	}
+	for _, c := range cmds {
+		close(c.done)
+	}
+	return exit
+}
+
+// exit closes every connection and the loop's own fds, and answers any
+// command posted meanwhile.
+func (l *loop) exit() {
+	l.stopAccepting()
+	l.closeAll()
+	l.mu.Lock()
+	l.exited = true
+	pending := l.cmds
+	l.cmds = nil
+	l.release()
+	l.mu.Unlock()
+	for _, c := range pending {
+		close(c.done)
+	}
+}
+
+func (l *loop) stopAccepting() {
+	if l.stopped {
+		return
+	}
+	l.stopped = true
+	if l.accepting {
+		l.unregisterListeners()
+	}
+	l.resumeAt = 0
+	closeFDs(l.lfds)
+	l.lfds = nil
+}
+
+// closeAll closes every live connection (drain timeout reached).
+func (l *loop) closeAll() {
+	for l.live.next != &l.live {
+		l.finish(l.live.next, nil, false)
+	}
+}
+
+// acceptBatch accepts up to acceptBatch connections from listener fd.
+func (l *loop) acceptBatch(lfd int) {
+	if !l.accepting {
+		return
+	}
+	for range acceptBatch {
+		nfd, sa, err := unix.Accept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		if err != nil {
+			switch err {
+			case unix.EAGAIN:
+				return
+			case unix.EINTR, unix.ECONNABORTED, unix.EPROTO, unix.EPERM:
+				// The client went away or a firewall refused it: next.
+				continue
+			case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
+				l.pauseAccept(err)
+				return
+			}
+			l.logErr("accept failed", err)
+			return
+		}
+		l.open(nfd, sa)
+	}
+}
+
+// pauseAccept stops accepting for acceptPause after running out of fds or
+// memory. Live connections go on; the kernel's backlog holds new clients.
+func (l *loop) pauseAccept(err error) {
+	l.unregisterListeners()
+	l.resumeAt = l.now + int64(acceptPause)
+	if l.sweep > l.resumeAt {
+		l.sweep = l.resumeAt
+	}
+	l.logErr(fmt.Sprintf("accept: out of file descriptors or memory; pausing accepts for %v (raise LimitNOFILE= or ulimit -n)", acceptPause), err)
+}
+
+// logErr logs an accept-level error at most once a second per loop.
+func (l *loop) logErr(msg string, err error) {
+	if l.now-l.lastErrLog < int64(time.Second) && l.lastErrLog != 0 {
+		return
+	}
+	l.lastErrLog = l.now
+	l.e.r.logger().Error(msg, "err", err)
+}
+
+// sweepTimeouts enforces connect and idle timeouts and resumes a paused
+// accept.
+func (l *loop) sweepTimeouts() {
+	l.sweep = l.now + l.tick
+	if l.resumeAt != 0 && l.now >= l.resumeAt {
+		l.resumeAt = 0
+		if !l.stopped {
+			if err := l.registerListeners(); err != nil {
+				l.pauseAccept(err)
+			}
+		}
+	}
+	idle := int64(l.e.r.IdleTimeout)
+	for c := l.live.next; c != &l.live; {
+		next := c.next
+		switch {
+		case c.connecting && l.now >= c.deadline:
+			l.connectFailed(c, fmt.Errorf("connect timeout after %v", l.e.r.connectTimeout()))
+		case !c.connecting && idle > 0 && l.now-c.last >= idle:
+			l.finish(c, errIdle, false)
+		}
+		c = next
+	}
+}
+
+// runReady services connections whose byte budget ran out while they
+// still had work, so that edge-triggered readiness is not lost.
+func (l *loop) runReady() {
+	if len(l.ready) == 0 {
+		return
+	}
+	batch := l.ready
+	l.ready = nil
+	for i, c := range batch {
+		batch[i] = nil
+		c.queued = false
+		if c.closed {
+			continue
+		}
+		l.service(c)
+	}
+	if l.ready == nil {
+		l.ready = batch[:0]
+	}
+}

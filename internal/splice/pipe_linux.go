@@ -1,0 +1,91 @@
+//go:build linux
+
+package splice
+
+import (
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// pipe is a kernel pipe used as the in-kernel buffer of one direction of
+// one connection while bytes are in flight.
+type pipe struct {
+	r, w int // read and write ends
+	size int // capacity in bytes
+}
+
+// pipePool keeps a bounded number of empty pipes for one event loop. It is
+// owned by that loop's goroutine; only the counters are read elsewhere.
+//
+// Invariant: every pipe in free is empty. A pipe that still holds bytes
+// is closed, never pooled, so one connection's bytes can never reach
+// another connection.
+type pipePool struct {
+	free    []*pipe
+	max     int
+	size    int          // F_SETPIPE_SZ request; 0 keeps the kernel default
+	open    atomic.Int64 // pipes created and not yet closed, pooled or in use
+	idle    atomic.Int64 // len(free), readable from other goroutines
+	created atomic.Int64 // pipes ever created (for tests and stats)
+}
+
+// defaultPipeSize is the capacity of a pipe when PipeSize is zero: the
+// kernel's default of 16 pages.
+const defaultPipeSize = 16 * 4096
+
+// get returns an empty pipe from the pool, or a new one. It returns nil
+// with the error when no pipe can be made (typically EMFILE).
+func (pp *pipePool) get() (*pipe, error) {
+	if n := len(pp.free); n > 0 {
+		p := pp.free[n-1]
+		pp.free[n-1] = nil
+		pp.free = pp.free[:n-1]
+		pp.idle.Add(-1)
+		return p, nil
+	}
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		return nil, err
+	}
+	p := &pipe{r: fds[0], w: fds[1], size: defaultPipeSize}
+	if pp.size > 0 {
+		// F_SETPIPE_SZ returns the size granted (rounded up to pages,
+		// capped by /proc/sys/fs/pipe-max-size for unprivileged users).
+		if n, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, pp.size); err == nil {
+			p.size = n
+		}
+	} else if n, err := unix.FcntlInt(uintptr(p.w), unix.F_GETPIPE_SZ, 0); err == nil {
+		p.size = n
+	}
+	pp.open.Add(1)
+	pp.created.Add(1)
+	return p, nil
+}
+
+// put returns a pipe. An empty pipe goes back to the pool while it has
+// room; a pipe holding bytes (dirty) or one beyond the bound is closed.
+func (pp *pipePool) put(p *pipe, empty bool) {
+	if empty && len(pp.free) < pp.max {
+		pp.free = append(pp.free, p)
+		pp.idle.Add(1)
+		return
+	}
+	pp.destroy(p)
+}
+
+func (pp *pipePool) destroy(p *pipe) {
+	unix.Close(p.r)
+	unix.Close(p.w)
+	pp.open.Add(-1)
+}
+
+// drain closes every pooled pipe.
+func (pp *pipePool) drain() {
+	for i, p := range pp.free {
+		pp.destroy(p)
+		pp.free[i] = nil
+	}
+	pp.idle.Add(-int64(len(pp.free)))
+	pp.free = pp.free[:0]
+}
