@@ -31,6 +31,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	// Other users (the permission test runs rsp as nobody) must reach it.
+	os.Chmod(dir, 0o755)
 	rspBin = filepath.Join(dir, "rsp")
 	build := exec.Command("go", "build", "-o", rspBin, "../cmd/rsp")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr

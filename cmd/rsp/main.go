@@ -70,6 +70,11 @@ func serve(o *options, logger *slog.Logger, stderr io.Writer, ready func([]strin
 		}
 		return fail(1, err)
 	}
+	// Catch signals before announcing readiness: SIGUSR1's default
+	// action would kill the process.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
+	defer signal.Stop(sigs)
 	relay := &splice.Relay{
 		Backend:        backend,
 		Mode:           o.relay,
@@ -99,9 +104,6 @@ func serve(o *options, logger *slog.Logger, stderr io.Writer, ready func([]strin
 	go notifier.Run(ctx, func() string { return statusLine(relay.Stats()) },
 		func() bool { return relay.Alive(time.Second) })
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
-	defer signal.Stop(sigs)
 	for sig := range sigs {
 		switch sig {
 		case syscall.SIGUSR1:

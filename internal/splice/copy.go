@@ -192,16 +192,31 @@ func (p *copyConn) copyHalfAsync(dst, src net.Conn, done chan<- struct{}) {
 	p.copyHalf(dst, src)
 }
 
+// copyBufSize is the user-space buffer of one copying direction.
+const copyBufSize = 64 << 10
+
+// copyBufs recycles copy buffers between connections.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+
+// readerOnly and writerOnly hide ReadFrom/WriteTo so that io.CopyBuffer
+// really copies through our buffer. Otherwise the standard library would
+// splice through pipes of its own, kept in a pool that only the garbage
+// collector empties: fds held long after their connections closed.
+type readerOnly struct{ io.Reader }
+type writerOnly struct{ io.Writer }
+
 // copyHalf copies src to dst until src's EOF, then half-closes dst. With an
-// idle timeout, a read deadline makes io.Copy return every half window so
+// idle timeout, a read deadline makes the copy return every half window so
 // progress is recorded; a read deadline fires before any byte is consumed,
 // so no byte is lost by it.
 func (p *copyConn) copyHalf(dst, src net.Conn) {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
 	for {
 		if p.idle > 0 {
 			src.SetReadDeadline(time.Now().Add(p.idle / 2))
 		}
-		n, err := io.Copy(dst, src)
+		n, err := io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bp)
 		if n > 0 {
 			p.touch()
 		}
