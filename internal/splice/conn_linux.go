@@ -51,8 +51,8 @@ type conn struct {
 	queued     bool // in loop.ready
 	client     sock
 	backend    sock
-	up         half // client → backend
-	down       half // backend → client
+	up         half  // client → backend
+	down       half  // backend → client
 	last       int64 // loop clock at the last byte moved
 	deadline   int64 // connect deadline while connecting
 	peer       netip.AddrPort
