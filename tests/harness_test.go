@@ -34,7 +34,11 @@ func TestMain(m *testing.M) {
 	// Other users (the permission test runs rsp as nobody) must reach it.
 	os.Chmod(dir, 0o755)
 	rspBin = filepath.Join(dir, "rsp")
-	build := exec.Command("go", "build", "-o", rspBin, "../cmd/rsp")
+	buildArgs := []string{"build", "-o", rspBin}
+	if os.Getenv("RSP_RACE") != "" {
+		buildArgs = append(buildArgs, "-race") // rsp itself under the race detector
+	}
+	build := exec.Command("go", append(buildArgs, "../cmd/rsp")...)
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build rsp:", err)
@@ -104,6 +108,9 @@ func launch(t testing.TB, cmd *exec.Cmd) *proc {
 		default:
 			cmd.Process.Kill()
 			<-p.done
+		}
+		if strings.Contains(p.stderr.String(), "WARNING: DATA RACE") {
+			t.Errorf("the race detector found a data race in rsp")
 		}
 		if t.Failed() {
 			t.Logf("rsp stderr:\n%s", p.stderr.String())

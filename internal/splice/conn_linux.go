@@ -81,7 +81,7 @@ func (l *loop) open(cfd int, sa unix.Sockaddr) {
 		unix.SetsockoptInt(bfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
 	c.connecting = true
-	err = unix.Connect(bfd, l.e.backendSA)
+	err = unix.Connect(bfd, l.dst)
 	switch err {
 	case nil:
 		c.connecting = false

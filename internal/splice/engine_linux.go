@@ -18,7 +18,6 @@ import (
 type spliceEngine struct {
 	r         *Relay
 	loops     []*loop
-	backendSA unix.Sockaddr
 	family    int
 	tcp       bool // backend is TCP: set TCP_NODELAY on new sockets
 	start     time.Time
@@ -28,7 +27,7 @@ type spliceEngine struct {
 }
 
 func startSplice(r *Relay, lns []net.Listener) (engine, error) {
-	sa, family, err := sockaddrOf(r.Backend)
+	_, family, err := sockaddrOf(r.Backend)
 	if err != nil {
 		return nil, err
 	}
@@ -46,12 +45,11 @@ func startSplice(r *Relay, lns []net.Listener) (engine, error) {
 		n = runtime.GOMAXPROCS(0)
 	}
 	e := &spliceEngine{
-		r:         r,
-		backendSA: sa,
-		family:    family,
-		tcp:       family != unix.AF_UNIX,
-		start:     time.Now(),
-		handoff:   newCopyEngine(r),
+		r:       r,
+		family:  family,
+		tcp:     family != unix.AF_UNIX,
+		start:   time.Now(),
+		handoff: newCopyEngine(r),
 	}
 	for i := 0; i < n; i++ {
 		l, err := newLoop(e, fds)

@@ -44,6 +44,7 @@ type command struct {
 // the command queue, guarded by mu.
 type loop struct {
 	e      *spliceEngine
+	dst    unix.Sockaddr // the backend; each loop has its own because Connect writes into it
 	epfd   int
 	wakefd int // eventfd that wakes the loop for commands
 	lfds   []int
@@ -75,10 +76,15 @@ func newLoop(e *spliceEngine, listenFDs []int) (*loop, error) {
 	l := &loop{
 		e:      e,
 		events: make([]unix.EpollEvent, maxEvents),
-		pool:   pipePool{max: e.r.maxIdlePipes(), size: e.r.PipeSize},
+		pool:   pipePool{max: e.r.maxIdlePipes(), size: e.r.PipeSize, fail: e.r.testNoPipes},
+
+		noSpliceFor: e.r.testNoSplice,
 	}
 	l.live.next, l.live.prev = &l.live, &l.live
 	var err error
+	if l.dst, _, err = sockaddrOf(e.r.Backend); err != nil {
+		return nil, err
+	}
 	if l.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
 	}

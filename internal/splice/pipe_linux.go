@@ -28,6 +28,7 @@ type pipePool struct {
 	open    atomic.Int64 // pipes created and not yet closed, pooled or in use
 	idle    atomic.Int64 // len(free), readable from other goroutines
 	created atomic.Int64 // pipes ever created (for tests and stats)
+	fail    bool         // test hook: every new pipe fails with EMFILE
 }
 
 // defaultPipeSize is the capacity of a pipe when PipeSize is zero: the
@@ -43,6 +44,9 @@ func (pp *pipePool) get() (*pipe, error) {
 		pp.free = pp.free[:n-1]
 		pp.idle.Add(-1)
 		return p, nil
+	}
+	if pp.fail {
+		return nil, unix.EMFILE
 	}
 	var fds [2]int
 	if err := unix.Pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {

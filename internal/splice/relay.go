@@ -107,6 +107,11 @@ type Relay struct {
 
 	stats counters
 
+	// Test hooks: pretend the kernel refuses splice (EINVAL), or that no
+	// pipe can be made (EMFILE).
+	testNoSplice bool
+	testNoPipes  bool
+
 	mu      sync.Mutex
 	started bool
 	impl    engine

@@ -1,0 +1,297 @@
+//go:build linux
+
+package splice
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// startEcho runs an echo server that half-closes after echoing.
+func startEcho(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+				c.(*net.TCPConn).CloseWrite()
+			}()
+		}
+	}()
+	return ln
+}
+
+// startRelay starts r on a loopback listener and stops it at test end.
+func startRelay(t *testing.T, r *Relay) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	if r.Logger == nil {
+		r.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if err := r.Start([]net.Listener{ln}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		r.Shutdown(ctx)
+	})
+	return addr
+}
+
+// echo sends n random bytes through addr, half-closes and compares the
+// echo's SHA-256.
+func echo(t *testing.T, addr string, n int, seed uint64) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	data := make([]byte, n)
+	rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)}).Read(data)
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(c)
+		got <- b
+	}()
+	if _, err := c.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	back := <-got
+	if len(back) != n || sha256.Sum256(back) != sha256.Sum256(data) {
+		t.Fatalf("echo of %d bytes came back as %d bytes, equal=%v", n, len(back), bytes.Equal(back, data))
+	}
+}
+
+func waitIdle(t *testing.T, r *Relay) Stats {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		s := r.Stats()
+		if s.Active == 0 {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("connections still active: %+v", s)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestPipePoolBounded: the pool keeps at most max empty pipes and closes
+// the rest; a pipe holding bytes is closed, never pooled.
+func TestPipePoolBounded(t *testing.T) {
+	pp := &pipePool{max: 2}
+	var ps []*pipe
+	for range 5 {
+		p, err := pp.get()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps = append(ps, p)
+	}
+	if got := pp.open.Load(); got != 5 {
+		t.Fatalf("open = %d, want 5", got)
+	}
+	for _, p := range ps[:4] {
+		pp.put(p, true)
+	}
+	dirty := ps[4]
+	unix.Write(dirty.w, []byte("secret"))
+	pp.put(dirty, false)
+	if len(pp.free) != 2 || pp.idle.Load() != 2 || pp.open.Load() != 2 {
+		t.Fatalf("after returns: free=%d idle=%d open=%d, want 2 2 2", len(pp.free), pp.idle.Load(), pp.open.Load())
+	}
+	if isPooled(pp, dirty) {
+		t.Fatal("a pipe holding bytes was pooled")
+	}
+	for _, p := range ps[2:4] {
+		if isPooled(pp, p) {
+			t.Fatal("pool kept more pipes than its bound")
+		}
+	}
+	// A pooled pipe is empty: reading it gives EAGAIN.
+	for _, p := range pp.free {
+		if _, err := unix.Read(p.r, make([]byte, 1)); err != unix.EAGAIN {
+			t.Fatalf("pooled pipe read = %v, want EAGAIN (empty)", err)
+		}
+	}
+	pp.drain()
+	if pp.open.Load() != 0 || pp.idle.Load() != 0 {
+		t.Fatalf("after drain open=%d idle=%d", pp.open.Load(), pp.idle.Load())
+	}
+}
+
+func isPooled(pp *pipePool, p *pipe) bool {
+	for _, q := range pp.free {
+		if q == p {
+			return true
+		}
+	}
+	return false
+}
+
+// TestPipesReturned: after 200 concurrent connections close, the relay
+// holds no more pipes than its pools' bound, and none in use.
+func TestPipesReturned(t *testing.T) {
+	backend := startEcho(t)
+	r := &Relay{Backend: backend.Addr(), Loops: 2, MaxIdlePipes: 4}
+	addr := startRelay(t, r)
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			echo(t, addr, 256<<10, uint64(i))
+		}()
+	}
+	wg.Wait()
+	s := waitIdle(t, r)
+	if s.Pipes != s.IdlePipes {
+		t.Fatalf("%d pipes still in use with no connection: %+v", s.Pipes-s.IdlePipes, s)
+	}
+	if s.Pipes > 2*4 {
+		t.Fatalf("%d pipes open after all connections closed, want at most 8 (2 loops x 4)", s.Pipes)
+	}
+	e := r.impl.(*spliceEngine)
+	if e.pipesCreated() == 0 {
+		t.Fatal("no pipe was ever created: bytes did not go through splice")
+	}
+}
+
+// TestIdleHoldsNoPipe: a connection that has exchanged bytes and gone
+// quiet holds no pipe.
+func TestIdleHoldsNoPipe(t *testing.T) {
+	backend := startEcho(t)
+	r := &Relay{Backend: backend.Addr()}
+	addr := startRelay(t, r)
+	var conns []net.Conn
+	for range 50 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte("hello"))
+		buf := make([]byte, 5)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "hello" {
+			t.Fatalf("echo: %q %v", buf, err)
+		}
+		conns = append(conns, c)
+	}
+	s := r.Stats()
+	if s.Active != 50 {
+		t.Fatalf("active = %d, want 50", s.Active)
+	}
+	if s.Pipes != s.IdlePipes {
+		t.Fatalf("idle connections hold %d pipes: %+v", s.Pipes-s.IdlePipes, s)
+	}
+}
+
+// TestNoSpliceHandoff: where the kernel refuses splice (EINVAL), the
+// connection moves to the copy relay and its bytes arrive intact.
+func TestNoSpliceHandoff(t *testing.T) {
+	backend := startEcho(t)
+	r := &Relay{Backend: backend.Addr(), testNoSplice: true}
+	addr := startRelay(t, r)
+	for i, n := range []int{1, 100 << 10, 4 << 20} {
+		echo(t, addr, n, uint64(i))
+	}
+	waitIdle(t, r)
+	if c := r.impl.(*spliceEngine).pipesCreated(); c > 2*int64(len(r.impl.(*spliceEngine).loops)) {
+		t.Fatalf("%d pipes created although splice was refused", c)
+	}
+}
+
+// TestNoPipeFallback: when no pipe can be made (fd exhaustion), bytes
+// still move, through the loop's buffer, intact.
+func TestNoPipeFallback(t *testing.T) {
+	backend := startEcho(t)
+	r := &Relay{Backend: backend.Addr(), testNoPipes: true}
+	addr := startRelay(t, r)
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			echo(t, addr, 2<<20, uint64(i))
+		}()
+	}
+	wg.Wait()
+	waitIdle(t, r)
+	if c := r.impl.(*spliceEngine).pipesCreated(); c != 0 {
+		t.Fatalf("%d pipes created although none could be", c)
+	}
+}
+
+// TestShutdownDrains: Shutdown waits for a live connection and returns nil
+// when it ends; with an expired context it closes it and says so.
+func TestShutdownDrains(t *testing.T) {
+	backend := startEcho(t)
+	for _, mode := range []Mode{ModeSplice, ModeCopy} {
+		r := &Relay{Backend: backend.Addr(), Mode: mode}
+		addr := startRelay(t, r)
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("x"))
+		io.ReadFull(c, make([]byte, 1))
+		go func() {
+			time.Sleep(200 * time.Millisecond)
+			c.Close()
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := r.Shutdown(ctx); err != nil {
+			t.Fatalf("%v: Shutdown = %v, want nil after the connection ended", mode, err)
+		}
+		cancel()
+
+		r2 := &Relay{Backend: backend.Addr(), Mode: mode}
+		addr2 := startRelay(t, r2)
+		c2, err := net.Dial("tcp", addr2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c2.Close()
+		c2.Write([]byte("x"))
+		io.ReadFull(c2, make([]byte, 1))
+		ctx2, cancel2 := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		if err := r2.Shutdown(ctx2); err == nil {
+			t.Fatalf("%v: Shutdown = nil with a connection still open at the deadline", mode)
+		}
+		cancel2()
+		c2.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c2.Read(make([]byte, 1)); err == nil {
+			t.Fatalf("%v: connection still open after forced shutdown", mode)
+		}
+	}
+}
