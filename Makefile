@@ -1,0 +1,39 @@
+# rsp: build, run, test.
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+BIN     := bin/rsp
+SHELL   := /bin/bash
+
+.PHONY: all build run test test-unit test-e2e bench cross vet clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/rsp
+
+# Starts rsp in front of a built-in echo backend: nothing else needed.
+run: build
+	./$(BIN) demo
+
+# Everything CI runs: vet, unit tests under the race detector, then the
+# end-to-end tests through the built binary (which also cross-compile for
+# darwin and freebsd).
+test: vet test-unit test-e2e
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+
+test-unit:
+	$(GO) test -count=1 -race -timeout 10m ./internal/... ./cmd/...
+
+test-e2e:
+	$(GO) test -count=1 -timeout 20m ./tests/
+
+cross:
+	GOOS=darwin  GOARCH=arm64 CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/rsp
+	GOOS=freebsd GOARCH=amd64 CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/rsp
+
+clean:
+	rm -rf bin dist

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"rsp/internal/splice"
+)
+
+func TestParseArgsClassic(t *testing.T) {
+	o, err := parseArgs([]string{"8080", "backend.example", "9000"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(o.listen, []string{":8080"}) || o.backend != "backend.example:9000" {
+		t.Fatalf("classic args gave listen=%v backend=%q", o.listen, o.backend)
+	}
+	if o.relay != splice.ModeSplice || o.connectTimeout != 5*time.Second || o.idleTimeout != 10*time.Minute || o.drainTimeout != 30*time.Second {
+		t.Fatalf("defaults wrong: %+v", o)
+	}
+}
+
+func TestParseArgsFlags(t *testing.T) {
+	o, err := parseArgs([]string{"-listen", "127.0.0.1:1,[::1]:2", "-listen", ":3", "-backend", "[::1]:80",
+		"-relay", "copy", "-idle-timeout", "0", "-connect-timeout", "1s", "-log-level", "debug"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(o.listen, []string{"127.0.0.1:1", "[::1]:2", ":3"}) || o.backend != "[::1]:80" || o.relay != splice.ModeCopy || o.idleTimeout != 0 {
+		t.Fatalf("flags gave %+v", o)
+	}
+	// Flags after the classic arguments, and -listen overriding the port.
+	o, err = parseArgs([]string{"8080", "10.0.0.1", "80", "-listen", "127.0.0.1:9"})
+	if err != nil || !slices.Equal(o.listen, []string{"127.0.0.1:9"}) || o.backend != "10.0.0.1:80" {
+		t.Fatalf("got %+v, %v", o, err)
+	}
+}
+
+func TestParseArgsErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"-nope"}, {"1", "2"}, {"99999", "h", "1"}, {"1", "h", "0"}, {"-backend", "h:1", "1", "h", "2"},
+		{"-listen", ":1"}, {"-backend", "h"}, {"-backend", ":80"}, {"-relay", "x"}, {"-connect-timeout", "-1s", "1", "h", "2"},
+	} {
+		_, err := parseArgs(args)
+		var ue *usageError
+		if !errors.As(err, &ue) {
+			t.Errorf("parseArgs(%q) = %v, want a usage error", args, err)
+		}
+	}
+}
+
+func TestResolveBackend(t *testing.T) {
+	a, err := resolveBackend(t.Context(), "unix:/run/x.sock")
+	if err != nil || a.Network() != "unix" || a.String() != "/run/x.sock" {
+		t.Fatalf("unix backend: %v %v", a, err)
+	}
+	a, err = resolveBackend(t.Context(), "[::1]:80")
+	if err != nil || a.String() != "[::1]:80" {
+		t.Fatalf("ipv6 literal: %v %v", a, err)
+	}
+	a, err = resolveBackend(t.Context(), "localhost:80")
+	if err != nil || a.Network() != "tcp" {
+		t.Fatalf("localhost: %v %v", a, err)
+	}
+}

@@ -1,0 +1,36 @@
+package activation
+
+import (
+	"net"
+	"strings"
+	"testing"
+)
+
+func TestNotActivated(t *testing.T) {
+	t.Setenv("LISTEN_PID", "1")
+	t.Setenv("LISTEN_FDS", "1")
+	if Activated() {
+		t.Fatal("Activated() with LISTEN_PID naming another process")
+	}
+	lns, err := FromSystemd()
+	if err != nil || len(lns) != 0 {
+		t.Fatalf("FromSystemd() for another PID = %v, %v; want none", lns, err)
+	}
+}
+
+func TestListenErrors(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	_, err = Listen(held.Addr().String())
+	if err == nil || !strings.Contains(err.Error(), "address already in use — is another rsp or service bound there?") {
+		t.Fatalf("Listen on a used port: %v", err)
+	}
+	l, err := Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+}
