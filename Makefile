@@ -31,6 +31,11 @@ test-unit:
 test-e2e:
 	$(GO) test -count=1 -timeout 20m ./tests/
 
+# Measures rsp against direct loopback and a plain Go io.Copy proxy;
+# writes bench.md. BENCH_FLAGS=-quick for a short run.
+bench: build
+	./$(BIN) bench -out bench.md $(BENCH_FLAGS)
+
 cross:
 	GOOS=darwin  GOARCH=arm64 CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/rsp
 	GOOS=freebsd GOARCH=amd64 CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/rsp

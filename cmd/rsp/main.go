@@ -30,8 +30,15 @@ func main() {
 
 // run is rsp's whole life; it returns the exit code.
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 && args[0] == "demo" {
-		return runDemo(args[1:], stdout, stderr)
+	if len(args) > 0 {
+		switch args[0] {
+		case "demo":
+			return runDemo(args[1:], stdout, stderr)
+		case "bench":
+			return runBench(args[1:], stdout, stderr)
+		case "bench-backend", "bench-iocopy":
+			return runBenchHelper(args[0], args[1:], stdout, stderr)
+		}
 	}
 	o, err := parseArgs(args)
 	if err != nil {
