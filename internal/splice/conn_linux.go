@@ -237,97 +237,104 @@ var errNoSplice = errors.New("socket type cannot splice")
 
 // pump moves bytes from src to dst through h's pipe until src has nothing
 // more, dst can take nothing more, or the budget is spent (then more is
-// true). Invariant: bytes are read into the pipe only when it is empty,
-// so an EAGAIN on that read always means src is drained, never that the
-// pipe is full.
+// true). Reading and writing are pipelined: the pipe is refilled while it
+// still holds bytes, so the source keeps flowing while the destination
+// drains. A read that finds the pipe non-empty and returns EAGAIN may mean
+// either "source drained" or "pipe full"; it is taken as "pipe full" and
+// retried once the pipe is empty, where EAGAIN can only mean the source
+// is drained. Only then is src marked not readable, so no edge is lost.
 func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 	if h.done {
 		return false, nil
 	}
 	moved := 0
 	for {
-		if h.n > 0 {
-			if !dst.writable {
-				return false, nil
-			}
-			n, err := unix.Splice(h.p.r, nil, dst.fd, nil, h.n, spliceFlags)
-			if err != nil {
-				switch err {
-				case unix.EAGAIN:
-					dst.writable = false
-					return false, nil
-				case unix.EINTR:
+		progress := false
+		if !h.eof && src.readable && moved < budget {
+			if h.p == nil {
+				p, perr := l.pool.get()
+				if perr != nil {
+					// No fd for a pipe: move this chunk through the loop's
+					// buffer instead of stalling (a stalled direction could
+					// hold the pipes its peer direction waits for).
+					n, err := l.copyChunk(src, dst, h)
+					if err != nil {
+						return false, err
+					}
+					if n == 0 && !h.eof {
+						return false, nil
+					}
+					moved += n
+					c.last = l.now
 					continue
 				}
+				h.p = p
+			}
+			if space := h.p.size - h.n; space > 0 {
+				var n int64
+				if l.noSpliceFor {
+					err = unix.EINVAL
+				} else {
+					n, err = unix.Splice(src.fd, nil, h.p.w, nil, space, spliceFlags)
+				}
+				switch {
+				case err == nil && n == 0:
+					h.eof = true
+					progress = true
+				case err == nil:
+					h.n += int(n)
+					c.last = l.now
+					progress = true
+				case err == unix.EAGAIN:
+					if h.n == 0 {
+						src.readable = false
+					}
+				case err == unix.EINTR:
+					progress = true
+				case err == unix.EINVAL && h.n == 0:
+					// This socket type has no splice support; nothing was
+					// consumed, so the relay can move on to copying.
+					return false, errNoSplice
+				default:
+					return false, fmt.Errorf("read: %w", err)
+				}
+			}
+		}
+		if h.n > 0 && dst.writable {
+			n, err := unix.Splice(h.p.r, nil, dst.fd, nil, h.n, spliceFlags)
+			switch err {
+			case nil:
+				h.n -= int(n)
+				moved += int(n)
+				c.last = l.now
+				progress = true
+			case unix.EAGAIN:
+				dst.writable = false
+			case unix.EINTR:
+				progress = true
+			default:
 				return false, fmt.Errorf("write: %w", err)
 			}
-			h.n -= int(n)
-			moved += int(n)
-			c.last = l.now
-			if h.n > 0 {
-				continue
-			}
 		}
-		// The pipe is empty here.
-		if h.eof {
-			l.dropPipe(h)
-			h.done = true
-			if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
-				return false, fmt.Errorf("shutdown: %w", err)
-			}
-			return false, nil
-		}
-		if !src.readable {
-			l.dropPipe(h)
-			return false, nil
-		}
-		if moved >= budget {
-			return true, nil
-		}
-		if h.p == nil {
-			p, perr := l.pool.get()
-			if perr != nil {
-				// No fd for a pipe: move this chunk through the loop's
-				// buffer instead of stalling (a stalled direction could
-				// hold the pipes its peer direction waits for).
-				n, err := l.copyChunk(src, dst, h)
-				if err != nil {
-					return false, err
+		if h.n == 0 {
+			if h.eof {
+				l.dropPipe(h)
+				h.done = true
+				if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
+					return false, fmt.Errorf("shutdown: %w", err)
 				}
-				moved += n
-				if n == 0 && !h.eof {
-					return false, nil
-				}
-				continue
+				return false, nil
 			}
-			h.p = p
-		}
-		var n int64
-		if l.noSpliceFor {
-			err = unix.EINVAL
-		} else {
-			n, err = unix.Splice(src.fd, nil, h.p.w, nil, h.p.size, spliceFlags)
-		}
-		if err != nil {
-			switch err {
-			case unix.EAGAIN:
-				src.readable = false
-				continue
-			case unix.EINTR:
-				continue
-			case unix.EINVAL:
-				// This socket type has no splice support; nothing was
-				// consumed, so the relay can move on to copying.
-				return false, errNoSplice
+			if !src.readable {
+				l.dropPipe(h)
+				return false, nil
 			}
-			return false, fmt.Errorf("read: %w", err)
 		}
-		if n == 0 {
-			h.eof = true
-			continue
+		if !progress {
+			// Blocked on dst (bytes wait in the pipe), or the budget is
+			// spent with src still readable.
+			return moved >= budget && src.readable && !h.eof && (h.n == 0 || dst.writable), nil
 		}
-		h.n = int(n)
-		c.last = l.now
 	}
 }
 
