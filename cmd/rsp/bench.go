@@ -5,23 +5,36 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"rsp/internal/bench"
 )
 
 // runBench is "rsp bench": it measures this rsp binary against direct
-// loopback and a plain Go io.Copy proxy and writes a markdown table.
+// loopback, a plain Go io.Copy proxy and the installed peers, and writes a
+// markdown table and an SVG chart.
 func runBench(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("rsp bench", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	quick := fs.Bool("quick", false, "smaller transfers and connection counts")
-	runs := fs.Int("runs", 3, "repetitions of each throughput figure")
-	idle := fs.Int("idle-conns", 0, "idle connections for the memory figure (default 5000, 1000 with -quick)")
-	maxConns := fs.Int("max-conns", 0, "cap of the concurrency probe (default 9990)")
-	out := fs.String("out", "bench.md", "file the markdown table is written to")
+	quick := fs.Bool("quick", false, "")
+	runs := fs.Int("runs", 3, "")
+	idle := fs.Int("idle-conns", 0, "")
+	maxConns := fs.Int("max-conns", 0, "")
+	only := fs.String("only", "", "")
+	out := fs.String("out", "bench.md", "")
+	chart := fs.String("chart", "bench.svg", "")
+	help := fs.Bool("h", false, "")
 	if err := fs.Parse(args); err != nil {
-		fmt.Fprintf(stderr, "rsp: %v\n", flagError(err))
+		fmt.Fprintf(stderr, "rsp: bench: %v\n", flagError(err))
+		return 2
+	}
+	if *help {
+		fmt.Fprint(stdout, benchUsage)
+		return 0
+	}
+	if fs.NArg() > 0 || *runs < 1 {
+		fmt.Fprintf(stderr, "rsp: bench takes flags only (got %q, -runs %d); run 'rsp bench -h'\n", fs.Args(), *runs)
 		return 2
 	}
 	self, err := os.Executable()
@@ -29,33 +42,57 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "rsp: bench: cannot find own binary: %v\n", err)
 		return 1
 	}
+	o := &bench.Options{Rsp: self, Quick: *quick, Runs: *runs, IdleConns: *idle, MaxConns: *maxConns, Log: stderr}
+	if *only != "" {
+		o.Only = strings.Split(*only, ",")
+	}
 	start := time.Now()
-	results, err := bench.Run(&bench.Options{Rsp: self, Quick: *quick, Runs: *runs, IdleConns: *idle, MaxConns: *maxConns, Log: stderr})
-	table := bench.Markdown(results)
-	fmt.Fprint(stdout, table)
+	results, err := bench.Run(o)
 	if err != nil {
 		fmt.Fprintf(stderr, "rsp: bench: %v\n", err)
 		return 1
 	}
+	table := bench.Markdown(results)
+	fmt.Fprint(stdout, table)
 	host, _ := os.Hostname()
-	doc := fmt.Sprintf("# rsp bench\n\n`rsp bench %s` on %s (%s), %s, took %v.\n\n%s", joinArgs(args), host, cpuModel(), time.Now().UTC().Format(time.DateOnly), time.Since(start).Round(time.Second), table)
+	doc := fmt.Sprintf("# rsp bench\n\n`rsp bench %s` on %s (%s, kernel %s), %s, took %v. "+
+		"Medians of the runs; \"× direct\" is the median over direct loopback's in the same run.\n\n%s",
+		strings.Join(args, " "), host, cpuModel(), kernel(), time.Now().UTC().Format(time.DateOnly), time.Since(start).Round(time.Second), table)
 	if err := os.WriteFile(*out, []byte(doc), 0o644); err != nil {
 		fmt.Fprintf(stderr, "rsp: bench: write %s: %v\n", *out, err)
 		return 1
 	}
-	fmt.Fprintf(stderr, "wrote %s\n", *out)
+	if err := os.WriteFile(*chart, []byte(bench.SVG(results)), 0o644); err != nil {
+		fmt.Fprintf(stderr, "rsp: bench: write %s: %v\n", *chart, err)
+		return 1
+	}
+	fmt.Fprintf(stderr, "wrote %s and %s in %v\n", *out, *chart, time.Since(start).Round(time.Second))
 	return 0
 }
 
-func joinArgs(a []string) string {
-	s := ""
-	for i, x := range a {
-		if i > 0 {
-			s += " "
-		}
-		s += x
+const benchUsage = `usage: rsp bench [-quick] [-runs N] [-idle-conns N] [-max-conns N] [-only NAMES] [-out FILE] [-chart FILE]
+
+Measures, in one run and side by side on loopback: direct connections, rsp
+(splice and copy), a plain Go io.Copy proxy, and HAProxy, nginx stream and
+systemd-socket-proxyd where installed. Each proxy is its own process; its
+CPU, RSS and fds come from /proc.
+
+  -quick          512 MiB transfers, 1 s runs, 1000 idle connections (about 2 minutes)
+  -runs N         repetitions of each figure (default 3)
+  -idle-conns N   idle connections for the memory figure (default 5000)
+  -max-conns N    cap of rsp's concurrency probe (default 9990; not with -quick)
+  -only NAMES     comma-separated contenders to run besides direct
+  -out FILE       markdown table (default bench.md)
+  -chart FILE     SVG chart (default bench.svg)
+`
+
+// kernel returns the running kernel's release.
+func kernel() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "unknown"
 	}
-	return s
+	return strings.TrimSpace(string(b))
 }
 
 // cpuModel names the CPU and core count from /proc/cpuinfo.
@@ -65,7 +102,7 @@ func cpuModel() string {
 		return "unknown CPU"
 	}
 	model, n := "", 0
-	for _, line := range splitLines(string(b)) {
+	for _, line := range strings.Split(string(b), "\n") {
 		if len(line) > 10 && line[:10] == "model name" {
 			n++
 			if model == "" {
@@ -79,18 +116,6 @@ func cpuModel() string {
 		}
 	}
 	return fmt.Sprintf("%d × %s", n, model)
-}
-
-func splitLines(s string) []string {
-	var out []string
-	start := 0
-	for i := range s {
-		if s[i] == '\n' {
-			out = append(out, s[start:i])
-			start = i + 1
-		}
-	}
-	return out
 }
 
 // runBenchHelper runs the benchmark's hidden helper processes.

@@ -8,22 +8,23 @@ import (
 	"net"
 )
 
-// ServeBackend runs the benchmark's backend until stdin closes: an echo
-// listener and a sink listener on 127.0.0.1, announced on stdout as
-// "echo=ADDR sink=ADDR". The sink discards what it reads and, at EOF,
-// answers with the byte count (8 bytes, big-endian) and closes.
+// Backend protocol: the first byte a client sends picks the service.
+const (
+	modeEcho   = 'E' // echo everything; half-close after the client's EOF
+	modeSink   = 'S' // discard until EOF, then answer the count (8 bytes, big-endian)
+	modeSource = 'O' // read a count (8 bytes), send that many bytes, close
+)
+
+// ServeBackend runs the benchmark's backend until stdin closes: one
+// listener on 127.0.0.1 whose clients pick echo, sink or source with their
+// first byte. It prints "backend=ADDR" on stdout.
 func ServeBackend(stdin io.Reader, stdout io.Writer) error {
-	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return fmt.Errorf("bench backend: %w", err)
 	}
-	sink, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return fmt.Errorf("bench backend: %w", err)
-	}
-	go acceptLoop(echo, echoConn)
-	go acceptLoop(sink, sinkConn)
-	fmt.Fprintf(stdout, "echo=%s sink=%s\n", echo.Addr(), sink.Addr())
+	go acceptLoop(ln, serveBackendConn)
+	fmt.Fprintf(stdout, "backend=%s\n", ln.Addr())
 	io.Copy(io.Discard, stdin)
 	return nil
 }
@@ -38,10 +39,35 @@ func acceptLoop(ln net.Listener, handle func(net.Conn)) {
 	}
 }
 
+func serveBackendConn(c net.Conn) {
+	defer c.Close()
+	var mode [1]byte
+	if _, err := io.ReadFull(c, mode[:]); err != nil {
+		return
+	}
+	switch mode[0] {
+	case modeEcho:
+		echoConn(c)
+	case modeSink:
+		n, err := io.Copy(io.Discard, c)
+		if err != nil {
+			return
+		}
+		var b [8]byte
+		binary.BigEndian.PutUint64(b[:], uint64(n))
+		c.Write(b[:])
+	case modeSource:
+		var b [8]byte
+		if _, err := io.ReadFull(c, b[:]); err != nil {
+			return
+		}
+		writeZeros(c, int64(binary.BigEndian.Uint64(b[:])))
+	}
+}
+
 // echoConn echoes until EOF, then half-closes.
 func echoConn(c net.Conn) {
-	defer c.Close()
-	buf := make([]byte, 16<<10)
+	buf := make([]byte, 32<<10)
 	for {
 		n, err := c.Read(buf)
 		if n > 0 {
@@ -52,22 +78,28 @@ func echoConn(c net.Conn) {
 		if err != nil {
 			if tc, ok := c.(*net.TCPConn); ok && err == io.EOF {
 				tc.CloseWrite()
+				io.Copy(io.Discard, c)
 			}
 			return
 		}
 	}
 }
 
-// sinkConn counts and discards bytes until EOF, then reports the count.
-func sinkConn(c net.Conn) {
-	defer c.Close()
-	n, err := io.Copy(io.Discard, c)
-	if err != nil {
-		return
+// writeZeros writes n zero bytes to w in 1 MiB writes.
+func writeZeros(w io.Writer, n int64) error {
+	buf := make([]byte, 1<<20)
+	for n > 0 {
+		k := int64(len(buf))
+		if n < k {
+			k = n
+		}
+		m, err := w.Write(buf[:k])
+		if err != nil {
+			return err
+		}
+		n -= int64(m)
 	}
-	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], uint64(n))
-	c.Write(b[:])
+	return nil
 }
 
 // ServeIOCopy runs the reference Go proxy: net.Listener, two goroutines

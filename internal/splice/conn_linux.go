@@ -30,7 +30,8 @@ type sock struct {
 	fd       int
 	readable bool // no EAGAIN seen on read since the last EPOLLIN
 	writable bool // no EAGAIN seen on write since the last EPOLLOUT
-	failed   bool // EPOLLERR or EPOLLHUP seen
+	err      bool // EPOLLERR seen: the socket has a pending error
+	hup      bool // EPOLLHUP seen: shut down both ways (by the peer, or by us and the peer)
 }
 
 // half is one direction of a connection: bytes read from src, written to
@@ -145,14 +146,17 @@ func (l *loop) onEvent(c *conn, fd int, ev uint32) {
 	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		s.writable = true
 	}
-	if ev&(unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		s.failed = true
+	if ev&unix.EPOLLERR != 0 {
+		s.err = true
+	}
+	if ev&unix.EPOLLHUP != 0 {
+		s.hup = true
 	}
 	if c.connecting {
 		switch {
 		case s == &c.backend && ev&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0:
 			l.connected(c)
-		case s == &c.client && s.failed:
+		case s == &c.client && (s.err || s.hup):
 			l.finish(c, errors.New("client closed while backend was connecting"), false)
 		}
 		return
@@ -171,7 +175,7 @@ func (l *loop) connected(c *conn) {
 		return
 	}
 	c.connecting = false
-	c.backend.failed = false
+	c.backend.err, c.backend.hup = false, false
 	c.last = l.now
 	l.service(c)
 }
@@ -205,11 +209,10 @@ func (l *loop) service(c *conn) {
 		l.finish(c, nil, false)
 		return
 	}
-	// A socket that reported an error or hang-up, and from which nothing
-	// more will be read, can no longer take bytes either: nothing is left
-	// to deliver, so end the connection now instead of when the other side
-	// next sends.
-	if (c.client.failed && c.up.eof) || (c.backend.failed && c.down.eof) {
+	// A socket from which nothing more will be read, and which can take no
+	// more bytes either, ends the connection now rather than when the
+	// other side next sends.
+	if broken(&c.client, &c.up, &c.down) || broken(&c.backend, &c.down, &c.up) {
 		l.finish(c, sockErr(c), true)
 		return
 	}
@@ -219,10 +222,20 @@ func (l *loop) service(c *conn) {
 	}
 }
 
+// broken reports whether s, whose bytes flow out through in and which
+// receives the bytes of out, is finished with as a peer: its inbound
+// stream has ended and it has an error, or it hung up although we never
+// shut down writing to it (a reset). A hang-up after our own shutdown is
+// the normal end of a half-closed socket: the bytes still queued for the
+// other socket must flow on.
+func broken(s *sock, in, out *half) bool {
+	return in.eof && (s.err || (s.hup && !out.done))
+}
+
 // sockErr names the pending error of whichever socket of c failed.
 func sockErr(c *conn) error {
 	for _, s := range [2]*sock{&c.client, &c.backend} {
-		if !s.failed {
+		if !s.err && !s.hup {
 			continue
 		}
 		if errno, err := unix.GetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && errno != 0 {

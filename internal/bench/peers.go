@@ -1,0 +1,221 @@
+package bench
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"time"
+)
+
+// Contender is one way of carrying the benchmark's connections.
+type Contender struct {
+	Name string
+	// start runs the proxy in front of backend, listening on host; nil
+	// means direct connections to the backend.
+	start func(o *Options, backend, host string) (*process, error)
+}
+
+// contenders returns direct loopback, rsp (splice and copy), the plain Go
+// io.Copy proxy, and whichever of HAProxy, nginx and
+// systemd-socket-proxyd are installed.
+func contenders(o *Options) []Contender {
+	cs := []Contender{
+		{Name: "direct"},
+		{Name: "rsp splice", start: rspStarter("splice")},
+		{Name: "rsp copy", start: rspStarter("copy")},
+		{Name: "Go io.Copy proxy", start: startIOCopy},
+	}
+	if path, err := exec.LookPath("haproxy"); err == nil {
+		cs = append(cs, Contender{Name: "HAProxy", start: func(o *Options, b, h string) (*process, error) { return startHAProxy(path, b, h) }})
+	} else {
+		o.logf("HAProxy not installed (make bench-peers installs it): skipped")
+	}
+	if path, err := exec.LookPath("nginx"); err == nil {
+		if mod := nginxStreamModule(); mod != "" {
+			cs = append(cs, Contender{Name: "nginx stream", start: func(o *Options, b, h string) (*process, error) { return startNginx(path, mod, b, h) }})
+		} else {
+			o.logf("nginx has no stream module (libnginx-mod-stream): skipped")
+		}
+	} else {
+		o.logf("nginx not installed (make bench-peers installs it): skipped")
+	}
+	proxyd := findFirst("/usr/lib/systemd/systemd-socket-proxyd", "/lib/systemd/systemd-socket-proxyd")
+	activate, err := exec.LookPath("systemd-socket-activate")
+	if proxyd != "" && err == nil {
+		cs = append(cs, Contender{Name: "systemd-socket-proxyd", start: func(o *Options, b, h string) (*process, error) { return startProxyd(activate, proxyd, b, h) }})
+	} else {
+		o.logf("systemd-socket-proxyd not installed: skipped")
+	}
+	return cs
+}
+
+func findFirst(paths ...string) string {
+	for _, p := range paths {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return ""
+}
+
+var (
+	rspStartRE = regexp.MustCompile(`msg="rsp started".* listen=(\S+)`)
+	listenRE   = regexp.MustCompile(`^listen=(\S+)`)
+	backendRE  = regexp.MustCompile(`^backend=(\S+)`)
+)
+
+func rspStarter(mode string) func(*Options, string, string) (*process, error) {
+	return func(o *Options, backend, host string) (*process, error) {
+		cmd := exec.Command(o.Rsp, "-listen", host+":0", "-backend", backend, "-relay", mode, "-idle-timeout", "0")
+		return start(cmd, rspStartRE, true)
+	}
+}
+
+func startIOCopy(o *Options, backend, host string) (*process, error) {
+	return start(exec.Command(o.Rsp, "bench-iocopy", "-listen", host+":0", "-backend", backend), listenRE, false)
+}
+
+func startBackend(o *Options) (*process, error) {
+	return start(exec.Command(o.Rsp, "bench-backend"), backendRE, false)
+}
+
+// freeAddr returns host:port with a port that was free a moment ago.
+func freeAddr(host string) (string, error) {
+	ln, err := net.Listen("tcp", host+":0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// waitAccepting polls addr until a connection succeeds.
+func waitAccepting(p *process, addr string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			p.addr = addr
+			return nil
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("%s exited before accepting", p.cmd.Path)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("%s not accepting on %s within 10s", p.cmd.Path, addr)
+}
+
+// startConfigured writes config into a scratch directory, starts the
+// command built from it and waits until addr accepts.
+func startConfigured(name string, config func(dir string) string, addr string, build func(dir, cfg string) *exec.Cmd) (*process, error) {
+	dir, err := os.MkdirTemp("", "rsp-bench-"+name+"-")
+	if err != nil {
+		return nil, err
+	}
+	cfg := filepath.Join(dir, name+".conf")
+	if err := os.WriteFile(cfg, []byte(config(dir)), 0o644); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	cmd := build(dir, cfg)
+	cmd.Stdout, cmd.Stderr = nil, nil
+	p, err := start(cmd, nil, false)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	p.dir = dir
+	if err := waitAccepting(p, addr); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// startHAProxy runs HAProxy in TCP mode with splice-auto, one thread, in
+// the foreground.
+func startHAProxy(path, backend, host string) (*process, error) {
+	addr, err := freeAddr(host)
+	if err != nil {
+		return nil, err
+	}
+	config := func(string) string {
+		return fmt.Sprintf(`global
+    maxconn 9000
+    nbthread 1
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 10m
+    timeout server 10m
+    option splice-auto
+frontend fe
+    bind %s
+    default_backend be
+backend be
+    server s1 %s
+`, addr, backend)
+	}
+	return startConfigured("haproxy", config, addr, func(dir, cfg string) *exec.Cmd {
+		return exec.Command(path, "-db", "-f", cfg)
+	})
+}
+
+func nginxStreamModule() string {
+	return findFirst("/usr/lib/nginx/modules/ngx_stream_module.so", "/usr/share/nginx/modules/ngx_stream_module.so")
+}
+
+// startNginx runs nginx's stream proxy as one process (no master), in the
+// foreground.
+func startNginx(path, module, backend, host string) (*process, error) {
+	addr, err := freeAddr(host)
+	if err != nil {
+		return nil, err
+	}
+	config := func(dir string) string {
+		return fmt.Sprintf(`load_module %s;
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid %s/nginx.pid;
+error_log stderr warn;
+events { worker_connections 9000; }
+stream {
+    server {
+        listen %s;
+        proxy_pass %s;
+        proxy_timeout 10m;
+    }
+}
+`, module, dir, addr, backend)
+	}
+	return startConfigured("nginx", config, addr, func(dir, cfg string) *exec.Cmd {
+		return exec.Command(path, "-c", cfg, "-p", dir, "-e", "stderr")
+	})
+}
+
+// startProxyd runs systemd-socket-proxyd under systemd-socket-activate,
+// which binds the socket and execs the proxy in the same process on the
+// first connection.
+func startProxyd(activate, proxyd, backend, host string) (*process, error) {
+	addr, err := freeAddr(host)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(activate, "-l", addr, proxyd, "--connections-max=20000", backend)
+	p, err := start(cmd, nil, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitAccepting(p, addr); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
