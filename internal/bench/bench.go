@@ -190,7 +190,7 @@ func measure(o *Options, c Contender, backend, host string, src *sources) []Resu
 	case err != nil:
 		integ.Note = "FAILED: " + err.Error()
 	case bad > 0:
-		integ.Note = "FAILED"
+		integ.Note = "FAILED: bytes lost or changed (a proxy without half-close loses the echo's tail)"
 	default:
 		integ.Note = "ok"
 	}

@@ -147,6 +147,9 @@ func startHAProxy(path, backend, host string) (*process, error) {
 	config := func(string) string {
 		return fmt.Sprintf(`global
     maxconn 9000
+    # maxconn/4 pipes by default would need more fds than the 20,000 a
+    # process may open here.
+    maxpipes 500
     nbthread 1
 defaults
     mode tcp
@@ -191,6 +194,7 @@ stream {
         listen %s;
         proxy_pass %s;
         proxy_timeout 10m;
+        proxy_half_close on;
     }
 }
 `, module, dir, addr, backend)

@@ -11,7 +11,7 @@ import (
 // Backend protocol: the first byte a client sends picks the service.
 const (
 	modeEcho   = 'E' // echo everything; half-close after the client's EOF
-	modeSink   = 'S' // discard until EOF, then answer the count (8 bytes, big-endian)
+	modeSink   = 'S' // read a count (8 bytes), discard that many bytes, answer the count read
 	modeSource = 'O' // read a count (8 bytes), send that many bytes, close
 )
 
@@ -49,11 +49,13 @@ func serveBackendConn(c net.Conn) {
 	case modeEcho:
 		echoConn(c)
 	case modeSink:
-		n, err := io.Copy(io.Discard, c)
-		if err != nil {
+		// The size comes first so that no half-close is needed: some
+		// proxies (systemd-socket-proxyd) close both ways on a FIN.
+		var b [8]byte
+		if _, err := io.ReadFull(c, b[:]); err != nil {
 			return
 		}
-		var b [8]byte
+		n, _ := io.CopyN(io.Discard, c, int64(binary.BigEndian.Uint64(b[:])))
 		binary.BigEndian.PutUint64(b[:], uint64(n))
 		c.Write(b[:])
 	case modeSource:

@@ -68,11 +68,14 @@ func upload(src *sources, addr string, streams int, total int64) (time.Duration,
 		}
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(5 * time.Minute))
+		var b [8]byte
+		binary.BigEndian.PutUint64(b[:], uint64(per))
+		if _, err := c.Write(b[:]); err != nil {
+			return err
+		}
 		if err := writeZeros(c, per); err != nil {
 			return fmt.Errorf("upload: %w", err)
 		}
-		c.CloseWrite()
-		var b [8]byte
 		if _, err := io.ReadFull(c, b[:]); err != nil {
 			return fmt.Errorf("upload: sink count: %w", err)
 		}
