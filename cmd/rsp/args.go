@@ -24,6 +24,7 @@ type options struct {
 	idleTimeout    time.Duration
 	drainTimeout   time.Duration
 	relay          splice.Mode
+	pipeSize       int
 	logLevel       slog.Level
 	version        bool
 	help           bool
@@ -103,6 +104,7 @@ func newFlagSet(name string, o *options) *flag.FlagSet {
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 10*time.Minute, "")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "")
 	fs.Var(modeFlag{&o.relay}, "relay", "")
+	fs.IntVar(&o.pipeSize, "pipe-size", 0, "")
 	fs.Var(levelFlag{&o.logLevel}, "log-level", "")
 	fs.BoolVar(&o.version, "version", false, "")
 	fs.BoolVar(&o.help, "h", false, "")
@@ -205,6 +207,9 @@ func parseArgs(args []string) (*options, error) {
 		if d.v < 0 {
 			return nil, usagef("%s %v is negative: give a duration such as 5s or 2m", d.name, d.v)
 		}
+	}
+	if o.pipeSize < 0 || o.pipeSize > 64<<20 {
+		return nil, usagef("-pipe-size %d out of range: give bytes from 4096 to 67108864, or 0 for the default", o.pipeSize)
 	}
 	if o.connectTimeout == 0 {
 		return nil, usagef("-connect-timeout 0 would wait forever: give a duration such as 5s")

@@ -22,6 +22,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	idle := fs.Int("idle-conns", 0, "")
 	maxConns := fs.Int("max-conns", 0, "")
 	only := fs.String("only", "", "")
+	rspArgs := fs.String("rsp-args", "", "")
 	out := fs.String("out", "bench.md", "")
 	chart := fs.String("chart", "bench.svg", "")
 	help := fs.Bool("h", false, "")
@@ -43,6 +44,9 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	o := &bench.Options{Rsp: self, Quick: *quick, Runs: *runs, IdleConns: *idle, MaxConns: *maxConns, Log: stderr}
+	if *rspArgs != "" {
+		o.RspArgs = strings.Fields(*rspArgs)
+	}
 	if *only != "" {
 		o.Only = strings.Split(*only, ",")
 	}
@@ -82,6 +86,7 @@ CPU, RSS and fds come from /proc.
   -idle-conns N   idle connections for the memory figure (default 5000)
   -max-conns N    cap of rsp's concurrency probe (default 9990; not with -quick)
   -only NAMES     comma-separated contenders to run besides direct
+  -rsp-args FLAGS extra flags for the rsp contenders, e.g. "-pipe-size 1048576"
   -out FILE       markdown table (default bench.md)
   -chart FILE     SVG chart (default bench.svg)
 `

@@ -87,6 +87,7 @@ func serve(o *options, logger *slog.Logger, stderr io.Writer, ready func([]strin
 		Mode:           o.relay,
 		ConnectTimeout: o.connectTimeout,
 		IdleTimeout:    o.idleTimeout,
+		PipeSize:       o.pipeSize,
 		Logger:         logger,
 	}
 	plain := make([]net.Listener, len(lns))

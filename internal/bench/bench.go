@@ -20,6 +20,7 @@ type Options struct {
 	IdleConns int       // idle connections for the memory figure; 0 means 5000 (1000 quick)
 	MaxConns  int       // cap of rsp's concurrency probe; 0 means 9990; skipped when quick
 	Only      []string  // contender names to run (direct always runs); empty means all
+	RspArgs   []string  // extra flags for the rsp contenders
 	Log       io.Writer // progress lines; nil discards
 }
 

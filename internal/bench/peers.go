@@ -69,7 +69,8 @@ var (
 
 func rspStarter(mode string) func(*Options, string, string) (*process, error) {
 	return func(o *Options, backend, host string) (*process, error) {
-		cmd := exec.Command(o.Rsp, "-listen", host+":0", "-backend", backend, "-relay", mode, "-idle-timeout", "0")
+		args := []string{"-listen", host + ":0", "-backend", backend, "-relay", mode, "-idle-timeout", "0"}
+		cmd := exec.Command(o.Rsp, append(args, o.RspArgs...)...)
 		return start(cmd, rspStartRE, true)
 	}
 }

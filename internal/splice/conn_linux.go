@@ -25,11 +25,16 @@ const (
 	scratchSize = 64 << 10
 )
 
+// pageSize is the size of one pipe slot's page: a pipe of size bytes has
+// size/pageSize slots.
+var pageSize = os.Getpagesize()
+
 // sock is one socket of a connection and what epoll last said of it.
 type sock struct {
 	fd       int
 	readable bool // no EAGAIN seen on read since the last EPOLLIN
 	writable bool // no EAGAIN seen on write since the last EPOLLOUT
+	rdhup    bool // EPOLLRDHUP seen: the peer sent FIN
 	err      bool // EPOLLERR seen: the socket has a pending error
 	hup      bool // EPOLLHUP seen: shut down both ways (by the peer, or by us and the peer)
 }
@@ -145,6 +150,9 @@ func (l *loop) onEvent(c *conn, fd int, ev uint32) {
 	}
 	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		s.writable = true
+	}
+	if ev&unix.EPOLLRDHUP != 0 {
+		s.rdhup = true
 	}
 	if ev&unix.EPOLLERR != 0 {
 		s.err = true
@@ -295,6 +303,15 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 					h.eof = true
 					progress = true
 				case err == nil:
+					if h.n == 0 && int(n) < space && int(n) < h.p.size/pageSize && !src.rdhup && !src.err && !src.hup {
+						// A short read into an empty pipe that cannot have
+						// run out of slots (each holds at least a byte) took
+						// everything the socket had. Bytes arriving later
+						// raise a new edge, so the EAGAIN probe would be a
+						// wasted system call per message. Not after a FIN:
+						// the read that returns 0 must still happen.
+						src.readable = false
+					}
 					h.n += int(n)
 					c.last = l.now
 					progress = true

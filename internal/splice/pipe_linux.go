@@ -31,9 +31,14 @@ type pipePool struct {
 	fail    bool         // test hook: every new pipe fails with EMFILE
 }
 
-// defaultPipeSize is the capacity of a pipe when PipeSize is zero: the
-// kernel's default of 16 pages.
-const defaultPipeSize = 16 * 4096
+// defaultPipeSize is the capacity asked for each pipe when PipeSize is
+// zero: 1 MiB, the kernel's default pipe-max-size. Measured with rsp bench
+// on the 2-core development machine, 8 upload streams cost the proxy
+// 0.70-0.76 s of CPU per GiB with the kernel's 64 KiB pipes and
+// 0.36-0.38 s with 1 MiB pipes, at the same throughput: each splice moves
+// up to 16 times more per system call. An empty pooled pipe holds no
+// pages, so the size costs memory only while bytes are in flight.
+const defaultPipeSize = 1 << 20
 
 // get returns an empty pipe from the pool, or a new one. It returns nil
 // with the error when no pipe can be made (typically EMFILE).
@@ -53,12 +58,16 @@ func (pp *pipePool) get() (*pipe, error) {
 		return nil, err
 	}
 	p := &pipe{r: fds[0], w: fds[1], size: defaultPipeSize}
-	if pp.size > 0 {
-		// F_SETPIPE_SZ returns the size granted (rounded up to pages,
-		// capped by /proc/sys/fs/pipe-max-size for unprivileged users).
-		if n, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, pp.size); err == nil {
-			p.size = n
-		}
+	size := pp.size
+	if size == 0 {
+		size = defaultPipeSize
+	}
+	// F_SETPIPE_SZ rounds up to pages; it fails above
+	// /proc/sys/fs/pipe-max-size (unless privileged), and the kernel may
+	// give less once the user's pipe-user-pages-soft is used up. Either
+	// way, ask the pipe what it really holds.
+	if n, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, size); err == nil {
+		p.size = n
 	} else if n, err := unix.FcntlInt(uintptr(p.w), unix.F_GETPIPE_SZ, 0); err == nil {
 		p.size = n
 	}

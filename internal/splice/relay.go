@@ -97,7 +97,8 @@ type Relay struct {
 	// (GOMAXPROCS).
 	Loops int
 	// PipeSize is the capacity asked of each pipe with F_SETPIPE_SZ; zero
-	// keeps the kernel default (64 KiB).
+	// means 1 MiB. The kernel may grant less (pipe-max-size,
+	// pipe-user-pages-soft); rsp uses what it grants.
 	PipeSize int
 	// MaxIdlePipes is how many empty pipes each loop keeps for reuse; zero
 	// means 32. Pipes beyond it are closed when returned.
