@@ -5,7 +5,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 BIN     := bin/rsp
 SHELL   := /bin/bash
 
-.PHONY: all build run test test-unit test-e2e bench cross vet clean
+.PHONY: all build run test test-unit test-e2e bench bench-quick bench-peers cross vet clean
 
 all: build
 
@@ -31,10 +31,20 @@ test-unit:
 test-e2e:
 	$(GO) test -count=1 -timeout 20m ./tests/
 
-# Measures rsp against direct loopback and a plain Go io.Copy proxy;
-# writes bench.md. BENCH_FLAGS=-quick for a short run.
+# Measures rsp against direct loopback, a plain Go io.Copy proxy and the
+# installed peers (make bench-peers); writes docs/bench.md and
+# docs/bench.svg. About 8 minutes; bench-quick takes about 2.
 bench: build
-	./$(BIN) bench -out bench.md $(BENCH_FLAGS)
+	mkdir -p docs
+	./$(BIN) bench -out docs/bench.md -chart docs/bench.svg $(BENCH_FLAGS)
+
+bench-quick: build
+	./$(BIN) bench -quick -out bench-quick.md -chart bench-quick.svg $(BENCH_FLAGS)
+
+# Installs the proxies rsp is compared with, from Debian's packages.
+bench-peers:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx-light libnginx-mod-stream systemd
 
 cross:
 	GOOS=darwin  GOARCH=arm64 CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/rsp

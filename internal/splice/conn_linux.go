@@ -80,10 +80,12 @@ func (l *loop) open(cfd int, sa unix.Sockaddr) {
 		return
 	}
 	c.backend.fd = bfd
-	if l.e.tcp {
-		// Small writes must leave at once: the proxy must not add
-		// Nagle delay to request/response traffic.
+	// Small writes must leave at once: the proxy must not add Nagle delay
+	// to request/response traffic.
+	if !l.e.inherit {
 		unix.SetsockoptInt(cfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	}
+	if l.e.tcp {
 		unix.SetsockoptInt(bfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
 	c.connecting = true
@@ -162,8 +164,12 @@ func (l *loop) onEvent(c *conn, fd int, ev uint32) {
 	}
 	if c.connecting {
 		switch {
-		case s == &c.backend && ev&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0:
+		case s == &c.backend && ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0:
 			l.connected(c)
+		case s == &c.backend && ev&unix.EPOLLOUT != 0:
+			// Writable without error: the connect succeeded, no need
+			// to ask SO_ERROR.
+			l.established(c)
 		case s == &c.client && (s.err || s.hup):
 			l.finish(c, errors.New("client closed while backend was connecting"), false)
 		}
@@ -172,7 +178,8 @@ func (l *loop) onEvent(c *conn, fd int, ev uint32) {
 	l.service(c)
 }
 
-// connected completes a non-blocking connect.
+// connected completes a non-blocking connect that reported an error or
+// hang-up: it asks the socket why.
 func (l *loop) connected(c *conn) {
 	errno, err := unix.GetsockoptInt(c.backend.fd, unix.SOL_SOCKET, unix.SO_ERROR)
 	if err == nil && errno != 0 {
@@ -182,6 +189,11 @@ func (l *loop) connected(c *conn) {
 		l.connectFailed(c, err)
 		return
 	}
+	l.established(c)
+}
+
+// established starts relaying once the backend connect completed.
+func (l *loop) established(c *conn) {
 	c.connecting = false
 	c.backend.err, c.backend.hup = false, false
 	c.last = l.now

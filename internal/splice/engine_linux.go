@@ -20,6 +20,7 @@ type spliceEngine struct {
 	loops     []*loop
 	family    int
 	tcp       bool // backend is TCP: set TCP_NODELAY on new sockets
+	inherit   bool // every listener has TCP_NODELAY, so accepted sockets inherit it
 	start     time.Time
 	handoff   *copyEngine // relays connections whose sockets cannot splice
 	wg        sync.WaitGroup
@@ -40,6 +41,14 @@ func startSplice(r *Relay, lns []net.Listener) (engine, error) {
 		}
 		fds = append(fds, fd)
 	}
+	// Accepted sockets inherit TCP_NODELAY from their listener: setting it
+	// once here saves a system call per connection.
+	inherit := true
+	for _, fd := range fds {
+		if unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) != nil {
+			inherit = false
+		}
+	}
 	n := r.Loops
 	if n <= 0 {
 		n = runtime.GOMAXPROCS(0)
@@ -48,6 +57,7 @@ func startSplice(r *Relay, lns []net.Listener) (engine, error) {
 		r:       r,
 		family:  family,
 		tcp:     family != unix.AF_UNIX,
+		inherit: inherit,
 		start:   time.Now(),
 		handoff: newCopyEngine(r),
 	}
