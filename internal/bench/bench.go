@@ -123,7 +123,7 @@ func measure(o *Options, c Contender, backend, host string, src *sources) []Resu
 	bulk := int64(2 << 30)
 	dur := 2 * time.Second
 	if o.Quick {
-		bulk, dur = 512<<20, time.Second
+		bulk, dur = 512<<20, 750*time.Millisecond
 	}
 	for _, b := range []struct {
 		name    string

@@ -308,7 +308,7 @@ func (l *loop) acceptBatch(lfd int) {
 		return
 	}
 	for range acceptBatch {
-		nfd, sa, err := unix.Accept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		nfd, peer, err := accept(lfd)
 		if err != nil {
 			switch err {
 			case unix.EAGAIN:
@@ -323,7 +323,7 @@ func (l *loop) acceptBatch(lfd int) {
 			l.logErr("accept failed", err)
 			return
 		}
-		l.open(nfd, sa)
+		l.open(nfd, peer)
 	}
 }
 
