@@ -81,7 +81,8 @@ Measures, in one run and side by side on loopback: direct connections, rsp
 systemd-socket-proxyd where installed. Each proxy is its own process; its
 CPU, RSS and fds come from /proc.
 
-  -quick          512 MiB transfers, 0.75 s runs, 1000 idle connections (under 2 minutes)
+  -quick          384 MiB transfers, 0.75 s runs, 4 MiB integrity echoes,
+                  1000 idle connections (under 2 minutes)
   -runs N         repetitions of each figure (default 3)
   -idle-conns N   idle connections for the memory figure (default 5000)
   -max-conns N    cap of rsp's concurrency probe (default 9990; not with -quick)

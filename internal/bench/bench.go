@@ -73,7 +73,7 @@ const (
 	wConns   = "new connections, 16 clients"
 	wIdleRSS = "idle: RSS per connection"
 	wIdleFDs = "idle: fds per connection"
-	wIntegr  = "integrity: 64 × 16 MiB echoes, half-close"
+	wIntegr  = "integrity: 64 × %d MiB echoes, half-close"
 	wMax     = "concurrent connections under the fd limit"
 )
 
@@ -123,7 +123,7 @@ func measure(o *Options, c Contender, backend, host string, src *sources) []Resu
 	bulk := int64(2 << 30)
 	dur := 2 * time.Second
 	if o.Quick {
-		bulk, dur = 512<<20, 750*time.Millisecond
+		bulk, dur = 384<<20, 750*time.Millisecond
 	}
 	for _, b := range []struct {
 		name    string
@@ -183,8 +183,11 @@ func measure(o *Options, c Contender, backend, host string, src *sources) []Resu
 	}
 	add(cps)
 	o.logf("  %s", wIntegr)
-	integ := Result{Workload: wIntegr, Unit: "corrupted"}
 	size := int64(16 << 20)
+	if o.Quick {
+		size = 4 << 20
+	}
+	integ := Result{Workload: fmt.Sprintf(wIntegr, size>>20), Unit: "corrupted"}
 	bad, err := integrity(src, addr, 64, size)
 	integ.Values = []float64{float64(bad)}
 	switch {

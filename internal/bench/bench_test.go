@@ -81,7 +81,7 @@ func TestMarkdownRatiosAndChart(t *testing.T) {
 	rs := []Result{
 		{Workload: wUp1, Contender: "direct", Unit: "Gbit/s", Values: []float64{10, 12, 11}},
 		{Workload: wUp1, Contender: "rsp splice", Unit: "Gbit/s", Values: []float64{8, 7, 9}},
-		{Workload: wIntegr, Contender: "rsp splice", Unit: "corrupted", Values: []float64{0}, Note: "ok"},
+		{Workload: "integrity", Contender: "rsp splice", Unit: "corrupted", Values: []float64{0}, Note: "ok"},
 	}
 	md := Markdown(rs)
 	if !strings.Contains(md, "| upload, 1 stream | rsp splice | 8 Gbit/s | 3: 7–9 | 0.73 |") {
