@@ -20,6 +20,8 @@ type copyEngine struct {
 	cancel context.CancelFunc
 	accept sync.WaitGroup
 
+	bufs sync.Pool // *[]byte of copyBufSize, recycled between connections
+
 	mu    sync.Mutex
 	live  map[*copyConn]struct{}
 	final bool // closeAll ran: new connections are closed at once
@@ -37,7 +39,14 @@ func startCopy(r *Relay, lns []net.Listener) (*copyEngine, error) {
 
 func newCopyEngine(r *Relay) *copyEngine {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &copyEngine{r: r, ctx: ctx, cancel: cancel, live: make(map[*copyConn]struct{})}
+	e := &copyEngine{r: r, ctx: ctx, cancel: cancel, live: make(map[*copyConn]struct{})}
+	e.bufs.New = newCopyBuf
+	return e
+}
+
+func newCopyBuf() any {
+	b := make([]byte, copyBufSize)
+	return &b
 }
 
 // acceptLoop accepts on ln until it is closed, starting a goroutine per
@@ -85,7 +94,7 @@ func (e *copyEngine) dialAndRelay(client net.Conn) {
 // have ended, then closes both. It counts the connection as done.
 func (e *copyEngine) relay(client, backend net.Conn) {
 	defer e.r.connDone(1)
-	p := &copyConn{client: client, backend: backend, idle: e.r.IdleTimeout}
+	p := &copyConn{client: client, backend: backend, idle: e.r.IdleTimeout, bufs: &e.bufs}
 	if !e.track(p) {
 		client.Close()
 		backend.Close()
@@ -168,6 +177,7 @@ type copyConn struct {
 	last            atomic.Int64 // unix nanos of the last progress
 	once            sync.Once
 	reason          atomic.Pointer[error]
+	bufs            *sync.Pool
 }
 
 func (p *copyConn) touch() { p.last.Store(time.Now().UnixNano()) }
@@ -195,9 +205,6 @@ func (p *copyConn) copyHalfAsync(dst, src net.Conn, done chan<- struct{}) {
 // copyBufSize is the user-space buffer of one copying direction.
 const copyBufSize = 64 << 10
 
-// copyBufs recycles copy buffers between connections.
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
-
 // readerOnly and writerOnly hide ReadFrom/WriteTo so that io.CopyBuffer
 // really copies through our buffer. Otherwise the standard library would
 // splice through pipes of its own, kept in a pool that only the garbage
@@ -210,8 +217,8 @@ type writerOnly struct{ io.Writer }
 // progress is recorded; a read deadline fires before any byte is consumed,
 // so no byte is lost by it.
 func (p *copyConn) copyHalf(dst, src net.Conn) {
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
+	bp := p.bufs.Get().(*[]byte)
+	defer p.bufs.Put(bp)
 	for {
 		if p.idle > 0 {
 			src.SetReadDeadline(time.Now().Add(p.idle / 2))
