@@ -37,6 +37,23 @@ func (s *sources) dial(addr string, mode byte) (*net.TCPConn, error) {
 	return c.(*net.TCPConn), nil
 }
 
+// dialSized opens a bulk connection: the mode byte, then the size (8
+// bytes, big-endian); the deadline allows five minutes.
+func (s *sources) dialSized(addr string, mode byte, size int64) (*net.TCPConn, error) {
+	c, err := s.dial(addr, mode)
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Minute))
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], uint64(size))
+	if _, err := c.Write(b[:]); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
 // parallel runs f(i) for i in [0,n) concurrently and returns the first
 // error.
 func parallel(n int, f func(i int) error) error {
@@ -62,20 +79,15 @@ func upload(src *sources, addr string, streams int, total int64) (time.Duration,
 	per := total / int64(streams)
 	start := time.Now()
 	err := parallel(streams, func(int) error {
-		c, err := src.dial(addr, modeSink)
+		c, err := src.dialSized(addr, modeSink, per)
 		if err != nil {
-			return err
+			return fmt.Errorf("upload: %w", err)
 		}
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Minute))
-		var b [8]byte
-		binary.BigEndian.PutUint64(b[:], uint64(per))
-		if _, err := c.Write(b[:]); err != nil {
-			return err
-		}
 		if err := writeZeros(c, per); err != nil {
 			return fmt.Errorf("upload: %w", err)
 		}
+		var b [8]byte
 		if _, err := io.ReadFull(c, b[:]); err != nil {
 			return fmt.Errorf("upload: sink count: %w", err)
 		}
@@ -93,17 +105,11 @@ func download(src *sources, addr string, streams int, total int64) (time.Duratio
 	per := total / int64(streams)
 	start := time.Now()
 	err := parallel(streams, func(int) error {
-		c, err := src.dial(addr, modeSource)
+		c, err := src.dialSized(addr, modeSource, per)
 		if err != nil {
-			return err
+			return fmt.Errorf("download: %w", err)
 		}
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Minute))
-		var b [8]byte
-		binary.BigEndian.PutUint64(b[:], uint64(per))
-		if _, err := c.Write(b[:]); err != nil {
-			return err
-		}
 		n, err := io.CopyBuffer(io.Discard, c, make([]byte, 1<<20))
 		if err != nil {
 			return fmt.Errorf("download: %w", err)
