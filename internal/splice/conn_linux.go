@@ -82,6 +82,12 @@ func (l *loop) open(cfd int, peer netip.AddrPort) {
 		unix.Close(cfd)
 		l.e.r.stats.failed.Add(1)
 		l.e.r.connDone(1)
+		if err == unix.EMFILE || err == unix.ENFILE || err == unix.ENOBUFS || err == unix.ENOMEM {
+			// Out of fds: stop taking clients that could not be served;
+			// the kernel's backlog holds them until fds free up.
+			l.pauseAccept(fmt.Errorf("backend socket for client %s: %w", c.peer, err))
+			return
+		}
 		l.logErr("backend socket failed; closing client "+c.peer.String(), err)
 		return
 	}

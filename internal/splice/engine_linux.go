@@ -8,6 +8,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -16,15 +17,18 @@ import (
 
 // spliceEngine runs the epoll event loops of ModeSplice.
 type spliceEngine struct {
-	r         *Relay
-	loops     []*loop
-	family    int
-	tcp       bool // backend is TCP: set TCP_NODELAY on new sockets
-	inherit   bool // every listener has TCP_NODELAY, so accepted sockets inherit it
-	start     time.Time
-	handoff   *copyEngine // relays connections whose sockets cannot splice
-	wg        sync.WaitGroup
-	closeOnce sync.Once
+	r       *Relay
+	loops   []*loop
+	family  int
+	tcp     bool // backend is TCP: set TCP_NODELAY on new sockets
+	inherit bool // every listener has TCP_NODELAY, so accepted sockets inherit it
+	start   time.Time
+	handoff *copyEngine // relays connections whose sockets cannot splice
+	// lastErrLog is when an accept-level error was last logged (engine
+	// clock), shared by the loops to log at most once a second.
+	lastErrLog atomic.Int64
+	wg         sync.WaitGroup
+	closeOnce  sync.Once
 }
 
 func startSplice(r *Relay, lns []net.Listener) (engine, error) {

@@ -60,10 +60,9 @@ type loop struct {
 	tick   int64
 	sweep  int64 // when the next timeout sweep is due
 
-	accepting   bool  // listeners are registered
-	stopped     bool  // stopAccepting ran: never accept again
-	resumeAt    int64 // when accepting resumes after EMFILE; 0 if not paused
-	lastErrLog  int64
+	accepting   bool   // listeners are registered
+	stopped     bool   // stopAccepting ran: never accept again
+	resumeAt    int64  // when accepting resumes after EMFILE; 0 if not paused
 	scratch     []byte // buffer for the no-pipe fallback, made on first use
 	noSpliceFor bool   // test hook: pretend the kernel refuses to splice
 
@@ -338,12 +337,16 @@ func (l *loop) pauseAccept(err error) {
 	l.logErr(fmt.Sprintf("accept: out of file descriptors or memory; pausing accepts for %v (raise LimitNOFILE= or ulimit -n)", acceptPause), err)
 }
 
-// logErr logs an accept-level error at most once a second per loop.
+// logErr logs an accept-level error at most once a second for the whole
+// relay: under fd exhaustion every loop hits it at once, again and again.
 func (l *loop) logErr(msg string, err error) {
-	if l.now-l.lastErrLog < int64(time.Second) && l.lastErrLog != 0 {
+	last := l.e.lastErrLog.Load()
+	if last != 0 && l.now-last < int64(time.Second) {
 		return
 	}
-	l.lastErrLog = l.now
+	if !l.e.lastErrLog.CompareAndSwap(last, max(l.now, 1)) {
+		return
+	}
 	l.e.r.logger().Error(msg, "err", err)
 }
 
