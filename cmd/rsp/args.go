@@ -1,31 +1,33 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"strconv"
 	"strings"
 	"time"
 
+	"rsp/internal/config"
 	"rsp/internal/splice"
 )
 
 // options is everything the command line says.
 type options struct {
+	config         string   // -config FILE; the other relay settings then come from it
 	listen         []string // addresses to bind when not socket-activated
 	backend        string   // host:port or unix:/path, as given
 	connectTimeout time.Duration
 	idleTimeout    time.Duration
+	halfClose      time.Duration
 	drainTimeout   time.Duration
+	maxConn        int
 	relay          splice.Mode
 	pipeSize       int
 	logLevel       slog.Level
+	set            map[string]bool // flags given explicitly
 	version        bool
 	help           bool
 }
@@ -98,11 +100,14 @@ func (f levelFlag) Set(s string) error {
 func newFlagSet(name string, o *options) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
+	fs.StringVar(&o.config, "config", "", "")
 	fs.Var((*listFlag)(&o.listen), "listen", "")
 	fs.StringVar(&o.backend, "backend", "", "")
 	fs.DurationVar(&o.connectTimeout, "connect-timeout", splice.DefaultConnectTimeout, "")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 10*time.Minute, "")
+	fs.DurationVar(&o.halfClose, "half-close-timeout", 0, "")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "")
+	fs.IntVar(&o.maxConn, "maxconn", 0, "")
 	fs.Var(modeFlag{&o.relay}, "relay", "")
 	fs.IntVar(&o.pipeSize, "pipe-size", 0, "")
 	fs.Var(levelFlag{&o.logLevel}, "log-level", "")
@@ -114,13 +119,19 @@ func newFlagSet(name string, o *options) *flag.FlagSet {
 
 const usageText = `usage: rsp [flags] <listen_port> <backend_addr> <backend_port>
        rsp [flags] -listen [HOST]:PORT -backend HOST:PORT
+       rsp -config FILE [-log-level LEVEL]
+       rsp check -config FILE
        rsp demo [-listen [HOST]:PORT]
 
-rsp forwards every TCP connection it accepts to one backend, moving the
+rsp forwards every TCP connection it accepts to a backend, moving the
 bytes inside the kernel with splice(2). Under systemd socket activation it
-serves the sockets systemd passes and binds nothing itself.
+serves the sockets systemd passes and binds nothing itself. With -config it
+serves several frontends and balances over pools of servers (see rsp(8));
+'rsp check' validates a configuration file without starting.
 
 flags:
+  -config FILE             read frontends, backends and settings from FILE
+                           (TOML); SIGHUP reloads it
   -listen [HOST]:PORT      address to accept on; repeat or comma-separate for
                            several (default: the <listen_port> argument on all
                            IPv4 and IPv6 addresses; ignored when systemd passes
@@ -131,6 +142,11 @@ flags:
                            close the client (default 5s)
   -idle-timeout DUR        close a connection when no byte moved either way
                            for DUR; 0 disables (default 10m0s)
+  -half-close-timeout DUR  close a connection DUR after one side finished
+                           sending while the other has not; 0 disables
+                           (default 0)
+  -maxconn N               relay at most N connections at once; more wait in
+                           the kernel's backlog; 0 = no limit (default 0)
   -drain-timeout DUR       on SIGTERM/SIGINT, let live connections finish for
                            up to DUR, then close them (default 30s)
   -relay splice|copy       splice: zero-copy through kernel pipes (default);
@@ -140,7 +156,8 @@ flags:
   -h, -help                print this help and exit
 
 signals: SIGTERM/SIGINT drain and exit 0 (a second one closes at once);
-SIGUSR1 logs counters (connections, pipes, goroutines, fds).
+SIGHUP reloads -config; SIGUSR1 logs counters (connections, pipes,
+goroutines, fds).
 `
 
 // parseArgs reads the command line. Errors are *usageError.
@@ -153,6 +170,8 @@ func parseArgs(args []string) (*options, error) {
 	if o.help || o.version {
 		return o, nil
 	}
+	o.set = map[string]bool{}
+	defer fs.Visit(func(f *flag.Flag) { o.set[f.Name] = true })
 	pos := fs.Args()
 	// Flags may also follow the classic positional arguments.
 	if len(pos) > 0 {
@@ -168,6 +187,19 @@ func parseArgs(args []string) (*options, error) {
 			rest = append(rest, pos[i])
 		}
 		pos = rest
+	}
+	if o.config != "" {
+		o.set = map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { o.set[f.Name] = true })
+		for _, name := range []string{"listen", "backend", "connect-timeout", "idle-timeout", "half-close-timeout", "drain-timeout", "maxconn", "relay", "pipe-size"} {
+			if o.set[name] {
+				return nil, usagef("-%s cannot be combined with -config: set it in the configuration file (see rsp(8))", name)
+			}
+		}
+		if len(pos) > 0 {
+			return nil, usagef("arguments %q cannot be combined with -config: the configuration file names the frontends and backends", pos)
+		}
+		return o, nil
 	}
 	switch len(pos) {
 	case 0:
@@ -203,13 +235,16 @@ func parseArgs(args []string) (*options, error) {
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"-connect-timeout", o.connectTimeout}, {"-idle-timeout", o.idleTimeout}, {"-drain-timeout", o.drainTimeout}} {
+	}{{"-connect-timeout", o.connectTimeout}, {"-idle-timeout", o.idleTimeout}, {"-half-close-timeout", o.halfClose}, {"-drain-timeout", o.drainTimeout}} {
 		if d.v < 0 {
 			return nil, usagef("%s %v is negative: give a duration such as 5s or 2m", d.name, d.v)
 		}
 	}
 	if o.pipeSize < 0 || o.pipeSize > 64<<20 {
 		return nil, usagef("-pipe-size %d out of range: give bytes from 4096 to 67108864, or 0 for the default", o.pipeSize)
+	}
+	if o.maxConn < 0 {
+		return nil, usagef("-maxconn %d is negative: give the most concurrent connections, or 0 for no limit", o.maxConn)
 	}
 	if o.connectTimeout == 0 {
 		return nil, usagef("-connect-timeout 0 would wait forever: give a duration such as 5s")
@@ -228,32 +263,17 @@ func flagError(err error) error {
 
 // parsePort reads a TCP port number 1-65535.
 func parsePort(what, s string) (int, error) {
-	n, err := strconv.Atoi(s)
+	n, err := config.ParsePort(what, s)
 	if err != nil {
-		return 0, usagef("%s %q is not a number: use 1-65535", what, s)
-	}
-	if n < 1 || n > 65535 {
-		return 0, usagef("%s %d out of range: use 1-65535", what, n)
+		return 0, &usageError{msg: err.Error()}
 	}
 	return n, nil
 }
 
-// checkListen validates a -listen address; port 0 asks the kernel for a
-// free port.
+// checkListen validates a -listen address.
 func checkListen(a string) error {
-	host, port, err := net.SplitHostPort(a)
-	if err != nil {
-		return usagef("-listen %q: %v; write [HOST]:PORT, e.g. :8080 or 127.0.0.1:8080", a, addrErr(err))
-	}
-	if port != "0" {
-		if _, err := parsePort("listen port", port); err != nil {
-			return err
-		}
-	}
-	if host != "" {
-		if _, err := netip.ParseAddr(host); err != nil && host != "localhost" {
-			return usagef("-listen %q: host must be an IP address (or empty for all addresses)", a)
-		}
+	if err := config.CheckListen("-listen", a); err != nil {
+		return &usageError{msg: err.Error()}
 	}
 	return nil
 }
@@ -261,54 +281,8 @@ func checkListen(a string) error {
 // checkBackend validates the shape of a backend address; resolving the
 // host name comes later.
 func checkBackend(b string) error {
-	if path, ok := strings.CutPrefix(b, "unix:"); ok {
-		if path == "" {
-			return usagef("backend %q: give a socket path, e.g. unix:/run/app.sock", b)
-		}
-		return nil
+	if err := config.CheckServer("backend", b); err != nil {
+		return &usageError{msg: err.Error()}
 	}
-	host, port, err := net.SplitHostPort(b)
-	if err != nil {
-		return usagef("backend %q: %v; write HOST:PORT, [IPv6]:PORT or unix:/path", b, addrErr(err))
-	}
-	if host == "" {
-		return usagef("backend %q has no host: write HOST:PORT, e.g. 127.0.0.1:80", b)
-	}
-	_, err = parsePort("backend port", port)
-	return err
-}
-
-func addrErr(err error) string {
-	var ae *net.AddrError
-	if errors.As(err, &ae) {
-		return ae.Err
-	}
-	return err.Error()
-}
-
-// resolveBackend turns the backend string into an address the relay can
-// dial. A host name is resolved once, at start.
-func resolveBackend(ctx context.Context, b string) (net.Addr, error) {
-	if path, ok := strings.CutPrefix(b, "unix:"); ok {
-		return &net.UnixAddr{Name: path, Net: "unix"}, nil
-	}
-	host, portStr, _ := net.SplitHostPort(b)
-	port, _ := strconv.Atoi(portStr)
-	if ip, err := netip.ParseAddr(host); err == nil {
-		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(ip, uint16(port))), nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-	if err == nil && len(ips) == 0 {
-		err = errors.New("no addresses")
-	}
-	if err != nil {
-		var de *net.DNSError
-		if errors.As(err, &de) {
-			err = errors.New(de.Err)
-		}
-		return nil, usagef("cannot resolve backend host '%s': %v; check the name or give an IP address", host, err)
-	}
-	return net.TCPAddrFromAddrPort(netip.AddrPortFrom(ips[0].Unmap(), uint16(port))), nil
+	return nil
 }

@@ -50,18 +50,3 @@ func TestParseArgsErrors(t *testing.T) {
 		}
 	}
 }
-
-func TestResolveBackend(t *testing.T) {
-	a, err := resolveBackend(t.Context(), "unix:/run/x.sock")
-	if err != nil || a.Network() != "unix" || a.String() != "/run/x.sock" {
-		t.Fatalf("unix backend: %v %v", a, err)
-	}
-	a, err = resolveBackend(t.Context(), "[::1]:80")
-	if err != nil || a.String() != "[::1]:80" {
-		t.Fatalf("ipv6 literal: %v %v", a, err)
-	}
-	a, err = resolveBackend(t.Context(), "localhost:80")
-	if err != nil || a.Network() != "tcp" {
-		t.Fatalf("localhost: %v %v", a, err)
-	}
-}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"time"
@@ -43,8 +44,9 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	defer echo.Close()
 	go serveEcho(echo)
 	o.backend = echo.Addr().String()
-	logger := newLogger(stderr, o.logLevel)
-	return serve(o, logger, stderr, func(addrs []string) {
+	level := new(slog.LevelVar)
+	level.Set(o.logLevel)
+	return serve(o, newLogger(stderr, level), level, stderr, func(addrs []string) {
 		fmt.Fprintf(stdout, "rsp demo: forwarding %s -> built-in echo backend %s (relay=%s)\n", strings.Join(addrs, ", "), o.backend, o.relay)
 		if err := selfCheck(addrs[0]); err != nil {
 			fmt.Fprintf(stdout, "self-check through rsp FAILED: %v\n", err)

@@ -6,10 +6,10 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"runtime"
@@ -18,6 +18,9 @@ import (
 	"time"
 
 	"rsp/internal/activation"
+	"rsp/internal/balance"
+	"rsp/internal/config"
+	"rsp/internal/proxy"
 	"rsp/internal/splice"
 )
 
@@ -34,6 +37,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		switch args[0] {
 		case "demo":
 			return runDemo(args[1:], stdout, stderr)
+		case "check":
+			return runCheck(args[1:], stdout, stderr)
 		case "bench":
 			return runBench(args[1:], stdout, stderr)
 		case "bench-backend", "bench-iocopy":
@@ -53,56 +58,102 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "rsp %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0
 	}
-	logger := newLogger(stderr, o.logLevel)
-	return serve(o, logger, stderr, nil)
+	level := new(slog.LevelVar)
+	level.Set(o.logLevel)
+	return serve(o, newLogger(stderr, level), level, stderr, nil)
+}
+
+// printErr writes err to w, one "rsp: " line per line of it.
+func printErr(w io.Writer, err error) {
+	for _, line := range strings.Split(err.Error(), "\n") {
+		fmt.Fprintf(w, "rsp: %s\n", line)
+	}
+}
+
+// loadConfig returns the configuration to run: the -config file, or the
+// command line's one frontend and one server.
+func loadConfig(o *options, sd []activation.Listener) (*config.Config, error) {
+	if o.config != "" {
+		return config.Load(o.config)
+	}
+	addr, err := config.ResolveServer(context.Background(), "backend", o.backend)
+	if err != nil {
+		return nil, &usageError{msg: err.Error()}
+	}
+	fe := &config.Frontend{
+		Name: "default", Listen: o.listen, Backend: "default",
+		ConnectTimeout: o.connectTimeout, IdleTimeout: o.idleTimeout, HalfCloseTimeout: o.halfClose,
+		Where: "command line",
+	}
+	if len(sd) > 0 {
+		fe.Listen, fe.Socket = nil, config.AnySocket
+	} else if len(o.listen) == 0 {
+		return nil, usagef("nothing to listen on: give <listen_port>, -listen [HOST]:PORT, or start rsp from a systemd socket unit")
+	}
+	return &config.Config{
+		Path: "command line", MaxConn: o.maxConn, Relay: o.relay.String(),
+		DrainTimeout: o.drainTimeout, PipeSize: o.pipeSize,
+		Frontends: []*config.Frontend{fe},
+		Backends: []*config.Backend{{
+			Name: "default", Balance: balance.RoundRobin,
+			Servers: []balance.ServerConfig{{Name: o.backend, Addr: addr, Weight: 1}},
+		}},
+	}, nil
 }
 
 // serve runs the proxy until a signal stops it. ready, if not nil, is
 // called with the listeners' addresses once they are served.
-func serve(o *options, logger *slog.Logger, stderr io.Writer, ready func([]string)) int {
-	fail := func(code int, err error) int {
-		fmt.Fprintf(stderr, "rsp: %v\n", err)
-		return code
-	}
-	backend, err := resolveBackend(context.Background(), o.backend)
-	if err != nil {
-		return fail(2, err)
-	}
-	lns, activated, err := listeners(o, logger)
-	if err != nil {
-		var le *activation.ListenError
-		var ue *usageError
-		if errors.As(err, &le) || errors.As(err, &ue) {
-			return fail(2, err)
+func serve(o *options, logger *slog.Logger, level *slog.LevelVar, stderr io.Writer, ready func([]string)) int {
+	var sd []activation.Listener
+	if activation.Activated() {
+		var err error
+		if sd, err = activation.FromSystemd(); err != nil {
+			printErr(stderr, err)
+			return 1
 		}
-		return fail(1, err)
+		if len(sd) > 0 && len(o.listen) > 0 && o.config == "" {
+			logger.Info("socket-activated: ignoring -listen", "listen", strings.Join(o.listen, ","))
+		}
+	}
+	cfg, err := loadConfig(o, sd)
+	if err != nil {
+		printErr(stderr, err)
+		return 2
+	}
+	if o.config != "" && !o.set["log-level"] {
+		level.Set(parseLevel(cfg.LogLevel))
 	}
 	// Catch signals before announcing readiness: SIGUSR1's default
 	// action would kill the process.
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
-	relay := &splice.Relay{
-		Backend:        backend,
-		Mode:           o.relay,
-		ConnectTimeout: o.connectTimeout,
-		IdleTimeout:    o.idleTimeout,
-		PipeSize:       o.pipeSize,
-		Logger:         logger,
+	mode, _ := splice.ParseMode(cfg.Relay)
+	relay := &splice.Relay{Mode: mode, MaxConn: cfg.MaxConn, PipeSize: cfg.PipeSize, Logger: logger}
+	if err := relay.Start(); err != nil {
+		printErr(stderr, fmt.Errorf("start relay: %w", err))
+		return 1
 	}
-	plain := make([]net.Listener, len(lns))
-	addrs := make([]string, len(lns))
-	for i, l := range lns {
-		plain[i] = l.Listener
-		addrs[i] = l.Addr().String()
+	px := &proxy.Proxy{Relay: relay, Logger: logger, Systemd: sd}
+	if err := px.Apply(cfg); err != nil {
+		relay.Shutdown(context.Background())
+		printErr(stderr, err)
+		var le *activation.ListenError
+		if errors.As(err, &le) || o.config != "" {
+			return 2
+		}
+		return 1
 	}
-	if err := relay.Start(plain); err != nil {
-		return fail(1, fmt.Errorf("start relay: %w", err))
-	}
+	addrs := px.Addrs()
 	notifier := activation.NewNotifier(logger)
 	notifier.Ready()
-	logger.Info("rsp started", "version", version, "listen", strings.Join(addrs, ","),
-		"backend", backend.String(), "relay", o.relay.String(), "socket_activated", activated)
+	started := []any{"version", version, "listen", strings.Join(addrs, ","), "relay", cfg.Relay, "socket_activated", len(sd) > 0}
+	if o.config != "" {
+		started = append(started, "config", o.config, "frontends", len(cfg.Frontends), "backends", len(cfg.Backends))
+	} else {
+		started = append(started, "backend", cfg.Backends[0].Servers[0].Addr.String())
+	}
+	logger.Info("rsp started", started...)
 	if ready != nil {
 		ready(addrs)
 	}
@@ -118,7 +169,11 @@ func serve(o *options, logger *slog.Logger, stderr io.Writer, ready func([]strin
 			logStats(logger, relay.Stats())
 			continue
 		case syscall.SIGHUP:
-			logger.Warn("SIGHUP ignored: this rsp has no configuration file to reload")
+			if o.config == "" {
+				logger.Warn("SIGHUP ignored: rsp runs from the command line, with no configuration file to reload (use -config)")
+				continue
+			}
+			cfg = reload(o, cfg, px, relay, notifier, logger, level)
 			continue
 		}
 		break
@@ -126,8 +181,8 @@ func serve(o *options, logger *slog.Logger, stderr io.Writer, ready func([]strin
 
 	notifier.Stopping()
 	st := relay.Stats()
-	logger.Info("stopping: no new connections; draining live ones", "active", st.Active, "drain_timeout", o.drainTimeout.String())
-	drainCtx, cancel := context.WithTimeout(context.Background(), o.drainTimeout)
+	logger.Info("stopping: no new connections; draining live ones", "active", st.Active, "drain_timeout", cfg.DrainTimeout.String())
+	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
 	defer cancel()
 	go func() {
 		// A second SIGTERM/SIGINT ends the drain at once.
@@ -141,40 +196,73 @@ func serve(o *options, logger *slog.Logger, stderr io.Writer, ready func([]strin
 	if err := relay.Shutdown(drainCtx); err != nil {
 		logger.Warn("drain ended before all connections finished; closed the rest", "err", err)
 	}
+	px.Close()
 	logger.Info("stopped", "accepted", relay.Stats().Accepted)
 	return 0
 }
 
-// listeners returns systemd's sockets when socket-activated (activated
-// is then true), else binds o.listen.
-func listeners(o *options, logger *slog.Logger) (lns []activation.Listener, activated bool, err error) {
-	if activation.Activated() {
-		lns, err := activation.FromSystemd()
-		if err != nil {
-			return nil, false, err
-		}
-		if len(lns) > 0 {
-			if len(o.listen) > 0 {
-				logger.Info("socket-activated: ignoring -listen", "listen", strings.Join(o.listen, ","))
-			}
-			return lns, true, nil
-		}
+// reload re-reads the configuration file and applies it; on any error
+// the running configuration keeps serving. It returns the configuration
+// now running.
+func reload(o *options, cur *config.Config, px *proxy.Proxy, relay *splice.Relay, n *activation.Notifier, logger *slog.Logger, level *slog.LevelVar) *config.Config {
+	n.Reloading()
+	defer n.Ready()
+	cfg, err := config.Load(o.config)
+	if err == nil {
+		err = px.Apply(cfg)
 	}
-	if len(o.listen) == 0 {
-		return nil, false, usagef("nothing to listen on: give <listen_port>, -listen [HOST]:PORT, or start rsp from a systemd socket unit")
-	}
-	var out []activation.Listener
-	for _, a := range o.listen {
-		l, err := activation.Listen(a)
-		if err != nil {
-			for _, prev := range out {
-				prev.Close()
-			}
-			return nil, false, err
+	if err != nil {
+		for _, line := range strings.Split(err.Error(), "\n") {
+			logger.Error("reload refused; the running configuration keeps serving", "err", line)
 		}
-		out = append(out, l)
+		return cur
 	}
-	return out, false, nil
+	if cfg.Relay != cur.Relay || cfg.PipeSize != cur.PipeSize {
+		logger.Warn("relay and pipe_size take effect at the next restart", "relay", cur.Relay, "pipe_size", cur.PipeSize)
+		cfg.Relay, cfg.PipeSize = cur.Relay, cur.PipeSize
+	}
+	relay.SetMaxConn(cfg.MaxConn)
+	if !o.set["log-level"] {
+		level.Set(parseLevel(cfg.LogLevel))
+	}
+	logger.Info("configuration reloaded", "config", o.config, "listen", strings.Join(px.Addrs(), ","),
+		"frontends", len(cfg.Frontends), "backends", len(cfg.Backends))
+	return cfg
+}
+
+// runCheck is 'rsp check -config FILE': it validates without starting.
+func runCheck(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("rsp check", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	path := fs.String("config", "", "")
+	if err := fs.Parse(args); err != nil {
+		printErr(stderr, flagError(err))
+		return 2
+	}
+	if *path == "" && fs.NArg() == 1 {
+		*path = fs.Arg(0)
+	} else if *path == "" || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "rsp: usage: rsp check -config FILE")
+		return 2
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		printErr(stderr, err)
+		return 1
+	}
+	servers := 0
+	for _, b := range cfg.Backends {
+		servers += len(b.Servers)
+	}
+	fmt.Fprintf(stdout, "%s: configuration OK: %d frontends, %d backends, %d servers\n", *path, len(cfg.Frontends), len(cfg.Backends), servers)
+	return 0
+}
+
+// parseLevel reads a level the config package has checked.
+func parseLevel(s string) slog.Level {
+	var l slog.Level
+	levelFlag{&l}.Set(s)
+	return l
 }
 
 // statusLine is the STATUS= text systemctl status shows.
@@ -195,7 +283,7 @@ func logStats(logger *slog.Logger, s splice.Stats) {
 
 // newLogger logs text to w; under journald (JOURNAL_STREAM set) without
 // timestamps, since the journal adds its own.
-func newLogger(w io.Writer, level slog.Level) *slog.Logger {
+func newLogger(w io.Writer, level slog.Leveler) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: level}
 	if os.Getenv("JOURNAL_STREAM") != "" {
 		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {

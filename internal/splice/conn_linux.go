@@ -67,75 +67,101 @@ type conn struct {
 	down       half  // backend → client
 	last       int64 // loop clock at the last byte moved
 	deadline   int64 // connect deadline while connecting
+	halfAt     int64 // loop clock when the first direction ended; 0 before
 	peer       netip.AddrPort
+	rt         *Route   // the frontend's route when accepted
+	target     Target   // the backend picked; nil before and after
+	tried      []Target // targets whose connect failed; nil if none did
 	prev, next *conn
 }
 
-// open starts relaying a freshly accepted client socket: it begins a
-// non-blocking connect to the backend and registers both sockets.
-func (l *loop) open(cfd int, peer netip.AddrPort) {
-	l.e.r.connOpened()
+// open starts relaying a freshly accepted client socket: it picks a
+// backend and begins a non-blocking connect to it.
+func (l *loop) open(cfd int, peer netip.AddrPort, ln *listener) {
+	rt := ln.fe.Route()
 	l.nextID++
-	c := &conn{id: l.nextID, client: sock{fd: cfd}, backend: sock{fd: -1}, peer: peer}
-	bfd, err := unix.Socket(l.e.family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		unix.Close(cfd)
-		l.e.r.stats.failed.Add(1)
-		l.e.r.connDone(1)
-		if err == unix.EMFILE || err == unix.ENFILE || err == unix.ENOBUFS || err == unix.ENOMEM {
-			// Out of fds: stop taking clients that could not be served;
-			// the kernel's backlog holds them until fds free up.
-			l.pauseAccept(fmt.Errorf("backend socket for client %s: %w", c.peer, err))
-			return
-		}
-		l.logErr("backend socket failed; closing client "+c.peer.String(), err)
-		return
-	}
-	c.backend.fd = bfd
+	c := &conn{id: l.nextID, client: sock{fd: cfd}, backend: sock{fd: -1}, peer: peer, rt: rt, last: l.now}
 	// Small writes must leave at once: the proxy must not add Nagle delay
 	// to request/response traffic.
-	if !l.e.inherit {
+	if !ln.nodelay {
 		unix.SetsockoptInt(cfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
-	if l.e.tcp {
-		unix.SetsockoptInt(bfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	}
-	c.connecting = true
-	err = unix.Connect(bfd, l.dst)
-	switch err {
-	case nil:
-		c.connecting = false
-	case unix.EINPROGRESS:
-	default:
-		l.link(c)
-		l.connectFailed(c, err)
-		return
-	}
 	l.link(c)
+	l.useTimeouts(rt)
 	if err := l.register(c, cfd); err != nil {
 		l.finish(c, err, false)
 		return
 	}
-	if err := l.register(c, bfd); err != nil {
-		l.finish(c, err, false)
-		return
-	}
-	c.last = l.now
-	c.deadline = l.now + int64(l.e.r.connectTimeout())
+	l.dial(c)
 }
 
-// link adds c to the live list and the fd table.
+// dial picks a backend for c, one not tried yet, and starts connecting
+// to it. Failures retry on another backend while retries remain.
+func (l *loop) dial(c *conn) {
+	t, err := c.rt.Picker.Pick(c.peer, c.tried)
+	if err != nil {
+		l.e.r.stats.failed.Add(1)
+		l.e.r.logger().Warn("no backend for client; closing it", "frontend", c.rt.Name,
+			"client", c.peer.String(), "err", err)
+		l.finish(c, nil, false)
+		return
+	}
+	c.target = t
+	c.connecting = true
+	c.deadline = l.now + int64(c.rt.connectTimeout())
+	sa, family, err := sockaddrOf(t.Addr())
+	if err != nil {
+		l.connectFailed(c, err)
+		return
+	}
+	bfd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		if err == unix.EMFILE || err == unix.ENFILE || err == unix.ENOBUFS || err == unix.ENOMEM {
+			// Out of fds: stop taking clients that could not be served;
+			// the kernel's backlog holds them until fds free up. Not the
+			// backend's fault: no retry, no strike against it.
+			l.e.r.stats.failed.Add(1)
+			t.Release()
+			c.target = nil
+			l.finish(c, nil, false)
+			l.pauseAccept(fmt.Errorf("backend socket for client %s: %w", c.peer, err))
+			return
+		}
+		l.connectFailed(c, fmt.Errorf("socket: %w", err))
+		return
+	}
+	c.backend.fd = bfd
+	l.linkFD(c, bfd)
+	if family != unix.AF_UNIX {
+		unix.SetsockoptInt(bfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	}
+	switch err := unix.Connect(bfd, sa); err {
+	case nil, unix.EINPROGRESS:
+	default:
+		l.connectFailed(c, err)
+		return
+	}
+	if err := l.register(c, bfd); err != nil {
+		l.connectFailed(c, err)
+	}
+	// Completion (even immediate, on loopback) is reported by EPOLLOUT.
+}
+
+// link adds c to the live list and its client socket to the fd table.
 func (l *loop) link(c *conn) {
 	c.prev, c.next = l.live.prev, &l.live
 	l.live.prev.next = c
 	l.live.prev = c
 	l.nlive++
-	for _, fd := range [2]int{c.client.fd, c.backend.fd} {
-		for fd >= len(l.byFD) {
-			l.byFD = append(l.byFD, nil)
-		}
-		l.byFD[fd] = c
+	l.linkFD(c, c.client.fd)
+}
+
+// linkFD records that fd belongs to c.
+func (l *loop) linkFD(c *conn, fd int) {
+	for fd >= len(l.byFD) {
+		l.byFD = append(l.byFD, nil)
 	}
+	l.byFD[fd] = c
 }
 
 // register adds fd to epoll, edge-triggered for input, output and
@@ -209,14 +235,33 @@ func (l *loop) established(c *conn) {
 	c.connecting = false
 	c.backend.err, c.backend.hup = false, false
 	c.last = l.now
+	c.target.Connected(nil)
 	l.service(c)
 }
 
-// connectFailed closes a client whose backend could not be reached.
+// connectFailed handles a backend connect that failed or timed out: the
+// backend is told, and the connection retries on another backend while
+// retries remain, else the client is closed with the reason logged.
 func (l *loop) connectFailed(c *conn, err error) {
+	t := c.target
+	t.Connected(err)
+	t.Release()
+	c.target = nil
+	if fd := c.backend.fd; fd >= 0 {
+		l.byFD[fd] = nil
+		unix.Close(fd) // also leaves the epoll set
+		c.backend = sock{fd: -1}
+	}
+	c.tried = append(c.tried, t)
+	if len(c.tried) <= c.rt.Retries {
+		l.e.r.logger().Debug("backend connect failed; retrying on another server", "frontend", c.rt.Name,
+			"client", c.peer.String(), "server", t.Name(), "backend", t.Addr().String(), "err", err)
+		l.dial(c)
+		return
+	}
 	l.e.r.stats.failed.Add(1)
-	l.e.r.logger().Warn("backend connect failed; closing client",
-		"client", c.peer.String(), "backend", l.e.r.Backend.String(), "err", err)
+	l.e.r.logger().Warn("backend connect failed; closing client", "frontend", c.rt.Name,
+		"client", c.peer.String(), "server", t.Name(), "backend", t.Addr().String(), "err", err, "tries", len(c.tried))
 	l.finish(c, nil, false)
 }
 
@@ -374,6 +419,9 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 			if h.eof {
 				l.dropPipe(h)
 				h.done = true
+				if c.halfAt == 0 {
+					c.halfAt = l.now
+				}
 				if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
 					return false, fmt.Errorf("shutdown: %w", err)
 				}
@@ -438,10 +486,10 @@ func (l *loop) copyChunk(src, dst *sock, h *half) (int, error) {
 	return w, nil
 }
 
-// finish ends c: it unlinks it, returns or closes its pipes and closes
-// both sockets. With reset, sockets are closed with RST so each peer sees
-// a failure rather than a clean end of stream. A non-nil reason other
-// than a clean end is logged.
+// finish ends c: it unlinks it, returns or closes its pipes, closes
+// both sockets and releases its backend. With reset, sockets are closed
+// with RST so each peer sees a failure rather than a clean end of stream.
+// A non-nil reason other than a clean end is logged.
 func (l *loop) finish(c *conn, reason error, reset bool) {
 	if c.closed {
 		return
@@ -459,10 +507,16 @@ func (l *loop) finish(c *conn, reason error, reset bool) {
 		}
 		unix.Close(fd)
 	}
+	backend := ""
+	if c.target != nil {
+		backend = c.target.Addr().String()
+		c.target.Release()
+		c.target = nil
+	}
 	l.e.r.connDone(1)
 	if reason != nil {
-		l.e.r.logger().Info("connection closed", "client", c.peer.String(),
-			"backend", l.e.r.Backend.String(), "reason", reason.Error())
+		l.e.r.logger().Info("connection closed", "frontend", c.rt.Name, "client", c.peer.String(),
+			"backend", backend, "reason", reason.Error())
 	}
 }
 
@@ -504,12 +558,14 @@ func (l *loop) handoff(c *conn) {
 		if backend != nil {
 			backend.Close()
 		}
+		c.target.Release()
 		l.e.r.connDone(1)
 		l.e.r.logger().Warn("cannot hand connection to copy relay", "client", c.peer.String(), "err", errors.Join(err1, err2))
 		return
 	}
-	// The copy engine counts the connection as done when it ends.
-	go l.e.handoff.relay(client, backend)
+	// The copy engine releases the target and counts the connection as
+	// done when it ends.
+	go l.e.handoff.relay(client, backend, c.target, c.rt)
 }
 
 // fdConn wraps fd in a net.Conn, taking ownership of fd.

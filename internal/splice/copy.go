@@ -3,8 +3,10 @@ package splice
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -15,31 +17,26 @@ import (
 // It is ModeCopy, the engine off Linux, and where a socket refuses splice.
 type copyEngine struct {
 	r      *Relay
-	lns    []net.Listener
 	ctx    context.Context // canceled by closeAll; aborts dials in progress
 	cancel context.CancelFunc
 	accept sync.WaitGroup
+	freed  chan struct{} // a slot freed below MaxConn
 
 	bufs sync.Pool // *[]byte of copyBufSize, recycled between connections
 
-	mu    sync.Mutex
-	live  map[*copyConn]struct{}
-	final bool // closeAll ran: new connections are closed at once
-}
-
-func startCopy(r *Relay, lns []net.Listener) (*copyEngine, error) {
-	e := newCopyEngine(r)
-	e.lns = lns
-	for _, ln := range lns {
-		e.accept.Add(1)
-		go e.acceptLoop(ln)
-	}
-	return e, nil
+	mu      sync.Mutex
+	lns     map[net.Listener]net.Listener // caller's listener → our duplicate
+	live    map[*copyConn]struct{}
+	stopped bool // stopAccepting ran
+	final   bool // closeAll ran: new connections are closed at once
 }
 
 func newCopyEngine(r *Relay) *copyEngine {
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &copyEngine{r: r, ctx: ctx, cancel: cancel, live: make(map[*copyConn]struct{})}
+	e := &copyEngine{
+		r: r, ctx: ctx, cancel: cancel, freed: make(chan struct{}, 1),
+		lns: make(map[net.Listener]net.Listener), live: make(map[*copyConn]struct{}),
+	}
 	e.bufs.New = newCopyBuf
 	return e
 }
@@ -49,12 +46,86 @@ func newCopyBuf() any {
 	return &b
 }
 
+// serve accepts on a duplicate of ln, so that stopping never closes the
+// caller's socket.
+func (e *copyEngine) serve(ln net.Listener, f *Frontend) error {
+	fl, ok := ln.(interface{ File() (*os.File, error) })
+	if !ok {
+		return fmt.Errorf("listener %s: %T has no file descriptor", ln.Addr(), ln)
+	}
+	file, err := fl.File()
+	if err != nil {
+		return fmt.Errorf("listener %s: duplicate fd: %w", ln.Addr(), err)
+	}
+	dup, err := net.FileListener(file)
+	file.Close()
+	if err != nil {
+		return fmt.Errorf("listener %s: %w", ln.Addr(), err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.stopped {
+		dup.Close()
+		return nil
+	}
+	e.lns[ln] = dup
+	e.accept.Add(1)
+	go e.acceptLoop(dup, f)
+	return nil
+}
+
+func (e *copyEngine) unserve(ln net.Listener) {
+	e.mu.Lock()
+	dup := e.lns[ln]
+	delete(e.lns, ln)
+	e.mu.Unlock()
+	if dup != nil {
+		dup.Close()
+	}
+}
+
+// resumeAccepting wakes an accept loop waiting at MaxConn.
+func (e *copyEngine) resumeAccepting() {
+	select {
+	case e.freed <- struct{}{}:
+	default:
+	}
+}
+
+// waitSlot blocks while MaxConn connections are live; it reports false
+// when the engine stops. It reserves nothing: a slot is counted only once
+// Accept returns, so a listener waiting in Accept is not a connection.
+// With several listeners the count may pass MaxConn by one per listener
+// for a moment.
+func (e *copyEngine) waitSlot() bool {
+	for {
+		m := e.r.maxConn.Load()
+		if m == 0 || e.r.stats.active.Load() < m || e.r.pausedFull() {
+			return true
+		}
+		// Other accept loops may be waiting too and only one is woken:
+		// look again every 50ms.
+		t := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-e.freed:
+		case <-t.C:
+		case <-e.ctx.Done():
+			t.Stop()
+			return false
+		}
+		t.Stop()
+	}
+}
+
 // acceptLoop accepts on ln until it is closed, starting a goroutine per
 // connection.
-func (e *copyEngine) acceptLoop(ln net.Listener) {
+func (e *copyEngine) acceptLoop(ln net.Listener, f *Frontend) {
 	defer e.accept.Done()
 	var lastLog time.Time
 	for {
+		if !e.waitSlot() {
+			return
+		}
 		c, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
@@ -64,37 +135,72 @@ func (e *copyEngine) acceptLoop(ln net.Listener) {
 			// most once a second.
 			if time.Since(lastLog) >= time.Second {
 				lastLog = time.Now()
-				e.r.logger().Error("accept failed; retrying in 100ms", "listener", ln.Addr().String(), "err", err)
+				e.r.logger().Error("accept failed; retrying in 100ms", "listen", ln.Addr().String(), "err", err)
 			}
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
-		e.r.connOpened()
-		go e.dialAndRelay(c)
+		e.r.stats.active.Add(1)
+		e.r.stats.accepted.Add(1)
+		go e.dialAndRelay(c, f.Route())
 	}
 }
 
-// dialAndRelay connects client to the backend and relays until both
-// directions are done.
-func (e *copyEngine) dialAndRelay(client net.Conn) {
-	d := net.Dialer{Timeout: e.r.connectTimeout()}
-	backend, err := d.DialContext(e.ctx, e.r.Backend.Network(), e.r.Backend.String())
-	if err != nil {
+// peerOf returns c's remote address as an AddrPort (zero for unix
+// sockets).
+func peerOf(c net.Conn) netip.AddrPort {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.AddrPort()
+	}
+	return netip.AddrPort{}
+}
+
+// dialAndRelay connects client to a backend picked by rt, retrying on
+// others while retries remain, and relays until both directions are done.
+func (e *copyEngine) dialAndRelay(client net.Conn, rt *Route) {
+	peer := peerOf(client)
+	var tried []Target
+	for {
+		t, err := rt.Picker.Pick(peer, tried)
+		if err != nil {
+			e.r.stats.failed.Add(1)
+			e.r.logger().Warn("no backend for client; closing it", "frontend", rt.Name,
+				"client", peer.String(), "err", err)
+			client.Close()
+			e.r.connDone(1)
+			return
+		}
+		d := net.Dialer{Timeout: rt.connectTimeout()}
+		backend, err := d.DialContext(e.ctx, t.Addr().Network(), t.Addr().String())
+		if err == nil {
+			t.Connected(nil)
+			e.relay(client, backend, t, rt)
+			return
+		}
+		t.Connected(err)
+		t.Release()
+		tried = append(tried, t)
+		if len(tried) <= rt.Retries && e.ctx.Err() == nil {
+			e.r.logger().Debug("backend connect failed; retrying on another server", "frontend", rt.Name,
+				"client", peer.String(), "server", t.Name(), "backend", t.Addr().String(), "err", err)
+			continue
+		}
 		e.r.stats.failed.Add(1)
-		e.r.logger().Warn("backend connect failed; closing client",
-			"client", client.RemoteAddr().String(), "backend", e.r.Backend.String(), "err", err)
+		e.r.logger().Warn("backend connect failed; closing client", "frontend", rt.Name,
+			"client", peer.String(), "server", t.Name(), "backend", t.Addr().String(), "err", err, "tries", len(tried))
 		client.Close()
 		e.r.connDone(1)
 		return
 	}
-	e.relay(client, backend)
 }
 
 // relay moves bytes between two connected sockets until both directions
-// have ended, then closes both. It counts the connection as done.
-func (e *copyEngine) relay(client, backend net.Conn) {
+// have ended, then closes both. It releases t and counts the connection
+// as done.
+func (e *copyEngine) relay(client, backend net.Conn, t Target, rt *Route) {
 	defer e.r.connDone(1)
-	p := &copyConn{client: client, backend: backend, idle: e.r.IdleTimeout, bufs: &e.bufs}
+	defer t.Release()
+	p := &copyConn{client: client, backend: backend, idle: rt.IdleTimeout, halfClose: rt.HalfCloseTimeout, bufs: &e.bufs}
 	if !e.track(p) {
 		client.Close()
 		backend.Close()
@@ -109,14 +215,12 @@ func (e *copyEngine) relay(client, backend net.Conn) {
 	go p.copyHalfAsync(backend, client, done) // client → backend
 	p.copyHalf(client, backend)               // backend → client
 	<-done
-	if p.timer != nil {
-		p.timer.Stop()
-	}
+	p.stopTimers()
 	client.Close()
 	backend.Close()
 	if err := p.err(); err != nil && !errors.Is(err, errClosedByRelay) {
-		e.r.logger().Info("connection aborted", "client", client.RemoteAddr().String(),
-			"backend", backend.RemoteAddr().String(), "err", err)
+		e.r.logger().Info("connection closed", "frontend", rt.Name, "client", peerOf(client).String(),
+			"backend", t.Addr().String(), "reason", err.Error())
 	}
 }
 
@@ -137,15 +241,20 @@ func (e *copyEngine) untrack(p *copyConn) {
 }
 
 func (e *copyEngine) stopAccepting() {
-	for _, ln := range e.lns {
-		ln.Close()
+	e.mu.Lock()
+	e.stopped = true
+	lns := e.lns
+	e.lns = map[net.Listener]net.Listener{}
+	e.mu.Unlock()
+	for _, dup := range lns {
+		dup.Close()
 	}
 	e.accept.Wait()
 }
 
 func (e *copyEngine) closeAll() {
-	e.stopAccepting()
 	e.cancel()
+	e.stopAccepting()
 	e.mu.Lock()
 	e.final = true
 	live := make([]*copyConn, 0, len(e.live))
@@ -169,11 +278,19 @@ var errClosedByRelay = errors.New("closed by relay shutdown")
 // errIdle is the reason for closing a connection whose idle timeout fired.
 var errIdle = errors.New("idle timeout")
 
+// errHalfClose is the reason for closing a connection that stayed
+// half-closed longer than its route allows.
+var errHalfClose = errors.New("half-close timeout")
+
 // copyConn is one connection relayed by the copy engine.
 type copyConn struct {
 	client, backend net.Conn
 	idle            time.Duration
-	timer           *time.Timer
+	halfClose       time.Duration
+	mu              sync.Mutex   // guards timer and halfTimer
+	timer           *time.Timer  // idle timer
+	halfTimer       *time.Timer  // half-close timer, once a direction ended
+	ended           atomic.Int32 // directions that ended cleanly
 	last            atomic.Int64 // unix nanos of the last progress
 	once            sync.Once
 	reason          atomic.Pointer[error]
@@ -194,7 +311,31 @@ func (p *copyConn) checkIdle() {
 		p.abort(errIdle, false)
 		return
 	}
+	p.mu.Lock()
 	p.timer.Reset(p.idle - d)
+	p.mu.Unlock()
+}
+
+// halfClosed starts the half-close timer when the first direction ends.
+func (p *copyConn) halfClosed() {
+	if p.ended.Add(1) != 1 || p.halfClose <= 0 {
+		return
+	}
+	p.mu.Lock()
+	p.halfTimer = time.AfterFunc(p.halfClose, p.halfCloseExpired)
+	p.mu.Unlock()
+}
+
+func (p *copyConn) halfCloseExpired() { p.abort(errHalfClose, true) }
+
+func (p *copyConn) stopTimers() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, t := range []*time.Timer{p.timer, p.halfTimer} {
+		if t != nil {
+			t.Stop()
+		}
+	}
 }
 
 func (p *copyConn) copyHalfAsync(dst, src net.Conn, done chan<- struct{}) {
@@ -229,6 +370,7 @@ func (p *copyConn) copyHalf(dst, src net.Conn) {
 		}
 		if err == nil {
 			closeWrite(dst)
+			p.halfClosed()
 			return
 		}
 		if p.idle > 0 && errors.Is(err, os.ErrDeadlineExceeded) && p.err() == nil {

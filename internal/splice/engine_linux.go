@@ -19,9 +19,6 @@ import (
 type spliceEngine struct {
 	r       *Relay
 	loops   []*loop
-	family  int
-	tcp     bool // backend is TCP: set TCP_NODELAY on new sockets
-	inherit bool // every listener has TCP_NODELAY, so accepted sockets inherit it
 	start   time.Time
 	handoff *copyEngine // relays connections whose sockets cannot splice
 	// lastErrLog is when an accept-level error was last logged (engine
@@ -31,63 +28,62 @@ type spliceEngine struct {
 	closeOnce  sync.Once
 }
 
-func startSplice(r *Relay, lns []net.Listener) (engine, error) {
-	_, family, err := sockaddrOf(r.Backend)
-	if err != nil {
-		return nil, err
-	}
-	fds := make([]int, 0, len(lns))
-	for _, ln := range lns {
-		fd, err := listenerFD(ln)
-		if err != nil {
-			closeFDs(fds)
-			return nil, err
-		}
-		fds = append(fds, fd)
-	}
-	// Accepted sockets inherit TCP_NODELAY from their listener: setting it
-	// once here saves a system call per connection.
-	inherit := true
-	for _, fd := range fds {
-		if unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) != nil {
-			inherit = false
-		}
-	}
+func startSplice(r *Relay) (engine, error) {
 	n := r.Loops
 	if n <= 0 {
 		n = runtime.GOMAXPROCS(0)
 	}
 	e := &spliceEngine{
 		r:       r,
-		family:  family,
-		tcp:     family != unix.AF_UNIX,
-		inherit: inherit,
 		start:   time.Now(),
 		handoff: newCopyEngine(r),
 	}
 	for i := 0; i < n; i++ {
-		l, err := newLoop(e, fds)
+		l, err := newLoop(e)
 		if err != nil {
 			for _, l := range e.loops {
 				l.release()
 			}
-			closeFDs(fds)
 			return nil, err
 		}
 		e.loops = append(e.loops, l)
-	}
-	// The loops hold their own duplicates of the listening sockets; the
-	// originals are no longer needed. Closing a duplicate never shuts the
-	// socket down, so a listener passed by systemd keeps its queue.
-	closeFDs(fds)
-	for _, ln := range lns {
-		ln.Close()
 	}
 	for _, l := range e.loops {
 		e.wg.Add(1)
 		go l.run(&e.wg)
 	}
 	return e, nil
+}
+
+// serve gives every loop its own duplicate of ln's socket.
+func (e *spliceEngine) serve(ln net.Listener, f *Frontend) error {
+	fd, err := listenerFD(ln)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	// Accepted sockets inherit TCP_NODELAY from their listener: setting it
+	// once here saves a system call per connection.
+	nodelay := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) == nil
+	dups := make([]int, 0, len(e.loops))
+	for range e.loops {
+		dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			closeFDs(dups)
+			return fmt.Errorf("listener %s: duplicate fd: %w", ln.Addr(), err)
+		}
+		dups = append(dups, dup)
+	}
+	for i, l := range e.loops {
+		<-l.postListener(cmdServe, &listener{fd: dups[i], key: ln, fe: f, nodelay: nodelay})
+	}
+	return nil
+}
+
+func (e *spliceEngine) unserve(ln net.Listener) {
+	for _, l := range e.loops {
+		<-l.postListener(cmdUnserve, &listener{fd: -1, key: ln})
+	}
 }
 
 // listenerFD returns a duplicate of ln's socket fd, close-on-exec and
@@ -131,6 +127,15 @@ func (e *spliceEngine) now() int64 { return int64(time.Since(e.start)) }
 func (e *spliceEngine) stopAccepting() {
 	for _, l := range e.loops {
 		<-l.post(cmdStopAccept)
+	}
+	e.handoff.stopAccepting()
+}
+
+// resumeAccepting wakes loops paused at MaxConn; it does not wait, since
+// it runs on a loop's own goroutine.
+func (e *spliceEngine) resumeAccepting() {
+	for _, l := range e.loops {
+		l.post(cmdResume)
 	}
 }
 

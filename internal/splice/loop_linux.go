@@ -4,6 +4,7 @@ package splice
 
 import (
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -31,12 +32,24 @@ const (
 const (
 	cmdStopAccept = iota + 1
 	cmdCloseAll
-	cmdPing // no-op: proves the loop is turning
+	cmdPing    // no-op: proves the loop is turning
+	cmdServe   // start accepting on a listener
+	cmdUnserve // stop accepting on a listener
+	cmdResume  // a connection slot freed below MaxConn
 )
 
 type command struct {
 	op   int
-	done chan struct{}
+	ln   *listener     // cmdServe, cmdUnserve
+	done chan struct{} // closed when carried out; nil if nobody waits
+}
+
+// listener is one loop's duplicate of a listening socket.
+type listener struct {
+	fd      int
+	key     net.Listener // the caller's listener this duplicates
+	fe      *Frontend
+	nodelay bool // TCP_NODELAY set on the listener, inherited by accepted sockets
 }
 
 // loop is one epoll event loop. Everything it owns (connections, pipes,
@@ -44,10 +57,9 @@ type command struct {
 // the command queue, guarded by mu.
 type loop struct {
 	e      *spliceEngine
-	dst    unix.Sockaddr // the backend; each loop has its own because Connect writes into it
 	epfd   int
 	wakefd int // eventfd that wakes the loop for commands
-	lfds   []int
+	lns    []*listener
 	events []unix.EpollEvent
 
 	byFD   []*conn // connection owning each socket fd
@@ -63,6 +75,7 @@ type loop struct {
 	accepting   bool   // listeners are registered
 	stopped     bool   // stopAccepting ran: never accept again
 	resumeAt    int64  // when accepting resumes after EMFILE; 0 if not paused
+	full        bool   // accepting paused at MaxConn
 	scratch     []byte // buffer for the no-pipe fallback, made on first use
 	noSpliceFor bool   // test hook: pretend the kernel refuses to splice
 
@@ -71,19 +84,18 @@ type loop struct {
 	exited bool // the loop is gone: commands are answered at once
 }
 
-func newLoop(e *spliceEngine, listenFDs []int) (*loop, error) {
+func newLoop(e *spliceEngine) (*loop, error) {
 	l := &loop{
 		e:      e,
 		events: make([]unix.EpollEvent, maxEvents),
 		pool:   pipePool{max: e.r.maxIdlePipes(), size: e.r.PipeSize, fail: e.r.testNoPipes},
+		tick:   int64(maxTick),
 
 		noSpliceFor: e.r.testNoSplice,
+		accepting:   true,
 	}
 	l.live.next, l.live.prev = &l.live, &l.live
 	var err error
-	if l.dst, _, err = sockaddrOf(e.r.Backend); err != nil {
-		return nil, err
-	}
 	if l.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
 	}
@@ -91,56 +103,87 @@ func newLoop(e *spliceEngine, listenFDs []int) (*loop, error) {
 		unix.Close(l.epfd)
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
-	l.lfds = make([]int, 0, len(listenFDs))
-	for _, fd := range listenFDs {
-		dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
-		if err != nil {
-			l.release()
-			return nil, fmt.Errorf("duplicate listener fd: %w", err)
-		}
-		l.lfds = append(l.lfds, dup)
-	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(l.wakefd)}
 	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, l.wakefd, &ev); err != nil {
 		l.release()
 		return nil, fmt.Errorf("epoll_ctl eventfd: %w", err)
 	}
-	if err := l.registerListeners(); err != nil {
-		l.release()
-		return nil, err
-	}
-	t := e.r.connectTimeout()
-	if it := e.r.IdleTimeout; it > 0 && it < t {
-		t = it
-	}
-	l.tick = int64(min(max(t/8, minTick), maxTick))
 	return l, nil
+}
+
+// useTimeouts makes the sweep tick short enough for rt's timeouts.
+func (l *loop) useTimeouts(rt *Route) {
+	t := int64(min(max(rt.shortestTimeout()/8, minTick), maxTick))
+	if t < l.tick {
+		l.tick = t
+		if l.sweep > l.now+t {
+			l.sweep = l.now + t
+		}
+	}
 }
 
 // registerListeners adds the listeners to this loop's epoll set.
 // EPOLLEXCLUSIVE wakes one loop per incoming connection instead of all.
 func (l *loop) registerListeners() error {
-	for _, fd := range l.lfds {
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(fd)}
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-			return fmt.Errorf("epoll_ctl listener: %w", err)
+	for _, ln := range l.lns {
+		if err := l.registerListener(ln); err != nil {
+			return err
 		}
 	}
 	l.accepting = true
 	return nil
 }
 
+func (l *loop) registerListener(ln *listener) error {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(ln.fd)}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ln.fd, &ev); err != nil {
+		return fmt.Errorf("epoll_ctl listener: %w", err)
+	}
+	return nil
+}
+
 func (l *loop) unregisterListeners() {
-	for _, fd := range l.lfds {
-		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	for _, ln := range l.lns {
+		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
 	}
 	l.accepting = false
 }
 
+// canAccept reports whether the loop's listeners should be registered.
+func (l *loop) canAccept() bool { return !l.stopped && !l.full && l.resumeAt == 0 }
+
+// addListener takes over ln (its fd is this loop's own duplicate).
+func (l *loop) addListener(ln *listener) {
+	if l.stopped {
+		unix.Close(ln.fd)
+		return
+	}
+	l.lns = append(l.lns, ln)
+	if l.accepting {
+		if err := l.registerListener(ln); err != nil {
+			l.e.r.logger().Error("cannot watch listener", "listen", ln.key.Addr().String(), "err", err)
+		}
+	}
+}
+
+// removeListener stops accepting on the duplicate of key and closes it.
+func (l *loop) removeListener(key net.Listener) {
+	for i, ln := range l.lns {
+		if ln.key == key {
+			unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
+			unix.Close(ln.fd)
+			l.lns = append(l.lns[:i], l.lns[i+1:]...)
+			return
+		}
+	}
+}
+
 // release closes the loop's own fds.
 func (l *loop) release() {
-	closeFDs(l.lfds)
-	l.lfds = nil
+	for _, ln := range l.lns {
+		unix.Close(ln.fd)
+	}
+	l.lns = nil
 	l.pool.drain()
 	if l.wakefd > 0 {
 		unix.Close(l.wakefd)
@@ -153,14 +196,23 @@ func (l *loop) release() {
 // post queues a command for the loop and wakes it. The returned channel
 // is closed once the loop has carried the command out.
 func (l *loop) post(op int) <-chan struct{} {
+	return l.postListener(op, nil)
+}
+
+// postListener posts a command about a listener. A listener posted to a
+// loop that has exited is closed.
+func (l *loop) postListener(op int, ln *listener) <-chan struct{} {
 	done := make(chan struct{})
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.exited {
+		if ln != nil && ln.fd >= 0 {
+			unix.Close(ln.fd)
+		}
 		close(done)
 		return done
 	}
-	l.cmds = append(l.cmds, command{op: op, done: done})
+	l.cmds = append(l.cmds, command{op: op, ln: ln, done: done})
 	one := [8]byte{1}
 	unix.Write(l.wakefd, one[:])
 	return done
@@ -199,8 +251,8 @@ func (l *loop) run(wg *sync.WaitGroup) {
 					continue
 				}
 			}
-			if l.isListener(fd) {
-				l.acceptBatch(fd)
+			if ln := l.listenerOf(fd); ln != nil {
+				l.acceptBatch(ln)
 			}
 			// Otherwise a stale event for a connection closed earlier in
 			// this batch: ignore it.
@@ -229,13 +281,13 @@ func (l *loop) waitTimeout() int {
 	return int((d + int64(time.Millisecond) - 1) / int64(time.Millisecond))
 }
 
-func (l *loop) isListener(fd int) bool {
-	for _, lfd := range l.lfds {
-		if lfd == fd {
-			return true
+func (l *loop) listenerOf(fd int) *listener {
+	for _, ln := range l.lns {
+		if ln.fd == fd {
+			return ln
 		}
 	}
-	return false
+	return nil
 }
 
 // runCommands carries out queued commands; it reports whether the loop
@@ -254,13 +306,21 @@ func (l *loop) runCommands() bool {
 			l.stopAccepting()
 		case cmdCloseAll:
 			exit = true
+		case cmdServe:
+			l.addListener(c.ln)
+		case cmdUnserve:
+			l.removeListener(c.ln.key)
+		case cmdResume:
+			l.resumeFull()
 		}
 	}
 	if exit {
 		l.exit()
 	}
 	for _, c := range cmds {
-		close(c.done)
+		if c.done != nil {
+			close(c.done)
+		}
 	}
 	return exit
 }
@@ -277,7 +337,12 @@ func (l *loop) exit() {
 	l.release()
 	l.mu.Unlock()
 	for _, c := range pending {
-		close(c.done)
+		if c.ln != nil && c.ln.fd >= 0 {
+			unix.Close(c.ln.fd)
+		}
+		if c.done != nil {
+			close(c.done)
+		}
 	}
 }
 
@@ -290,8 +355,10 @@ func (l *loop) stopAccepting() {
 		l.unregisterListeners()
 	}
 	l.resumeAt = 0
-	closeFDs(l.lfds)
-	l.lfds = nil
+	for _, ln := range l.lns {
+		unix.Close(ln.fd)
+	}
+	l.lns = nil
 }
 
 // closeAll closes every live connection (drain timeout reached).
@@ -301,14 +368,20 @@ func (l *loop) closeAll() {
 	}
 }
 
-// acceptBatch accepts up to acceptBatch connections from listener fd.
-func (l *loop) acceptBatch(lfd int) {
+// acceptBatch accepts up to acceptBatch connections from ln.
+func (l *loop) acceptBatch(ln *listener) {
 	if !l.accepting {
 		return
 	}
+	r := l.e.r
 	for range acceptBatch {
-		nfd, peer, err := accept(lfd)
+		if !r.admit() {
+			l.pauseFull()
+			return
+		}
+		nfd, peer, err := accept(ln.fd)
 		if err != nil {
+			r.unadmit()
 			switch err {
 			case unix.EAGAIN:
 				return
@@ -322,14 +395,43 @@ func (l *loop) acceptBatch(lfd int) {
 			l.logErr("accept failed", err)
 			return
 		}
-		l.open(nfd, peer)
+		r.stats.accepted.Add(1)
+		l.open(nfd, peer, ln)
+	}
+}
+
+// pauseFull stops accepting while MaxConn connections are live; the
+// kernel's backlog holds new clients. A connection ending anywhere in the
+// relay resumes it (cmdResume).
+func (l *loop) pauseFull() {
+	if l.accepting {
+		l.unregisterListeners()
+	}
+	l.full = true
+	if l.e.r.pausedFull() {
+		l.resumeFull()
+	}
+}
+
+// resumeFull resumes accepting paused at MaxConn.
+func (l *loop) resumeFull() {
+	if !l.full {
+		return
+	}
+	l.full = false
+	if l.canAccept() && !l.accepting {
+		if err := l.registerListeners(); err != nil {
+			l.pauseAccept(err)
+		}
 	}
 }
 
 // pauseAccept stops accepting for acceptPause after running out of fds or
 // memory. Live connections go on; the kernel's backlog holds new clients.
 func (l *loop) pauseAccept(err error) {
-	l.unregisterListeners()
+	if l.accepting {
+		l.unregisterListeners()
+	}
 	l.resumeAt = l.now + int64(acceptPause)
 	if l.sweep > l.resumeAt {
 		l.sweep = l.resumeAt
@@ -350,26 +452,30 @@ func (l *loop) logErr(msg string, err error) {
 	l.e.r.logger().Error(msg, "err", err)
 }
 
-// sweepTimeouts enforces connect and idle timeouts and resumes a paused
-// accept.
+// sweepTimeouts enforces connect, idle and half-close timeouts and
+// resumes a paused accept.
 func (l *loop) sweepTimeouts() {
 	l.sweep = l.now + l.tick
 	if l.resumeAt != 0 && l.now >= l.resumeAt {
 		l.resumeAt = 0
-		if !l.stopped {
+		if l.canAccept() && !l.accepting {
 			if err := l.registerListeners(); err != nil {
 				l.pauseAccept(err)
 			}
 		}
 	}
-	idle := int64(l.e.r.IdleTimeout)
 	for c := l.live.next; c != &l.live; {
 		next := c.next
+		rt := c.rt
 		switch {
-		case c.connecting && l.now >= c.deadline:
-			l.connectFailed(c, fmt.Errorf("connect timeout after %v", l.e.r.connectTimeout()))
-		case !c.connecting && idle > 0 && l.now-c.last >= idle:
+		case c.connecting:
+			if l.now >= c.deadline {
+				l.connectFailed(c, fmt.Errorf("connect timeout after %v", rt.connectTimeout()))
+			}
+		case rt.IdleTimeout > 0 && l.now-c.last >= int64(rt.IdleTimeout):
 			l.finish(c, errIdle, false)
+		case rt.HalfCloseTimeout > 0 && c.halfAt != 0 && l.now-c.halfAt >= int64(rt.HalfCloseTimeout):
+			l.finish(c, errHalfClose, true)
 		}
 		c = next
 	}

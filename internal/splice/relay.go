@@ -1,10 +1,12 @@
-// Package splice relays TCP connections to a backend, moving payload
+// Package splice relays TCP connections to backends, moving payload
 // socket → pipe → socket inside the kernel.
 //
 // Typical usage:
 //
-//	r := &splice.Relay{Backend: backendAddr, IdleTimeout: 10 * time.Minute}
-//	if err := r.Start(listeners); err != nil { ... }
+//	r := &splice.Relay{MaxConn: 10000}
+//	if err := r.Start(); err != nil { ... }
+//	f := splice.NewFrontend(&splice.Route{Picker: picker, IdleTimeout: 10 * time.Minute})
+//	r.Serve(listener, f)   // and more listeners; f.Set(route) reroutes new connections
 //	...
 //	err := r.Shutdown(ctx) // stop accepting, drain, then close what is left
 //
@@ -17,8 +19,9 @@
 // relayed by two goroutines running io.Copy, with the same half-close
 // semantics.
 //
-// The package knows file descriptors, pipes and sockets; it knows nothing
-// about configuration files or how a backend was chosen.
+// The package knows file descriptors, pipes and sockets. Which backend a
+// connection goes to is asked of a Picker; the package knows nothing about
+// configuration files, balancing or health.
 package splice
 
 import (
@@ -27,6 +30,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -78,21 +82,98 @@ const (
 	defaultMaxIdlePipes = 32
 )
 
-// Relay accepts client connections on listeners and relays each one to
-// Backend. The zero value with Backend set is ready to Start; every other
-// field's zero value means its documented default.
-type Relay struct {
-	// Backend is where every client connection is forwarded: a
-	// *net.TCPAddr or a *net.UnixAddr.
-	Backend net.Addr
-	// Mode selects splice (default) or copy relaying.
-	Mode Mode
-	// ConnectTimeout bounds the backend connect; zero means
+// Target is one backend server a connection can be relayed to.
+type Target interface {
+	// Addr is where to connect: a *net.TCPAddr or a *net.UnixAddr.
+	Addr() net.Addr
+	// Name names the server in logs.
+	Name() string
+	// Connected is told the outcome of each connect to this target: nil
+	// when it succeeded.
+	Connected(err error)
+	// Release is called once for every target Pick returned, when the
+	// connection (or the failed connect attempt) using it has ended.
+	Release()
+}
+
+// Picker chooses the backend for each connect attempt.
+type Picker interface {
+	// Pick returns the target for a connection from client; tried lists
+	// the targets whose connect already failed for this connection. An
+	// error means no target can take it: the client is closed.
+	Pick(client netip.AddrPort, tried []Target) (Target, error)
+}
+
+// Route says where a frontend's new connections go and how long they may
+// last. A connection keeps the Route it was accepted under.
+type Route struct {
+	// Name names the frontend in logs.
+	Name string
+	// Picker chooses each connection's backend.
+	Picker Picker
+	// ConnectTimeout bounds one backend connect; zero means
 	// DefaultConnectTimeout.
 	ConnectTimeout time.Duration
 	// IdleTimeout closes a connection after no byte has moved in either
 	// direction for this long; zero disables it.
 	IdleTimeout time.Duration
+	// HalfCloseTimeout closes a connection this long after one side
+	// finished sending (its FIN was passed on) while the other has not;
+	// zero disables it.
+	HalfCloseTimeout time.Duration
+	// Retries is how many more targets a connection may try after a
+	// failed connect.
+	Retries int
+}
+
+func (rt *Route) connectTimeout() time.Duration {
+	if rt.ConnectTimeout > 0 {
+		return rt.ConnectTimeout
+	}
+	return DefaultConnectTimeout
+}
+
+// shortestTimeout is the smallest timeout of rt that is set.
+func (rt *Route) shortestTimeout() time.Duration {
+	t := rt.connectTimeout()
+	for _, d := range []time.Duration{rt.IdleTimeout, rt.HalfCloseTimeout} {
+		if d > 0 && d < t {
+			t = d
+		}
+	}
+	return t
+}
+
+// Frontend holds the Route of one or more listeners. Set swaps it while
+// the listeners keep serving: connections accepted afterwards follow the
+// new Route, established ones keep theirs.
+type Frontend struct {
+	rt atomic.Pointer[Route]
+}
+
+// NewFrontend returns a Frontend routing by rt.
+func NewFrontend(rt *Route) *Frontend {
+	f := &Frontend{}
+	f.rt.Store(rt)
+	return f
+}
+
+// Set makes rt the route of connections accepted from now on.
+func (f *Frontend) Set(rt *Route) { f.rt.Store(rt) }
+
+// Route returns the current route.
+func (f *Frontend) Route() *Route { return f.rt.Load() }
+
+// Relay accepts client connections on the listeners it serves and relays
+// each one to the target its frontend's Route picks. The zero value is
+// ready to Start; every field's zero value means its documented default.
+type Relay struct {
+	// Mode selects splice (default) or copy relaying.
+	Mode Mode
+	// MaxConn is the most connections relayed at once; at the limit the
+	// relay stops accepting and the kernel's backlog holds new clients
+	// until a connection ends. Zero means no limit.
+	MaxConn int
 	// Loops is the number of event loops; zero means one per CPU
 	// (GOMAXPROCS).
 	Loops int
@@ -118,14 +199,21 @@ type Relay struct {
 	impl    engine
 	zero    chan struct{} // closed when active reaches zero while draining
 	drain   atomic.Bool
+	full    atomic.Bool  // accepting paused at MaxConn
+	maxConn atomic.Int64 // MaxConn, changed by SetMaxConn
 }
 
 // engine is one relaying implementation: the epoll splice engine or the
 // goroutine copy engine.
 type engine interface {
-	// stopAccepting stops taking new connections and releases the relay's
-	// hold on the listeners.
+	// serve starts accepting on a duplicate of ln's socket for f.
+	serve(ln net.Listener, f *Frontend) error
+	// unserve stops accepting on ln; its connections go on.
+	unserve(ln net.Listener)
+	// stopAccepting stops taking new connections on every listener.
 	stopAccepting()
+	// resumeAccepting resumes accepting paused at MaxConn.
+	resumeAccepting()
 	// closeAll closes every live connection and releases the engine's
 	// resources.
 	closeAll()
@@ -153,31 +241,26 @@ type counters struct {
 // ErrStarted is returned by Start on a Relay that was already started.
 var ErrStarted = errors.New("relay already started")
 
-// Start begins accepting on listeners and relaying to Backend. It returns
-// once the listeners are being served. The relay takes ownership of the
-// listeners: it closes them when it stops accepting, and nothing else may
-// call Accept on them.
-func (r *Relay) Start(listeners []net.Listener) error {
-	if r.Backend == nil {
-		return errors.New("relay has no backend address")
-	}
-	if len(listeners) == 0 {
-		return errors.New("relay has no listeners")
-	}
+// errNotStarted is returned by Serve before Start.
+var errNotStarted = errors.New("relay not started")
+
+// Start readies the relay; Serve then gives it listeners.
+func (r *Relay) Start() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.started {
 		return ErrStarted
 	}
 	r.zero = make(chan struct{})
+	r.maxConn.Store(int64(max(r.MaxConn, 0)))
 	var (
 		e   engine
 		err error
 	)
 	if r.Mode == ModeCopy {
-		e, err = startCopy(r, listeners)
+		e = newCopyEngine(r)
 	} else {
-		e, err = startSplice(r, listeners)
+		e, err = startSplice(r)
 	}
 	if err != nil {
 		return err
@@ -185,6 +268,41 @@ func (r *Relay) Start(listeners []net.Listener) error {
 	r.impl = e
 	r.started = true
 	return nil
+}
+
+// Serve starts accepting connections on ln and routing them by f. The
+// relay accepts on its own duplicate of ln's socket: the caller keeps ln
+// and may close it at once or keep it (a socket from systemd, say) to
+// Serve again later. Closing a duplicate never shuts the socket down, so
+// connections queued in its backlog are not lost.
+func (r *Relay) Serve(ln net.Listener, f *Frontend) error {
+	r.mu.Lock()
+	e := r.impl
+	r.mu.Unlock()
+	if e == nil {
+		return errNotStarted
+	}
+	if f == nil || f.Route() == nil || f.Route().Picker == nil {
+		return fmt.Errorf("listener %s: frontend has no route", ln.Addr())
+	}
+	return e.serve(ln, f)
+}
+
+// SetMaxConn changes MaxConn of a started relay (0: no limit). Raising it
+// resumes accepting at once.
+func (r *Relay) SetMaxConn(n int) {
+	r.maxConn.Store(int64(max(n, 0)))
+	r.connDone(0)
+}
+
+// Unserve stops accepting on ln. Connections accepted from it go on.
+func (r *Relay) Unserve(ln net.Listener) {
+	r.mu.Lock()
+	e := r.impl
+	r.mu.Unlock()
+	if e != nil {
+		e.unserve(ln)
+	}
 }
 
 // Shutdown stops accepting new connections, waits for live ones to finish
@@ -236,16 +354,42 @@ func (r *Relay) Alive(timeout time.Duration) bool {
 	return e != nil && e.alive(timeout)
 }
 
-// connOpened counts a newly accepted connection.
-func (r *Relay) connOpened() {
-	r.stats.accepted.Add(1)
-	r.stats.active.Add(1)
+// admit takes a connection slot before an accept; false means MaxConn
+// connections are live. A slot not used must be given back with unadmit.
+func (r *Relay) admit() bool {
+	n := r.stats.active.Add(1)
+	if m := r.maxConn.Load(); m > 0 && n > m {
+		r.stats.active.Add(-1)
+		return false
+	}
+	return true
 }
 
-// connDone counts n connections as finished and, while draining, signals
-// Shutdown when none is left.
+// unadmit gives back a slot taken by admit for an accept that found no
+// connection.
+func (r *Relay) unadmit() { r.connDone(1) }
+
+// pausedFull records that an engine stopped accepting at MaxConn. It
+// reports whether a slot freed meanwhile, in which case the caller
+// resumes at once: connDone only wakes engines it sees paused.
+func (r *Relay) pausedFull() (resume bool) {
+	r.full.Store(true)
+	if m := r.maxConn.Load(); m == 0 || r.stats.active.Load() < m {
+		r.full.Store(false)
+		return true
+	}
+	return false
+}
+
+// connDone counts n connections as finished: it wakes accepting paused
+// at MaxConn and, while draining, signals Shutdown when none is left.
 func (r *Relay) connDone(n int64) {
 	left := r.stats.active.Add(-n)
+	if r.full.Load() {
+		if m := r.maxConn.Load(); (m == 0 || left < m) && r.full.CompareAndSwap(true, false) {
+			r.impl.resumeAccepting()
+		}
+	}
 	if left == 0 && r.drain.Load() {
 		r.mu.Lock()
 		select {
@@ -262,13 +406,6 @@ func (r *Relay) logger() *slog.Logger {
 		return r.Logger
 	}
 	return slog.Default()
-}
-
-func (r *Relay) connectTimeout() time.Duration {
-	if r.ConnectTimeout > 0 {
-		return r.ConnectTimeout
-	}
-	return DefaultConnectTimeout
 }
 
 func (r *Relay) maxIdlePipes() int {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -41,18 +42,38 @@ func startEcho(t *testing.T) net.Listener {
 	return ln
 }
 
-// startRelay starts r on a loopback listener and stops it at test end.
-func startRelay(t *testing.T, r *Relay) string {
+// fixed is a Picker with one target and no health.
+type fixed struct{ addr net.Addr }
+
+func (f fixed) Pick(netip.AddrPort, []Target) (Target, error) { return f, nil }
+func (f fixed) Addr() net.Addr                                { return f.addr }
+func (f fixed) Name() string                                  { return "test/" + f.addr.String() }
+func (fixed) Connected(error)                                 {}
+func (fixed) Release()                                        {}
+
+// startRelay starts r on a loopback listener routed to backend and stops
+// it at test end.
+func startRelay(t *testing.T, r *Relay, backend net.Addr) string {
+	t.Helper()
+	return startRoute(t, r, &Route{Name: "test", Picker: fixed{backend}})
+}
+
+// startRoute starts r on a loopback listener routed by rt.
+func startRoute(t *testing.T, r *Relay, rt *Route) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer ln.Close()
 	addr := ln.Addr().String()
 	if r.Logger == nil {
 		r.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	if err := r.Start([]net.Listener{ln}); err != nil {
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Serve(ln, NewFrontend(rt)); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -162,8 +183,8 @@ func isPooled(pp *pipePool, p *pipe) bool {
 // holds no more pipes than its pools' bound, and none in use.
 func TestPipesReturned(t *testing.T) {
 	backend := startEcho(t)
-	r := &Relay{Backend: backend.Addr(), Loops: 2, MaxIdlePipes: 4}
-	addr := startRelay(t, r)
+	r := &Relay{Loops: 2, MaxIdlePipes: 4}
+	addr := startRelay(t, r, backend.Addr())
 	var wg sync.WaitGroup
 	for i := range 200 {
 		wg.Add(1)
@@ -190,8 +211,8 @@ func TestPipesReturned(t *testing.T) {
 // quiet holds no pipe.
 func TestIdleHoldsNoPipe(t *testing.T) {
 	backend := startEcho(t)
-	r := &Relay{Backend: backend.Addr()}
-	addr := startRelay(t, r)
+	r := &Relay{}
+	addr := startRelay(t, r, backend.Addr())
 	var conns []net.Conn
 	for range 50 {
 		c, err := net.Dial("tcp", addr)
@@ -220,8 +241,8 @@ func TestIdleHoldsNoPipe(t *testing.T) {
 // connection moves to the copy relay and its bytes arrive intact.
 func TestNoSpliceHandoff(t *testing.T) {
 	backend := startEcho(t)
-	r := &Relay{Backend: backend.Addr(), testNoSplice: true}
-	addr := startRelay(t, r)
+	r := &Relay{testNoSplice: true}
+	addr := startRelay(t, r, backend.Addr())
 	for i, n := range []int{1, 100 << 10, 4 << 20} {
 		echo(t, addr, n, uint64(i))
 	}
@@ -235,8 +256,8 @@ func TestNoSpliceHandoff(t *testing.T) {
 // still move, through the loop's buffer, intact.
 func TestNoPipeFallback(t *testing.T) {
 	backend := startEcho(t)
-	r := &Relay{Backend: backend.Addr(), testNoPipes: true}
-	addr := startRelay(t, r)
+	r := &Relay{testNoPipes: true}
+	addr := startRelay(t, r, backend.Addr())
 	var wg sync.WaitGroup
 	for i := range 20 {
 		wg.Add(1)
@@ -257,8 +278,8 @@ func TestNoPipeFallback(t *testing.T) {
 func TestShutdownDrains(t *testing.T) {
 	backend := startEcho(t)
 	for _, mode := range []Mode{ModeSplice, ModeCopy} {
-		r := &Relay{Backend: backend.Addr(), Mode: mode}
-		addr := startRelay(t, r)
+		r := &Relay{Mode: mode}
+		addr := startRelay(t, r, backend.Addr())
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
@@ -275,8 +296,8 @@ func TestShutdownDrains(t *testing.T) {
 		}
 		cancel()
 
-		r2 := &Relay{Backend: backend.Addr(), Mode: mode}
-		addr2 := startRelay(t, r2)
+		r2 := &Relay{Mode: mode}
+		addr2 := startRelay(t, r2, backend.Addr())
 		c2, err := net.Dial("tcp", addr2)
 		if err != nil {
 			t.Fatal(err)

@@ -1,0 +1,58 @@
+package balance
+
+import (
+	"fmt"
+	"net"
+	"sync"
+	"time"
+)
+
+// checkLoop runs s's active health checks until the pool closes: a TCP
+// (or unix) connect every Interval, Rise passes to come up, Fall
+// failures to go down.
+func (s *Server) checkLoop(wg *sync.WaitGroup) {
+	defer wg.Done()
+	h := s.pool.health
+	t := time.NewTicker(h.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.pool.stop:
+			return
+		case <-t.C:
+		}
+		s.checkResult(s.check(h.timeout()))
+	}
+}
+
+// check connects to s once and closes the connection.
+func (s *Server) check(timeout time.Duration) error {
+	c, err := net.DialTimeout(s.addr.Network(), s.addr.String(), timeout)
+	if err != nil {
+		return err
+	}
+	c.Close()
+	return nil
+}
+
+// checkResult counts one active check and changes s's state when Rise or
+// Fall is reached.
+func (s *Server) checkResult(err error) {
+	h := s.pool.health
+	s.st.mu.Lock()
+	if err == nil {
+		s.st.passed++
+		s.st.failed = 0
+	} else {
+		s.st.failed++
+		s.st.passed = 0
+	}
+	passed, failed := s.st.passed, s.st.failed
+	s.st.mu.Unlock()
+	switch {
+	case err == nil && passed >= h.rise() && !s.Up():
+		s.setUp(fmt.Sprintf("%d consecutive checks passed", passed))
+	case err != nil && failed >= h.fall() && s.Up():
+		s.setDown(fmt.Sprintf("%d consecutive checks failed, last: %v", failed, err))
+	}
+}

@@ -1,0 +1,500 @@
+// Package balance chooses a backend server for each new connection: the
+// balancing algorithms, server weights and connection limits, and the
+// health state that active checks and passive ejection keep.
+//
+// Typical usage:
+//
+//	p, err := balance.NewPool("app", balance.RoundRobin, servers, health, logger)
+//	p.Start()              // active health checks, if configured
+//	s, err := p.Pick(client, nil)
+//	... connect to s.Addr() ...
+//	s.Connected(err)       // feeds passive ejection
+//	s.Release()            // when the connection ends
+//	p.Close()
+//
+// The package knows addresses, weights and health; it knows nothing about
+// sockets being relayed.
+package balance
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Algorithm is a balancing algorithm.
+type Algorithm int
+
+const (
+	// RoundRobin takes servers in turn, in proportion to their weights,
+	// interleaved smoothly (weights 5,1,1 give a a b a c a a, not a a a a a b c).
+	RoundRobin Algorithm = iota
+	// LeastConn takes the server with the fewest active connections per
+	// unit of weight.
+	LeastConn
+	// Random picks two servers at random (by weight) and takes the one
+	// with fewer active connections per unit of weight.
+	Random
+	// Source hashes the client's address onto a consistent-hash ring: a
+	// client keeps its server, and adding or removing a server moves only
+	// that server's share of clients.
+	Source
+)
+
+var algorithmNames = [...]string{RoundRobin: "roundrobin", LeastConn: "leastconn", Random: "random", Source: "source"}
+
+// String returns the configuration spelling of a.
+func (a Algorithm) String() string {
+	if int(a) < len(algorithmNames) {
+		return algorithmNames[a]
+	}
+	return fmt.Sprintf("Algorithm(%d)", int(a))
+}
+
+// ParseAlgorithm turns a configuration spelling into an Algorithm.
+func ParseAlgorithm(s string) (Algorithm, error) {
+	for i, n := range algorithmNames {
+		if n == s {
+			return Algorithm(i), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown balance %q: use %s", s, strings.Join(algorithmNames[:], ", "))
+}
+
+// ServerConfig describes one server of a pool.
+type ServerConfig struct {
+	Name    string   // unique within the pool; used in logs and for hashing
+	Addr    net.Addr // *net.TCPAddr or *net.UnixAddr
+	Weight  int      // share of new connections; 0 drains the server
+	MaxConn int      // most concurrent connections; 0 means no limit
+}
+
+// Health configures how a pool decides whether its servers are up.
+type Health struct {
+	// Interval between active TCP connect checks of each server; zero
+	// disables active checks.
+	Interval time.Duration
+	// Timeout of one check's connect; zero means Interval.
+	Timeout time.Duration
+	// Rise is how many consecutive passed checks bring a down server up;
+	// zero means 2.
+	Rise int
+	// Fall is how many consecutive failed checks take an up server down;
+	// zero means 3.
+	Fall int
+	// EjectAfter takes a server down after this many consecutive failed
+	// connects by clients (passive ejection); zero disables it.
+	EjectAfter int
+	// EjectTime is how long a passively ejected server rests before it is
+	// tried again, when active checks are off; zero means 10 s. With
+	// active checks it comes back after Rise passed checks instead.
+	EjectTime time.Duration
+}
+
+func (h Health) rise() int {
+	if h.Rise > 0 {
+		return h.Rise
+	}
+	return 2
+}
+
+func (h Health) fall() int {
+	if h.Fall > 0 {
+		return h.Fall
+	}
+	return 3
+}
+
+func (h Health) timeout() time.Duration {
+	if h.Timeout > 0 {
+		return h.Timeout
+	}
+	return h.Interval
+}
+
+func (h Health) ejectTime() time.Duration {
+	if h.EjectTime > 0 {
+		return h.EjectTime
+	}
+	return 10 * time.Second
+}
+
+// Pool is a named set of servers and the algorithm that chooses among
+// them. It is safe for concurrent use.
+type Pool struct {
+	name    string
+	alg     Algorithm
+	servers []*Server
+	health  Health
+	log     *slog.Logger
+	ring    []ringPoint // Source only
+
+	mu   sync.Mutex    // guards the round-robin state
+	next atomic.Uint32 // LeastConn tie-break rotation
+
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	started bool
+}
+
+// Server is one backend server of a pool.
+type Server struct {
+	pool    *Pool
+	name    string // "pool/server"
+	addr    net.Addr
+	weight  int
+	maxConn int64
+	current int // smooth round-robin credit, guarded by pool.mu
+	st      *state
+}
+
+// state is a server's live state. It outlives the Pool across a reload
+// when the server keeps its name and address, so health and connection
+// counts carry over.
+type state struct {
+	active atomic.Int64 // connections picked and not yet released
+	down   atomic.Bool
+	fails  atomic.Int32 // consecutive failed client connects
+
+	mu      sync.Mutex
+	passed  int // consecutive passed active checks
+	failed  int // consecutive failed active checks
+	ejectAt *time.Timer
+}
+
+// NewPool makes a pool of servers. Servers start up; active checks begin
+// with Start.
+func NewPool(name string, alg Algorithm, servers []ServerConfig, h Health, log *slog.Logger) (*Pool, error) {
+	if len(servers) == 0 {
+		return nil, fmt.Errorf("backend %s: no servers", name)
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	p := &Pool{name: name, alg: alg, health: h, log: log, stop: make(chan struct{})}
+	seen := make(map[string]bool)
+	for _, sc := range servers {
+		if seen[sc.Name] {
+			return nil, fmt.Errorf("backend %s: two servers named %q", name, sc.Name)
+		}
+		seen[sc.Name] = true
+		if sc.Addr == nil {
+			return nil, fmt.Errorf("backend %s: server %s has no address", name, sc.Name)
+		}
+		if sc.Weight < 0 {
+			return nil, fmt.Errorf("backend %s: server %s: negative weight %d", name, sc.Name, sc.Weight)
+		}
+		p.servers = append(p.servers, &Server{
+			pool: p, name: name + "/" + sc.Name, addr: sc.Addr,
+			weight: sc.Weight, maxConn: int64(sc.MaxConn), st: &state{},
+		})
+	}
+	if alg == Source {
+		p.ring = buildRing(p.servers)
+	}
+	return p, nil
+}
+
+// Name returns the pool's name.
+func (p *Pool) Name() string { return p.name }
+
+// Servers returns the pool's servers in configuration order.
+func (p *Pool) Servers() []*Server { return p.servers }
+
+// Inherit takes over the live state (up or down, active connections) of
+// old's servers that have the same name and address in p, so a reload
+// neither revives a dead server nor forgets connections in flight. Call
+// it before Start.
+func (p *Pool) Inherit(old *Pool) {
+	if old == nil {
+		return
+	}
+	for _, s := range p.servers {
+		for _, o := range old.servers {
+			if o.name == s.name && o.addr.Network() == s.addr.Network() && o.addr.String() == s.addr.String() {
+				s.st = o.st
+			}
+		}
+	}
+}
+
+// Start begins active health checks, one goroutine per server, if the
+// pool has a check interval.
+func (p *Pool) Start() {
+	if p.started || p.health.Interval <= 0 {
+		return
+	}
+	p.started = true
+	for _, s := range p.servers {
+		p.wg.Add(1)
+		go s.checkLoop(&p.wg)
+	}
+}
+
+// Close stops the pool's health checks. Servers picked earlier stay
+// usable until released.
+func (p *Pool) Close() {
+	select {
+	case <-p.stop:
+	default:
+		close(p.stop)
+	}
+	p.wg.Wait()
+}
+
+// ErrNoServer is wrapped by Pick's error when no server can take a new
+// connection.
+var ErrNoServer = errors.New("no server available")
+
+// Pick chooses a server for a new connection from client, skipping the
+// servers in tried (which already failed this connection), those down,
+// drained (weight 0) and full. The server is counted as active until its
+// Release.
+func (p *Pool) Pick(client netip.AddrPort, tried []*Server) (*Server, error) {
+	// A server found full while acquiring is skipped on the next round;
+	// the rounds are bounded by the number of servers.
+	skip := tried
+	for range len(p.servers) + 1 {
+		var s *Server
+		switch p.alg {
+		case LeastConn:
+			s = p.pickLeast(skip)
+		case Random:
+			s = p.pickRandom(skip)
+		case Source:
+			s = p.pickSource(client.Addr(), skip)
+		default:
+			s = p.pickRoundRobin(skip)
+		}
+		if s == nil {
+			break
+		}
+		if s.acquire() {
+			return s, nil
+		}
+		skip = append(skip[:len(skip):len(skip)], s)
+	}
+	return nil, p.noServer(tried)
+}
+
+// noServer explains why no server could be picked.
+func (p *Pool) noServer(tried []*Server) error {
+	var down, full, drained, failed int
+	for _, s := range p.servers {
+		switch {
+		case contains(tried, s):
+			failed++
+		case s.weight == 0:
+			drained++
+		case s.st.down.Load():
+			down++
+		default:
+			full++
+		}
+	}
+	var parts []string
+	for _, c := range []struct {
+		n    int
+		what string
+	}{{down, "down"}, {full, "full (maxconn)"}, {drained, "drained (weight 0)"}, {failed, "failed to connect"}} {
+		if c.n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", c.n, c.what))
+		}
+	}
+	return fmt.Errorf("backend %s: %w: %s", p.name, ErrNoServer, strings.Join(parts, ", "))
+}
+
+func contains(list []*Server, s *Server) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// eligible reports whether s may take a new connection now.
+func (s *Server) eligible(skip []*Server) bool {
+	if s.weight <= 0 || s.st.down.Load() {
+		return false
+	}
+	if s.maxConn > 0 && s.st.active.Load() >= s.maxConn {
+		return false
+	}
+	return !contains(skip, s)
+}
+
+// acquire counts a new connection on s, unless that would pass maxconn.
+func (s *Server) acquire() bool {
+	for {
+		n := s.st.active.Load()
+		if s.maxConn > 0 && n >= s.maxConn {
+			return false
+		}
+		if s.st.active.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// pickRoundRobin is smooth weighted round robin: every eligible server
+// gains its weight in credit, the richest wins and pays the total.
+func (p *Pool) pickRoundRobin(skip []*Server) *Server {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var best *Server
+	total := 0
+	for _, s := range p.servers {
+		if !s.eligible(skip) {
+			continue
+		}
+		s.current += s.weight
+		total += s.weight
+		if best == nil || s.current > best.current {
+			best = s
+		}
+	}
+	if best != nil {
+		best.current -= total
+	}
+	return best
+}
+
+// lighter reports whether a carries fewer active connections per unit of
+// weight than b.
+func lighter(a, b *Server) bool {
+	return a.st.active.Load()*int64(b.weight) < b.st.active.Load()*int64(a.weight)
+}
+
+// pickLeast takes the eligible server with the fewest connections per
+// weight; ties go round the pool in turn.
+func (p *Pool) pickLeast(skip []*Server) *Server {
+	n := len(p.servers)
+	start := int(p.next.Add(1) % uint32(n))
+	var best *Server
+	for i := range n {
+		s := p.servers[(start+i)%n]
+		if s.eligible(skip) && (best == nil || lighter(s, best)) {
+			best = s
+		}
+	}
+	return best
+}
+
+// pickRandom is "power of two choices": two servers drawn at random in
+// proportion to their weights; the lighter one wins.
+func (p *Pool) pickRandom(skip []*Server) *Server {
+	a := p.drawWeighted(skip)
+	if a == nil {
+		return nil
+	}
+	b := p.drawWeighted(skip)
+	if b != nil && lighter(b, a) {
+		return b
+	}
+	return a
+}
+
+// drawWeighted draws one eligible server with probability proportional to
+// its weight.
+func (p *Pool) drawWeighted(skip []*Server) *Server {
+	total := 0
+	for _, s := range p.servers {
+		if s.eligible(skip) {
+			total += s.weight
+		}
+	}
+	if total == 0 {
+		return nil
+	}
+	r := rand.IntN(total)
+	for _, s := range p.servers {
+		if !s.eligible(skip) {
+			continue
+		}
+		if r < s.weight {
+			return s
+		}
+		r -= s.weight
+	}
+	return nil
+}
+
+// Name returns the server's "pool/server" name.
+func (s *Server) Name() string { return s.name }
+
+// Addr returns the server's address.
+func (s *Server) Addr() net.Addr { return s.addr }
+
+// Weight returns the server's configured weight.
+func (s *Server) Weight() int { return s.weight }
+
+// Active returns the server's connections picked and not yet released.
+func (s *Server) Active() int64 { return s.st.active.Load() }
+
+// Up reports whether the server is considered healthy.
+func (s *Server) Up() bool { return !s.st.down.Load() }
+
+// Release ends one connection counted by Pick.
+func (s *Server) Release() { s.st.active.Add(-1) }
+
+// Connected records the outcome of a client's connect to s: nil resets
+// the failure count; an error counts towards passive ejection.
+func (s *Server) Connected(err error) {
+	if err == nil {
+		if s.st.fails.Load() != 0 {
+			s.st.fails.Store(0)
+		}
+		return
+	}
+	h := s.pool.health
+	n := s.st.fails.Add(1)
+	if h.EjectAfter <= 0 || int(n) < h.EjectAfter {
+		return
+	}
+	if !s.setDown(fmt.Sprintf("%d consecutive failed connects, last: %v", n, err)) {
+		return
+	}
+	if h.Interval > 0 {
+		return // active checks bring it back after Rise passes
+	}
+	s.st.mu.Lock()
+	if s.st.ejectAt != nil {
+		s.st.ejectAt.Stop()
+	}
+	s.st.ejectAt = time.AfterFunc(h.ejectTime(), s.readmit)
+	s.st.mu.Unlock()
+}
+
+// readmit brings a passively ejected server back after its rest.
+func (s *Server) readmit() {
+	s.setUp(fmt.Sprintf("ejected %v ago; trying it again", s.pool.health.ejectTime()))
+}
+
+// setDown marks s down and logs it, once; it reports whether s was up.
+func (s *Server) setDown(reason string) bool {
+	if !s.st.down.CompareAndSwap(false, true) {
+		return false
+	}
+	s.st.mu.Lock()
+	s.st.passed = 0
+	s.st.mu.Unlock()
+	s.pool.log.Warn("server down", "server", s.name, "addr", s.addr.String(), "reason", reason)
+	return true
+}
+
+// setUp marks s up and logs it, once.
+func (s *Server) setUp(reason string) {
+	if !s.st.down.CompareAndSwap(true, false) {
+		return
+	}
+	s.st.fails.Store(0)
+	s.pool.log.Info("server up", "server", s.name, "addr", s.addr.String(), "reason", reason)
+}

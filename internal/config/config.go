@@ -1,0 +1,549 @@
+// Package config reads rsp's configuration file: TOML describing
+// frontends (where to listen), backends (pools of servers) and their
+// timeouts, limits, balancing and health checks. It checks everything it
+// can before rsp starts and names file:line and what to fix in each error.
+//
+// Typical usage:
+//
+//	cfg, err := config.Load("/etc/rsp/rsp.conf")
+//	if err != nil { ... } // every mistake, one per line: "rsp.conf:12: ..."
+package config
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"rsp/internal/balance"
+)
+
+// Defaults of settings the file leaves out.
+const (
+	DefaultConnectTimeout = 5 * time.Second
+	DefaultIdleTimeout    = 10 * time.Minute
+	DefaultDrainTimeout   = 30 * time.Second
+	DefaultRetries        = 2
+	DefaultEjectAfter     = 3
+	DefaultEjectTime      = 10 * time.Second
+	DefaultCheckInterval  = 2 * time.Second
+	DefaultCheckTimeout   = time.Second
+	DefaultRise           = 2
+	DefaultFall           = 3
+	DefaultWeight         = 1
+	// MaxWeight bounds a server's weight, as in HAProxy.
+	MaxWeight = 256
+)
+
+// Config is a checked configuration.
+type Config struct {
+	Path         string
+	MaxConn      int
+	Relay        string // "splice" or "copy"
+	DrainTimeout time.Duration
+	LogLevel     string // "debug", "info", "warn" or "error"
+	PipeSize     int
+	Frontends    []*Frontend // by name
+	Backends     []*Backend  // by name
+}
+
+// AnySocket as a Frontend's Socket takes every socket systemd passed,
+// whatever its name: the classic command line under socket activation.
+const AnySocket = "*"
+
+// Frontend is where clients connect and which backend serves them.
+type Frontend struct {
+	Name             string
+	Listen           []string // [HOST]:PORT to bind; empty when Socket is set
+	Socket           string   // name of a socket passed by systemd (FileDescriptorName=)
+	Backend          string
+	ConnectTimeout   time.Duration
+	IdleTimeout      time.Duration
+	HalfCloseTimeout time.Duration
+	// Where is "file:line" of the frontend's section, for errors found
+	// at run time (a socket systemd did not pass).
+	Where string
+}
+
+// Backend is a pool of servers and how to balance and check them.
+type Backend struct {
+	Name    string
+	Balance balance.Algorithm
+	Retries int
+	Health  balance.Health
+	Servers []balance.ServerConfig
+}
+
+// Backend returns the backend named name, or nil.
+func (c *Config) Backend(name string) *Backend {
+	for _, b := range c.Backends {
+		if b.Name == name {
+			return b
+		}
+	}
+	return nil
+}
+
+// The file's shape. Pointers tell "left out" from zero.
+type fileConfig struct {
+	Global   globalSection              `toml:"global"`
+	Defaults timeoutSection             `toml:"defaults"`
+	Frontend map[string]frontendSection `toml:"frontend"`
+	Backend  map[string]backendSection  `toml:"backend"`
+}
+
+type globalSection struct {
+	MaxConn      *int      `toml:"maxconn"`
+	Relay        *string   `toml:"relay"`
+	DrainTimeout *duration `toml:"drain_timeout"`
+	LogLevel     *string   `toml:"log_level"`
+	PipeSize     *int      `toml:"pipe_size"`
+}
+
+type timeoutSection struct {
+	ConnectTimeout   *duration `toml:"connect_timeout"`
+	IdleTimeout      *duration `toml:"idle_timeout"`
+	HalfCloseTimeout *duration `toml:"half_close_timeout"`
+}
+
+type frontendSection struct {
+	Listen  *addrList `toml:"listen"`
+	Socket  *string   `toml:"socket"`
+	Backend *string   `toml:"backend"`
+	timeoutSection
+}
+
+type backendSection struct {
+	Balance    *string                  `toml:"balance"`
+	Retries    *int                     `toml:"retries"`
+	EjectAfter *int                     `toml:"eject_after"`
+	EjectTime  *duration                `toml:"eject_time"`
+	Health     *healthSection           `toml:"health"`
+	Server     map[string]serverSection `toml:"server"`
+}
+
+type healthSection struct {
+	Interval *duration `toml:"interval"`
+	Timeout  *duration `toml:"timeout"`
+	Rise     *int      `toml:"rise"`
+	Fall     *int      `toml:"fall"`
+}
+
+type serverSection struct {
+	Address *string `toml:"address"`
+	Weight  *int    `toml:"weight"`
+	MaxConn *int    `toml:"maxconn"`
+}
+
+// duration is a TOML string such as "5s" or "2m30s".
+type duration time.Duration
+
+func (d *duration) UnmarshalTOML(v any) error {
+	s, ok := v.(string)
+	if !ok {
+		return fmt.Errorf("duration must be a string with a unit, e.g. \"5s\" or \"2m\", not %v", v)
+	}
+	x, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("bad duration %q: write a number with a unit, e.g. \"500ms\", \"5s\", \"2m\"", s)
+	}
+	if x < 0 {
+		return fmt.Errorf("duration %q is negative", s)
+	}
+	*d = duration(x)
+	return nil
+}
+
+// addrList is one address or a list of them.
+type addrList []string
+
+func (l *addrList) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case string:
+		*l = addrList{v}
+		return nil
+	case []any:
+		for _, e := range v {
+			s, ok := e.(string)
+			if !ok {
+				return fmt.Errorf("listen must be an address string or a list of them, found %v", e)
+			}
+			*l = append(*l, s)
+		}
+		if len(*l) == 0 {
+			return errors.New("listen is an empty list: give at least one [HOST]:PORT")
+		}
+		return nil
+	}
+	return fmt.Errorf("listen must be an address string or a list of them, not %v", v)
+}
+
+// Error is one mistake in a configuration file.
+type Error struct {
+	Path string
+	Line int // 0 when not known
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	if e.Line > 0 {
+		return fmt.Sprintf("%s:%d: %s", e.Path, e.Line, e.Msg)
+	}
+	return fmt.Sprintf("%s: %s", e.Path, e.Msg)
+}
+
+// Load reads and checks the configuration file at path. Host names of
+// servers are resolved now. The error lists every mistake found, one per
+// line.
+func Load(path string) (*Config, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(path, string(src))
+}
+
+// checker collects the mistakes of one file.
+type checker struct {
+	path string
+	idx  lineIndex
+	errs []error
+}
+
+func (c *checker) add(key []string, format string, a ...any) {
+	c.errs = append(c.errs, &Error{Path: c.path, Line: c.idx.line(key...), Msg: fmt.Sprintf(format, a...)})
+}
+
+func (c *checker) where(key ...string) string {
+	return fmt.Sprintf("%s:%d", c.path, c.idx.line(key...))
+}
+
+// Parse checks the configuration src, read from path (used in errors).
+func Parse(path, src string) (*Config, error) {
+	var f fileConfig
+	md, err := toml.Decode(src, &f)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return nil, &Error{Path: path, Line: pe.Position.Line, Msg: pe.Message}
+		}
+		return nil, &Error{Path: path, Msg: err.Error()}
+	}
+	c := &checker{path: path, idx: indexLines(src)}
+	c.unknownKeys(md.Undecoded())
+	cfg := c.build(&f)
+	if len(c.errs) > 0 {
+		return nil, errors.Join(c.errs...)
+	}
+	return cfg, nil
+}
+
+// unknownKeys reports keys rsp does not know, with the nearest known one.
+// Of an unknown table only the table is reported, not every key in it.
+func (c *checker) unknownKeys(keys []toml.Key) {
+	var reported []toml.Key
+	for _, k := range keys {
+		k = firstUnknown(k)
+		if slices.ContainsFunc(reported, func(r toml.Key) bool { return hasPrefix(k, r) }) {
+			continue
+		}
+		reported = append(reported, k)
+		name := k[len(k)-1]
+		section, known := knownKeys(k[:len(k)-1])
+		msg := fmt.Sprintf("unknown key %q in %s", name, section)
+		if s := closest(name, known); s != "" {
+			msg += fmt.Sprintf("; did you mean %q?", s)
+		} else if len(known) > 0 {
+			msg += "; known keys: " + strings.Join(known, ", ")
+		}
+		c.add(k, "%s", msg)
+	}
+}
+
+// firstUnknown shortens k to its first part that its section does not
+// know.
+func firstUnknown(k toml.Key) toml.Key {
+	for i := 1; i <= len(k); i++ {
+		if _, known := knownKeys(k[:i-1]); known != nil && !slices.Contains(known, k[i-1]) {
+			return k[:i]
+		}
+	}
+	return k
+}
+
+func hasPrefix(k, p toml.Key) bool {
+	return len(k) >= len(p) && slices.Equal(k[:len(p)], p)
+}
+
+// knownKeys names the section a key sits in and lists the keys allowed
+// there.
+func knownKeys(parent toml.Key) (string, []string) {
+	var t reflect.Type
+	section := "[" + strings.Join(parent, ".") + "]"
+	switch {
+	case len(parent) == 0:
+		t, section = reflect.TypeFor[fileConfig](), "the top level"
+	case len(parent) == 1 && parent[0] == "global":
+		t = reflect.TypeFor[globalSection]()
+	case len(parent) == 1 && parent[0] == "defaults":
+		t = reflect.TypeFor[timeoutSection]()
+	case len(parent) == 2 && parent[0] == "frontend":
+		t = reflect.TypeFor[frontendSection]()
+	case len(parent) == 2 && parent[0] == "backend":
+		t = reflect.TypeFor[backendSection]()
+	case len(parent) == 3 && parent[0] == "backend" && parent[2] == "health":
+		t = reflect.TypeFor[healthSection]()
+	case len(parent) == 4 && parent[0] == "backend" && parent[2] == "server":
+		t = reflect.TypeFor[serverSection]()
+	default:
+		return section, nil
+	}
+	return section, tomlKeys(t)
+}
+
+func tomlKeys(t reflect.Type) []string {
+	var keys []string
+	for f := range t.Fields() {
+		if f.Anonymous {
+			keys = append(keys, tomlKeys(f.Type)...)
+			continue
+		}
+		if tag := f.Tag.Get("toml"); tag != "" {
+			keys = append(keys, tag)
+		}
+	}
+	return keys
+}
+
+// closest returns the known key within two edits of name, if any.
+func closest(name string, known []string) string {
+	best, bestD := "", 3
+	for _, k := range known {
+		if d := editDistance(name, k); d < bestD {
+			best, bestD = k, d
+		}
+	}
+	return best
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+func durOr(d *duration, def time.Duration) time.Duration {
+	if d == nil {
+		return def
+	}
+	return time.Duration(*d)
+}
+
+func intOr(p *int, def int) int {
+	if p == nil {
+		return def
+	}
+	return *p
+}
+
+func strOr(p *string, def string) string {
+	if p == nil {
+		return def
+	}
+	return *p
+}
+
+// build checks f and turns it into a Config.
+func (c *checker) build(f *fileConfig) *Config {
+	cfg := &Config{
+		Path:         c.path,
+		MaxConn:      intOr(f.Global.MaxConn, 0),
+		Relay:        strOr(f.Global.Relay, "splice"),
+		DrainTimeout: durOr(f.Global.DrainTimeout, DefaultDrainTimeout),
+		LogLevel:     strOr(f.Global.LogLevel, "info"),
+		PipeSize:     intOr(f.Global.PipeSize, 0),
+	}
+	if cfg.MaxConn < 0 {
+		c.add([]string{"global", "maxconn"}, "maxconn %d is negative: give the most concurrent connections, or 0 for no limit", cfg.MaxConn)
+	}
+	if cfg.Relay != "splice" && cfg.Relay != "copy" {
+		c.add([]string{"global", "relay"}, "unknown relay %q: use \"splice\" or \"copy\"", cfg.Relay)
+	}
+	switch cfg.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		c.add([]string{"global", "log_level"}, "unknown log_level %q: use debug, info, warn or error", cfg.LogLevel)
+	}
+	if cfg.PipeSize != 0 && (cfg.PipeSize < 4096 || cfg.PipeSize > 64<<20) {
+		c.add([]string{"global", "pipe_size"}, "pipe_size %d out of range: give bytes from 4096 to 67108864, or leave it out", cfg.PipeSize)
+	}
+
+	for _, name := range sortedKeys(f.Backend) {
+		if b := c.backend(name, f.Backend[name]); b != nil {
+			cfg.Backends = append(cfg.Backends, b)
+		}
+	}
+	if len(f.Frontend) == 0 {
+		c.add(nil, "no frontend: add a [frontend.NAME] section with listen (or socket) and backend")
+	}
+	listenBy := map[string]string{}
+	socketBy := map[string]string{}
+	for _, name := range sortedKeys(f.Frontend) {
+		fs := f.Frontend[name]
+		key := []string{"frontend", name}
+		fe := &Frontend{
+			Name:             name,
+			Backend:          strOr(fs.Backend, ""),
+			Socket:           strOr(fs.Socket, ""),
+			ConnectTimeout:   durOr(fs.ConnectTimeout, durOr(f.Defaults.ConnectTimeout, DefaultConnectTimeout)),
+			IdleTimeout:      durOr(fs.IdleTimeout, durOr(f.Defaults.IdleTimeout, DefaultIdleTimeout)),
+			HalfCloseTimeout: durOr(fs.HalfCloseTimeout, durOr(f.Defaults.HalfCloseTimeout, 0)),
+			Where:            c.where(key...),
+		}
+		if fs.Listen != nil {
+			fe.Listen = *fs.Listen
+		}
+		if name == "" {
+			c.add(key, "frontend has an empty name: write [frontend.NAME]")
+		}
+		switch {
+		case fs.Listen != nil && fs.Socket != nil:
+			c.add(append(key, "socket"), "frontend %s has both listen and socket: keep listen to bind the address yourself, or socket to take it from systemd", name)
+		case fs.Listen == nil && fs.Socket == nil:
+			c.add(key, "frontend %s has no listen or socket: add listen = \"[HOST]:PORT\" or socket = \"NAME\" (a FileDescriptorName= of rsp.socket)", name)
+		}
+		for _, a := range fe.Listen {
+			if err := CheckListen("listen", a); err != nil {
+				c.add(append(key, "listen"), "frontend %s: %v", name, err)
+				continue
+			}
+			if other, ok := listenBy[a]; ok {
+				c.add(append(key, "listen"), "frontend %s: listen %s is also frontend %s's: each address may be bound once", name, a, other)
+			}
+			listenBy[a] = name
+		}
+		if fs.Socket != nil {
+			if fe.Socket == "" {
+				c.add(append(key, "socket"), "frontend %s: socket is empty: give the FileDescriptorName= of the socket unit", name)
+			} else if other, ok := socketBy[fe.Socket]; ok {
+				c.add(append(key, "socket"), "frontend %s: socket %q is also frontend %s's: each socket may serve one frontend", name, fe.Socket, other)
+			}
+			socketBy[fe.Socket] = name
+		}
+		switch {
+		case fs.Backend == nil:
+			c.add(key, "frontend %s has no backend: add backend = \"NAME\" naming a [backend.NAME] section", name)
+		case !hasKey(f.Backend, fe.Backend):
+			c.add(append(key, "backend"), "frontend %s: no backend named %q; defined: %s", name, fe.Backend, strings.Join(sortedKeys(f.Backend), ", "))
+		}
+		cfg.Frontends = append(cfg.Frontends, fe)
+	}
+	return cfg
+}
+
+func hasKey[V any](m map[string]V, k string) bool {
+	_, ok := m[k]
+	return ok
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// backend checks one [backend.NAME] section.
+func (c *checker) backend(name string, bs backendSection) *Backend {
+	key := []string{"backend", name}
+	at := func(k ...string) []string { return append(append([]string{}, key...), k...) }
+	b := &Backend{
+		Name:    name,
+		Retries: intOr(bs.Retries, DefaultRetries),
+		Health: balance.Health{
+			EjectAfter: intOr(bs.EjectAfter, DefaultEjectAfter),
+			EjectTime:  durOr(bs.EjectTime, DefaultEjectTime),
+		},
+	}
+	if name == "" {
+		c.add(key, "backend has an empty name: write [backend.NAME]")
+	}
+	alg, err := balance.ParseAlgorithm(strOr(bs.Balance, "roundrobin"))
+	if err != nil {
+		c.add(at("balance"), "backend %s: %v", name, err)
+	}
+	b.Balance = alg
+	if b.Retries < 0 {
+		c.add(at("retries"), "backend %s: retries %d is negative: give 0 for no retry", name, b.Retries)
+	}
+	if b.Health.EjectAfter < 0 {
+		c.add(at("eject_after"), "backend %s: eject_after %d is negative: give 0 to never eject", name, b.Health.EjectAfter)
+	}
+	if bs.EjectTime != nil && *bs.EjectTime == 0 {
+		c.add(at("eject_time"), "backend %s: eject_time must be more than 0s", name)
+	}
+	if h := bs.Health; h != nil {
+		b.Health.Interval = durOr(h.Interval, DefaultCheckInterval)
+		b.Health.Timeout = durOr(h.Timeout, min(DefaultCheckTimeout, b.Health.Interval))
+		b.Health.Rise = intOr(h.Rise, DefaultRise)
+		b.Health.Fall = intOr(h.Fall, DefaultFall)
+		if b.Health.Interval <= 0 {
+			c.add(at("health", "interval"), "backend %s: health interval must be more than 0s; remove [backend.%s.health] to turn checks off", name, name)
+		}
+		if b.Health.Timeout <= 0 {
+			c.add(at("health", "timeout"), "backend %s: health timeout must be more than 0s", name)
+		}
+		if b.Health.Rise < 1 {
+			c.add(at("health", "rise"), "backend %s: rise %d: give at least 1", name, b.Health.Rise)
+		}
+		if b.Health.Fall < 1 {
+			c.add(at("health", "fall"), "backend %s: fall %d: give at least 1", name, b.Health.Fall)
+		}
+	}
+	if len(bs.Server) == 0 {
+		c.add(key, "backend %s has no server: add [backend.%s.server.NAME] with address = \"HOST:PORT\"", name, name)
+	}
+	for _, sname := range sortedKeys(bs.Server) {
+		ss := bs.Server[sname]
+		sc := balance.ServerConfig{Name: sname, Weight: intOr(ss.Weight, DefaultWeight), MaxConn: intOr(ss.MaxConn, 0)}
+		if ss.Address == nil {
+			c.add(at("server", sname), "server %s/%s has no address: add address = \"HOST:PORT\", \"[IPv6]:PORT\" or \"unix:/path\"", name, sname)
+		} else if err := CheckServer("address", *ss.Address); err != nil {
+			c.add(at("server", sname, "address"), "server %s/%s: %v", name, sname, err)
+		} else if addr, err := ResolveServer(context.Background(), "server", *ss.Address); err != nil {
+			c.add(at("server", sname, "address"), "server %s/%s: %v", name, sname, err)
+		} else {
+			sc.Addr = addr
+		}
+		if sc.Weight < 0 || sc.Weight > MaxWeight {
+			c.add(at("server", sname, "weight"), "server %s/%s: weight %d out of range: use 0 (drain) to %d", name, sname, sc.Weight, MaxWeight)
+		}
+		if sc.MaxConn < 0 {
+			c.add(at("server", sname, "maxconn"), "server %s/%s: maxconn %d is negative: give 0 for no limit", name, sname, sc.MaxConn)
+		}
+		b.Servers = append(b.Servers, sc)
+	}
+	return b
+}

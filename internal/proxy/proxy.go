@@ -1,0 +1,258 @@
+// Package proxy runs a configuration on a relay: it opens the frontends'
+// listeners (or takes them from the sockets systemd passed), builds the
+// backends' server pools, and applies a new configuration in place on
+// reload, leaving established connections untouched.
+//
+// Typical usage:
+//
+//	p := &proxy.Proxy{Relay: relay, Logger: logger, Systemd: sockets}
+//	if err := p.Apply(cfg); err != nil { ... } // first configuration
+//	...
+//	if err := p.Apply(newCfg); err != nil { ... } // reload: old one keeps serving
+//	p.Close()
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+
+	"rsp/internal/activation"
+	"rsp/internal/balance"
+	"rsp/internal/config"
+	"rsp/internal/splice"
+)
+
+// Proxy applies configurations to a started Relay.
+type Proxy struct {
+	// Relay relays the connections; it must be started.
+	Relay *splice.Relay
+	// Logger receives server state changes and reload messages.
+	Logger *slog.Logger
+	// Systemd holds the sockets systemd passed (socket activation). They
+	// stay open across reloads, served or not.
+	Systemd []activation.Listener
+
+	mu      sync.Mutex
+	pools   map[string]*balance.Pool
+	bound   map[string]*bound // by listenerKey
+	warned  bool              // unused systemd sockets were reported
+	applied bool
+}
+
+// bound is a listener being served and the frontend routing it.
+type bound struct {
+	ln    net.Listener
+	fe    *splice.Frontend
+	owned bool // bound by rsp (closed when dropped), not systemd's
+	name  string
+}
+
+// want is a listener the new configuration asks for.
+type want struct {
+	key   string
+	addr  string // to bind, or "" for a systemd socket
+	sd    net.Listener
+	route *splice.Route
+	name  string
+}
+
+// Apply makes cfg the running configuration. On error nothing changed:
+// the previous configuration keeps serving.
+func (p *Proxy) Apply(cfg *config.Config) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	log := p.logger()
+
+	pools := map[string]*balance.Pool{}
+	closePools := func() {
+		for _, pl := range pools {
+			pl.Close()
+		}
+	}
+	for _, b := range cfg.Backends {
+		pl, err := balance.NewPool(b.Name, b.Balance, b.Servers, b.Health, log)
+		if err != nil {
+			closePools()
+			return err
+		}
+		pl.Inherit(p.pools[b.Name])
+		pools[b.Name] = pl
+	}
+
+	var wants []want
+	used := map[net.Listener]bool{}
+	for _, f := range cfg.Frontends {
+		pl := pools[f.Backend]
+		if pl == nil {
+			closePools()
+			return fmt.Errorf("%s: frontend %s: no backend named %q", f.Where, f.Name, f.Backend)
+		}
+		b := cfg.Backend(f.Backend)
+		rt := &splice.Route{
+			Name: f.Name, Picker: picker{pl},
+			ConnectTimeout: f.ConnectTimeout, IdleTimeout: f.IdleTimeout,
+			HalfCloseTimeout: f.HalfCloseTimeout, Retries: b.Retries,
+		}
+		for _, a := range f.Listen {
+			wants = append(wants, want{key: "listen " + a, addr: a, route: rt, name: f.Name})
+		}
+		if f.Socket == "" {
+			continue
+		}
+		n := 0
+		for i, s := range p.Systemd {
+			if f.Socket == config.AnySocket || s.Name == f.Socket {
+				wants = append(wants, want{key: fmt.Sprintf("systemd %d", i), sd: s.Listener, route: rt, name: f.Name})
+				used[s.Listener] = true
+				n++
+			}
+		}
+		if n == 0 {
+			closePools()
+			return p.missingSocket(f)
+		}
+	}
+
+	// Bind what is new before touching what runs, so that a bind error
+	// leaves the running configuration as it was.
+	fresh := map[string]net.Listener{}
+	for _, w := range wants {
+		if _, ok := p.bound[w.key]; ok || w.sd != nil {
+			continue
+		}
+		l, err := activation.Listen(w.addr)
+		if err != nil {
+			for _, ln := range fresh {
+				ln.Close()
+			}
+			closePools()
+			return fmt.Errorf("frontend %s: %w", w.name, err)
+		}
+		fresh[w.key] = l.Listener
+	}
+
+	next := map[string]*bound{}
+	var errs []error
+	for _, w := range wants {
+		if b, ok := p.bound[w.key]; ok {
+			b.fe.Set(w.route)
+			b.name = w.name
+			next[w.key] = b
+			continue
+		}
+		b := &bound{fe: splice.NewFrontend(w.route), name: w.name, ln: w.sd}
+		if w.sd == nil {
+			b.ln, b.owned = fresh[w.key], true
+		}
+		if err := p.Relay.Serve(b.ln, b.fe); err != nil {
+			errs = append(errs, fmt.Errorf("frontend %s: serve %s: %w", w.name, b.ln.Addr(), err))
+			if b.owned {
+				b.ln.Close()
+			}
+			continue
+		}
+		next[w.key] = b
+		if p.applied {
+			log.Info("listening", "frontend", w.name, "listen", b.ln.Addr().String())
+		}
+	}
+	for key, b := range p.bound {
+		if _, ok := next[key]; ok {
+			continue
+		}
+		p.Relay.Unserve(b.ln)
+		if b.owned {
+			b.ln.Close()
+		}
+		log.Info("stopped listening; its connections go on", "frontend", b.name, "listen", b.ln.Addr().String())
+	}
+	old := p.pools
+	p.bound, p.pools = next, pools
+	for _, pl := range pools {
+		pl.Start()
+	}
+	for _, pl := range old {
+		pl.Close()
+	}
+	p.applied = true
+	if !p.warned {
+		p.warned = true
+		for _, s := range p.Systemd {
+			if !used[s.Listener] {
+				log.Warn("systemd passed a socket no frontend uses; set socket = \""+s.Name+"\" in a frontend",
+					"socket", s.Name, "listen", s.Addr().String())
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// missingSocket explains a frontend naming a socket systemd did not pass.
+func (p *Proxy) missingSocket(f *config.Frontend) error {
+	if len(p.Systemd) == 0 {
+		return fmt.Errorf("%s: frontend %s: socket %q was not passed by systemd (rsp was not socket-activated); start rsp from its .socket unit, or use listen = \"[HOST]:PORT\"", f.Where, f.Name, f.Socket)
+	}
+	var names []string
+	for _, s := range p.Systemd {
+		if !slices.Contains(names, s.Name) {
+			names = append(names, s.Name)
+		}
+	}
+	return fmt.Errorf("%s: frontend %s: systemd passed no socket named %q (passed: %s); set FileDescriptorName=%s in the .socket unit or fix the name", f.Where, f.Name, f.Socket, strings.Join(names, ", "), f.Socket)
+}
+
+// Addrs returns the addresses being listened on, by frontend.
+func (p *Proxy) Addrs() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []string
+	for _, b := range p.bound {
+		out = append(out, b.ln.Addr().String())
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Close stops health checks and closes the listeners rsp bound itself.
+// Call it after the relay stopped accepting.
+func (p *Proxy) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, pl := range p.pools {
+		pl.Close()
+	}
+	for _, b := range p.bound {
+		if b.owned {
+			b.ln.Close()
+		}
+	}
+	p.bound, p.pools = nil, nil
+}
+
+func (p *Proxy) logger() *slog.Logger {
+	if p.Logger != nil {
+		return p.Logger
+	}
+	return slog.Default()
+}
+
+// picker lets the relay pick from a balance.Pool.
+type picker struct{ pool *balance.Pool }
+
+func (pk picker) Pick(client netip.AddrPort, tried []splice.Target) (splice.Target, error) {
+	var ts []*balance.Server
+	for _, t := range tried {
+		ts = append(ts, t.(*balance.Server))
+	}
+	s, err := pk.pool.Pick(client, ts)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
