@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -87,7 +88,17 @@ func Run(o *Options) ([]Result, error) {
 	src := &sources{}
 	var out []Result
 	host := 2 // each proxy listens on its own 127.0.0.N
-	for _, c := range contenders(o) {
+	cs := contenders(o)
+	for _, name := range o.Only {
+		if !slices.ContainsFunc(cs, func(c Contender) bool { return c.Name == name }) {
+			var names []string
+			for _, c := range cs {
+				names = append(names, c.Name)
+			}
+			return nil, fmt.Errorf("-only %q: no such contender here (installed: %s)", name, strings.Join(names, ", "))
+		}
+	}
+	for _, c := range cs {
 		if c.start != nil && len(o.Only) > 0 && !slices.Contains(o.Only, c.Name) {
 			continue
 		}

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -156,5 +158,39 @@ func TestResolveServer(t *testing.T) {
 	a, err = ResolveServer(t.Context(), "backend", "localhost:80")
 	if err != nil || a.Network() != "tcp" {
 		t.Fatalf("localhost: %v %v", a, err)
+	}
+}
+
+// TestReadmeExamples: every TOML example in the README parses.
+func TestReadmeExamples(t *testing.T) {
+	src, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := strings.Split(string(src), "```toml\n")[1:]
+	if len(blocks) == 0 {
+		t.Fatal("no ```toml example in README.md")
+	}
+	for i, b := range blocks {
+		text, _, _ := strings.Cut(b, "```")
+		if _, err := Parse(fmt.Sprintf("README example %d", i+1), text); err != nil {
+			t.Errorf("README example %d: %v", i+1, err)
+		}
+	}
+}
+
+// TestManPageExample: the example in rsp(8) parses.
+func TestManPageExample(t *testing.T) {
+	src, err := os.ReadFile("../../docs/rsp.8")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(src), ".SS Example\n.nf\n")
+	text, _, ok2 := strings.Cut(rest, ".fi\n")
+	if !ok || !ok2 {
+		t.Fatal("no example in docs/rsp.8")
+	}
+	if _, err := Parse("rsp.8 example", text); err != nil {
+		t.Error(err)
 	}
 }
