@@ -2,7 +2,6 @@ package balance
 
 import (
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"math"
@@ -284,5 +283,4 @@ func TestParseAlgorithm(t *testing.T) {
 	if _, err := ParseAlgorithm("fastest"); err == nil || !strings.Contains(err.Error(), "roundrobin, leastconn, random, source") {
 		t.Errorf("bad name: %v", err)
 	}
-	_ = fmt.Sprint
 }
