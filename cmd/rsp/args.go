@@ -170,8 +170,6 @@ func parseArgs(args []string) (*options, error) {
 	if o.help || o.version {
 		return o, nil
 	}
-	o.set = map[string]bool{}
-	defer fs.Visit(func(f *flag.Flag) { o.set[f.Name] = true })
 	pos := fs.Args()
 	// Flags may also follow the classic positional arguments.
 	if len(pos) > 0 {
@@ -188,9 +186,9 @@ func parseArgs(args []string) (*options, error) {
 		}
 		pos = rest
 	}
+	o.set = map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { o.set[f.Name] = true })
 	if o.config != "" {
-		o.set = map[string]bool{}
-		fs.Visit(func(f *flag.Flag) { o.set[f.Name] = true })
 		for _, name := range []string{"listen", "backend", "connect-timeout", "idle-timeout", "half-close-timeout", "drain-timeout", "maxconn", "relay", "pipe-size"} {
 			if o.set[name] {
 				return nil, usagef("-%s cannot be combined with -config: set it in the configuration file (see rsp(8))", name)

@@ -433,9 +433,6 @@ func (s *Server) Name() string { return s.name }
 // Addr returns the server's address.
 func (s *Server) Addr() net.Addr { return s.addr }
 
-// Weight returns the server's configured weight.
-func (s *Server) Weight() int { return s.weight }
-
 // Active returns the server's connections picked and not yet released.
 func (s *Server) Active() int64 { return s.st.active.Load() }
 
