@@ -364,6 +364,17 @@ func TestHalfCloseTimeout(t *testing.T) {
 
 var listeningRE = regexp.MustCompile(`msg=listening frontend=(\S+) listen=(\S+)`)
 
+// listeningOn returns the address rsp last logged for frontend name, or "".
+func listeningOn(p *proc, name string) string {
+	addr := ""
+	for _, m := range listeningRE.FindAllStringSubmatch(p.stderr.String(), -1) {
+		if m[1] == name {
+			addr = m[2]
+		}
+	}
+	return addr
+}
+
 // TestReloadUnderLoad: while a client streams through an old connection,
 // reloads change the backend, add a frontend and remove it; the stream
 // loses no byte, new connections follow the new config, a broken config
@@ -424,11 +435,10 @@ func TestReloadUnderLoad(t *testing.T) {
 	} else {
 		c.Close()
 	}
-	m := listeningRE.FindStringSubmatch(p.stderr.String())
-	if m == nil || m[1] != "g" {
+	gAddr := listeningOn(p, "g")
+	if gAddr == "" {
 		t.Fatalf("added frontend g not listening:\n%s", p.stderr.String())
 	}
-	gAddr := m[2]
 	if name, c := which(t, gAddr, ""); name != "a" {
 		t.Errorf("new frontend g served by %q, want a", name)
 	} else {
@@ -465,6 +475,12 @@ func TestReloadUnderLoad(t *testing.T) {
 // echoThroughSlow is echoThrough paced to last a second or more, so that
 // reloads happen while its bytes flow.
 func echoThroughSlow(c *net.TCPConn, seed uint64, n int64) error {
+	return echoPaced(c, seed, n, 4<<20, 20*time.Millisecond)
+}
+
+// echoPaced sends n bytes from seed through c, pausing for pause after
+// every per bytes, half-closes, and checks that the same bytes come back.
+func echoPaced(c *net.TCPConn, seed uint64, n int64, per int, pause time.Duration) error {
 	c.SetDeadline(time.Now().Add(2 * time.Minute))
 	got := make(chan error, 1)
 	var back digest
@@ -473,7 +489,7 @@ func echoThroughSlow(c *net.TCPConn, seed uint64, n int64) error {
 		back, err = receive(bufio.NewReader(c))
 		got <- err
 	}()
-	sent, err := send(&pacer{w: c, per: 4 << 20, pause: 20 * time.Millisecond}, seed, n)
+	sent, err := send(&pacer{w: c, per: per, pause: pause}, seed, n)
 	if err != nil {
 		return fmt.Errorf("send: %w", err)
 	}

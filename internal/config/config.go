@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"reflect"
 	"slices"
@@ -436,6 +437,9 @@ func (c *checker) build(f *fileConfig) *Config {
 			if err := CheckListen("listen", a); err != nil {
 				c.add(append(key, "listen"), "frontend %s: %v", name, err)
 				continue
+			}
+			if _, port, _ := net.SplitHostPort(a); port == "0" {
+				continue // a fresh ephemeral port each: no clash
 			}
 			if other, ok := listenBy[a]; ok {
 				c.add(append(key, "listen"), "frontend %s: listen %s is also frontend %s's: each address may be bound once", name, a, other)

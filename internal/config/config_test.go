@@ -58,6 +58,18 @@ server.s2 = { address = "unix:/run/app.sock", weight = 0 }
 	}
 }
 
+// TestEphemeralPorts: frontends may share port 0 (each gets its own
+// port), but not a fixed one.
+func TestEphemeralPorts(t *testing.T) {
+	const two = "[frontend.f]\nlisten = %q\nbackend = \"b\"\n[frontend.g]\nlisten = %q\nbackend = \"b\"\n[backend.b]\nserver.s = { address = \"127.0.0.1:9000\" }\n"
+	if _, err := Parse("x.conf", fmt.Sprintf(two, "127.0.0.1:0", "127.0.0.1:0")); err != nil {
+		t.Errorf("two frontends on port 0: %v", err)
+	}
+	if _, err := Parse("x.conf", fmt.Sprintf(two, "127.0.0.1:7000", "127.0.0.1:7000")); err == nil {
+		t.Error("two frontends on 127.0.0.1:7000 accepted")
+	}
+}
+
 // TestErrors: every mistake is reported with file:line and what to do.
 func TestErrors(t *testing.T) {
 	base := "[backend.b]\nserver.s = { address = \"127.0.0.1:9000\" }\n"

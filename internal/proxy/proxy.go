@@ -38,11 +38,10 @@ type Proxy struct {
 	// stay open across reloads, served or not.
 	Systemd []activation.Listener
 
-	mu      sync.Mutex
-	pools   map[string]*balance.Pool
-	bound   map[string]*bound // by listenerKey
-	warned  bool              // unused systemd sockets were reported
-	applied bool
+	mu     sync.Mutex
+	pools  map[string]*balance.Pool
+	bound  map[string]*bound // by listenerKey
+	warned bool              // unused systemd sockets were reported
 }
 
 // bound is a listener being served and the frontend routing it.
@@ -100,7 +99,11 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 			HalfCloseTimeout: f.HalfCloseTimeout, Retries: b.Retries,
 		}
 		for _, a := range f.Listen {
-			wants = append(wants, want{key: "listen " + a, addr: a, route: rt, name: f.Name})
+			key := "listen " + a
+			if _, port, _ := net.SplitHostPort(a); port == "0" {
+				key += " for " + f.Name // each its own ephemeral port, kept across reloads
+			}
+			wants = append(wants, want{key: key, addr: a, route: rt, name: f.Name})
 		}
 		if f.Socket == "" {
 			continue
@@ -158,9 +161,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 			continue
 		}
 		next[w.key] = b
-		if p.applied {
-			log.Info("listening", "frontend", w.name, "listen", b.ln.Addr().String())
-		}
+		log.Info("listening", "frontend", w.name, "listen", b.ln.Addr().String())
 	}
 	for key, b := range p.bound {
 		if _, ok := next[key]; ok {
@@ -180,7 +181,6 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 	for _, pl := range old {
 		pl.Close()
 	}
-	p.applied = true
 	if !p.warned {
 		p.warned = true
 		for _, s := range p.Systemd {
