@@ -5,7 +5,15 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 BIN     := bin/rsp
 SHELL   := /bin/bash
 
-.PHONY: all build run test test-unit test-e2e bench bench-quick bench-peers cross vet clean
+PKG_VERSION ?= $(shell packaging/version)
+PKG_ARCH    ?= $(shell $(GO) env GOARCH)
+RPM_ARCH    := $(if $(filter amd64,$(PKG_ARCH)),x86_64,$(if $(filter arm64,$(PKG_ARCH)),aarch64,$(PKG_ARCH)))
+DEB         := dist/rsp_$(PKG_VERSION)_$(PKG_ARCH).deb
+RPM         := dist/rsp-$(PKG_VERSION).$(RPM_ARCH).rpm
+# nfpm, pinned in tools/go.mod and built by the Go toolchain.
+NFPM        := $(GO) tool -modfile=tools/go.mod nfpm
+
+.PHONY: all build run test test-unit test-e2e test-system package bench bench-quick bench-peers cross vet clean
 
 all: build
 
@@ -23,6 +31,7 @@ test: vet test-unit test-e2e
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags system ./tests/
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 
 test-unit:
@@ -30,6 +39,19 @@ test-unit:
 
 test-e2e:
 	$(GO) test -count=1 -timeout 20m ./tests/
+
+# dist/rsp_<version>_<arch>.deb and dist/rsp-<version>.<arch>.rpm.
+package:
+	GO=$(GO) packaging/stage dist/pkg $(PKG_VERSION)
+	VERSION=$(PKG_VERSION) GOARCH=$(PKG_ARCH) $(NFPM) pkg -f packaging/nfpm.yaml -p deb -t $(DEB)
+	VERSION=$(PKG_VERSION) GOARCH=$(PKG_ARCH) $(NFPM) pkg -f packaging/nfpm.yaml -p rpm -t $(RPM)
+
+# The packages checked as files (lintian, rpm) and then installed and run
+# under a real systemd in a Debian 12 container (systemd-nspawn; root).
+# A few minutes; the container root is cached in /var/cache/rsp-tests.
+test-system: package
+	RSP_DEB=$(abspath $(DEB)) RSP_RPM=$(abspath $(RPM)) $(GO) test -tags system -count=1 -v -timeout 20m \
+		-run '^(TestPackageFiles|TestSystemd)$$' ./tests/
 
 # Measures rsp against direct loopback, a plain Go io.Copy proxy and the
 # installed peers (make bench-peers); writes docs/bench.md and

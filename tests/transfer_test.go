@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -19,10 +20,15 @@ func startProxy(t testing.TB, mode string, backend net.Addr, extra ...string) *p
 	return startRsp(t, args...)
 }
 
-// echoThrough sends n bytes of the seeded stream through addr to an echo
-// backend, half-closes, reads the echo to EOF and compares both ends.
+// echoThrough sends n bytes of the seeded stream through addr (HOST:PORT,
+// or unix:/path) to an echo backend, half-closes, reads the echo to EOF
+// and compares both ends.
 func echoThrough(addr string, seed uint64, n int64) error {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	network := "tcp"
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		network, addr = "unix", path
+	}
+	c, err := net.DialTimeout(network, addr, 5*time.Second)
 	if err != nil {
 		return err
 	}
@@ -41,7 +47,7 @@ func echoThrough(addr string, seed uint64, n int64) error {
 	if err != nil {
 		return fmt.Errorf("send: %w", err)
 	}
-	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+	if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
 		return fmt.Errorf("close write: %w", err)
 	}
 	r := <-got

@@ -20,7 +20,7 @@ func TestExampleConfig(t *testing.T) {
 		t.Fatalf("frontends %d backends %d", len(cfg.Frontends), len(cfg.Backends))
 	}
 	fe := cfg.Frontends[0]
-	if fe.Name != "web" || fe.Backend != "app" || len(fe.Listen) != 2 || fe.IdleTimeout != 5*time.Minute ||
+	if fe.Name != "web" || fe.Backend != "app" || fe.Socket != "web" || len(fe.Listen) != 0 || fe.IdleTimeout != 5*time.Minute ||
 		fe.ConnectTimeout != 5*time.Second || fe.HalfCloseTimeout != 0 {
 		t.Errorf("frontend %+v", fe)
 	}

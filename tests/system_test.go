@@ -1,0 +1,659 @@
+//go:build system
+
+// System tests (make test-system): the .deb and .rpm checked as files,
+// then the .deb installed and run under a real systemd in a Debian 12
+// container booted with systemd-nspawn. They need root, debootstrap,
+// systemd-nspawn, lintian and rpm, and the packages named by RSP_DEB and
+// RSP_RPM.
+
+package tests
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// debootstrap's arguments for the container root; the cached tarball is
+// keyed by them.
+var rootSpec = []string{"--variant=minbase", "--include=systemd,systemd-sysv,dbus,procps", "bookworm"}
+
+const (
+	mirror     = "http://deb.debian.org/debian"
+	maxScore   = 1.5              // systemd-analyze security exposure, at most
+	webAddr    = "127.0.0.1:8080" // rsp.socket's ListenStream= as shipped
+	drainLimit = 3 * time.Second  // drain_timeout in the test configs
+)
+
+func packages(t *testing.T) (deb, rpm string) {
+	t.Helper()
+	deb, rpm = os.Getenv("RSP_DEB"), os.Getenv("RSP_RPM")
+	if deb == "" || rpm == "" {
+		t.Fatal("RSP_DEB and RSP_RPM must name the packages: run `make test-system`")
+	}
+	return deb, rpm
+}
+
+// output runs a host command and returns its combined output.
+func output(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// The files both packages install; each format adds its own as listed.
+var (
+	commonFiles = []string{
+		"/etc/rsp/rsp.conf",
+		"/usr/bin/rsp",
+		"/usr/lib/systemd/system/rsp.service",
+		"/usr/lib/systemd/system/rsp.socket",
+		"/usr/lib/systemd/system/rsp@.service",
+		"/usr/lib/systemd/system/rsp@.socket",
+		"/usr/share/doc/rsp/README.md",
+		"/usr/share/man/man8/rsp.8.gz",
+	}
+	debOnly = []string{"/usr/share/doc/rsp/changelog.Debian.gz", "/usr/share/doc/rsp/copyright"}
+	rpmOnly = []string{"/usr/lib/systemd/system-preset/80-rsp.preset", "/usr/share/licenses/rsp/LICENSE"}
+)
+
+func sorted(lists ...[]string) []string {
+	var all []string
+	for _, l := range lists {
+		all = append(all, l...)
+	}
+	sort.Strings(all)
+	return all
+}
+
+// TestPackageFiles: lintian finds no error in the .deb; both packages hold
+// the expected files, scripts and the same binary; the .rpm installs into a
+// scratch root.
+func TestPackageFiles(t *testing.T) {
+	deb, rpm := packages(t)
+
+	t.Run("lintian", func(t *testing.T) {
+		out, err := exec.Command("lintian", "--fail-on", "error", "--display-info", deb).CombinedOutput()
+		t.Logf("lintian %s:\n%s", filepath.Base(deb), out)
+		if err != nil || regexp.MustCompile(`(?m)^E: `).Match(out) {
+			t.Fatalf("lintian reports errors (%v)", err)
+		}
+	})
+
+	t.Run("deb", func(t *testing.T) {
+		var files []string
+		for _, line := range strings.Split(output(t, "dpkg-deb", "-c", deb), "\n") {
+			f := strings.Fields(line)
+			if len(f) >= 6 && !strings.HasPrefix(f[0], "d") {
+				files = append(files, strings.TrimPrefix(f[5], "."))
+			}
+		}
+		sort.Strings(files)
+		if want := sorted(commonFiles, debOnly); !slicesEqual(files, want) {
+			t.Errorf(".deb holds\n%s\nwant\n%s", strings.Join(files, "\n"), strings.Join(want, "\n"))
+		}
+		ctrl := t.TempDir()
+		output(t, "dpkg-deb", "-e", deb, ctrl)
+		conffiles, _ := os.ReadFile(filepath.Join(ctrl, "conffiles"))
+		if strings.TrimSpace(string(conffiles)) != "/etc/rsp/rsp.conf" {
+			t.Errorf("conffiles = %q, want /etc/rsp/rsp.conf", conffiles)
+		}
+		for _, s := range []string{"postinst", "prerm", "postrm"} {
+			if out, err := exec.Command("sh", "-n", filepath.Join(ctrl, s)).CombinedOutput(); err != nil {
+				t.Errorf("maintainer script %s: %v %s", s, err, out)
+			}
+		}
+	})
+
+	t.Run("rpm", func(t *testing.T) {
+		files := strings.Fields(output(t, "rpm", "-qpl", rpm))
+		sort.Strings(files)
+		if want := sorted(commonFiles, rpmOnly); !slicesEqual(files, want) {
+			t.Errorf(".rpm holds\n%s\nwant\n%s", strings.Join(files, "\n"), strings.Join(want, "\n"))
+		}
+		scripts := output(t, "rpm", "-qp", "--scripts", rpm)
+		for _, w := range []string{
+			"postinstall scriptlet", "systemctl --no-reload preset rsp.socket",
+			"preuninstall scriptlet", "systemctl --no-reload disable --now rsp.socket rsp.service",
+			"postuninstall scriptlet", "systemctl try-restart rsp.service",
+		} {
+			if !strings.Contains(scripts, w) {
+				t.Errorf("rpm scripts lack %q:\n%s", w, scripts)
+			}
+		}
+		if cf := strings.TrimSpace(output(t, "rpm", "-qpc", rpm)); cf != "/etc/rsp/rsp.conf" {
+			t.Errorf("rpm config files = %q", cf)
+		}
+		if req := output(t, "rpm", "-qpR", rpm); !strings.Contains(req, "glibc >= 2.34") {
+			t.Errorf("rpm requires lack glibc:\n%s", req)
+		}
+
+		// Installed into a scratch root, it holds the .deb's files, and
+		// the same binary.
+		root := t.TempDir()
+		output(t, "rpm", "--root", root, "--initdb")
+		output(t, "rpm", "--root", root, "-i", "--nodeps", "--noscripts", rpm)
+		var got []string
+		filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+			rel := strings.TrimPrefix(path, root)
+			if err != nil || d.IsDir() || strings.HasPrefix(rel, "/var/lib/rpm") || strings.HasPrefix(rel, "/usr/lib/sysimage") || strings.HasPrefix(rel, "/root/.rpmdb") {
+				return nil
+			}
+			got = append(got, rel)
+			return nil
+		})
+		sort.Strings(got)
+		if want := sorted(commonFiles, rpmOnly); !slicesEqual(got, want) {
+			t.Errorf("rpm --root installed\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+		debRoot := t.TempDir()
+		output(t, "dpkg-deb", "-x", deb, debRoot)
+		for _, f := range commonFiles {
+			a, errA := os.ReadFile(filepath.Join(root, f))
+			b, errB := os.ReadFile(filepath.Join(debRoot, f))
+			if errA != nil || errB != nil || sha256.Sum256(a) != sha256.Sum256(b) {
+				t.Errorf("%s differs between the .rpm and the .deb (%v, %v)", f, errA, errB)
+			}
+		}
+	})
+}
+
+func slicesEqual(a, b []string) bool {
+	return strings.Join(a, "\n") == strings.Join(b, "\n")
+}
+
+// rootTarball returns a tarball of the container root, made with
+// debootstrap on first use and cached (RSP_SYSTEM_CACHE, by default
+// /var/cache/rsp-tests) under a name keyed by debootstrap's arguments.
+func rootTarball(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("RSP_SYSTEM_CACHE")
+	if dir == "" {
+		dir = "/var/cache/rsp-tests"
+	}
+	key := sha256.Sum256([]byte(strings.Join(append(rootSpec, mirror), " ")))
+	tarball := filepath.Join(dir, fmt.Sprintf("bookworm-%x.tar.gz", key[:6]))
+	if _, err := os.Stat(tarball); err == nil {
+		t.Logf("container root from cache %s", tarball)
+		return tarball
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	build := t.TempDir()
+	root := filepath.Join(build, "root")
+	start := time.Now()
+	output(t, "debootstrap", append(append([]string{}, rootSpec...), root, mirror)...)
+	t.Logf("debootstrap took %v", time.Since(start).Round(time.Second))
+	tmp := tarball + ".part"
+	output(t, "tar", "--numeric-owner", "-C", root, "-czf", tmp, ".")
+	if err := os.Rename(tmp, tarball); err != nil {
+		t.Fatal(err)
+	}
+	return tarball
+}
+
+// container is a Debian root booted by systemd-nspawn. It shares the host's
+// network, so sockets systemd opens inside are reachable from the test.
+type container struct {
+	root   string
+	nspawn *exec.Cmd
+	pid1   int
+	log    *syncBuffer
+}
+
+func bootContainer(t *testing.T) *container {
+	t.Helper()
+	tarball := rootTarball(t)
+	root := filepath.Join(t.TempDir(), "root")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	output(t, "tar", "--numeric-owner", "-C", root, "-xzf", tarball)
+	// systemd-nspawn wants this when the host's PID 1 is not systemd.
+	if err := os.MkdirAll("/run/systemd/nspawn", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := &container{root: root, log: &syncBuffer{}}
+	c.nspawn = exec.Command("systemd-nspawn", "-D", root, "--register=no", "--keep-unit", "-b", "--console=pipe")
+	c.nspawn.Stdout, c.nspawn.Stderr = c.log, c.log
+	start := time.Now()
+	if err := c.nspawn.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.stop)
+	if !eventually(15*time.Second, func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", c.nspawn.Process.Pid, c.nspawn.Process.Pid))
+		if err != nil || len(bytes.Fields(b)) == 0 {
+			return false
+		}
+		c.pid1, _ = strconv.Atoi(string(bytes.Fields(b)[0]))
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", c.pid1))
+		return strings.TrimSpace(string(comm)) == "systemd"
+	}) {
+		t.Fatalf("container's systemd did not start:\n%s", c.log.String())
+	}
+	var state string
+	if !eventually(60*time.Second, func() bool {
+		state, _ = c.run("systemctl", "is-system-running")
+		state = strings.TrimSpace(state)
+		return state == "running" || state == "degraded"
+	}) {
+		t.Fatalf("container not up: %q\n%s", state, c.log.String())
+	}
+	if state == "degraded" {
+		out, _ := c.run("systemctl", "--failed", "--no-legend")
+		t.Logf("container degraded; failed units:\n%s", out)
+	}
+	t.Logf("container booted in %v (systemd PID %d on the host)", time.Since(start).Round(100*time.Millisecond), c.pid1)
+	return c
+}
+
+// stop powers the container off and makes sure nothing of it stays
+// mounted.
+func (c *container) stop() {
+	if c.nspawn.ProcessState == nil {
+		c.nspawn.Process.Signal(syscall.SIGTERM) // nspawn asks the container's systemd to power off
+		done := make(chan struct{})
+		go func() { c.nspawn.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			c.nspawn.Process.Kill()
+			<-done
+		}
+	}
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(mounts), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], c.root) {
+			exec.Command("umount", "-l", f[4]).Run()
+		}
+	}
+}
+
+// run runs a command inside the container and returns its combined output.
+func (c *container) run(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"-t", strconv.Itoa(c.pid1), "-a"}, args...)...)
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "SYSTEMD_COLORS=0", "SYSTEMD_PAGER=", "DEBIAN_FRONTEND=noninteractive"}
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// must runs a command inside the container and fails the test if it fails.
+func (c *container) must(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := c.run(args...)
+	if err != nil {
+		t.Fatalf("in container: %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// write writes a file inside the container's root.
+func (c *container) write(t *testing.T, path, text string) {
+	t.Helper()
+	full := filepath.Join(c.root, path)
+	if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(full, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (c *container) prop(t *testing.T, unit, name string) string {
+	t.Helper()
+	return strings.TrimSpace(c.must(t, "systemctl", "show", "-p", name, "--value", unit))
+}
+
+// instance is one rsp under systemd: rsp.socket/rsp.service, or a
+// template instance.
+type instance struct {
+	socket, service string
+	conf            string // config path in the container
+	fdName          string // the socket's FileDescriptorName=
+	addr            string // TCP address its socket listens on
+}
+
+func (in instance) config(servers ...string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "[global]\ndrain_timeout = %q\n[frontend.main]\nsocket = %q\nbackend = \"echo\"\n", drainLimit, in.fdName)
+	b.WriteString("[backend.echo]\nbalance = \"leastconn\"\n[backend.echo.health]\ninterval = \"1s\"\n")
+	for i, s := range servers {
+		fmt.Fprintf(&b, "[backend.echo.server.s%d]\naddress = %q\n", i, s)
+	}
+	return b.String()
+}
+
+// TestSystemd: the .deb under a real systemd: install, socket activation,
+// status, journal, reload, restart and upgrade without a refused
+// connection, clean stop, hardening score, a template instance, purge.
+func TestSystemd(t *testing.T) {
+	deb, _ := packages(t)
+	began := time.Now()
+	if ln, err := net.Listen("tcp", webAddr); err != nil {
+		t.Fatalf("%s is taken on this host, and rsp.socket as shipped listens there: %v", webAddr, err)
+	} else {
+		ln.Close()
+	}
+	echo, echo2 := echoBackend(t), echoBackend(t)
+	c := bootContainer(t)
+	data, err := os.ReadFile(deb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.write(t, "/var/tmp/rsp.deb", string(data))
+
+	main := instance{socket: "rsp.socket", service: "rsp.service", conf: "/etc/rsp/rsp.conf", fdName: "web", addr: webAddr}
+	t.Run("install", func(t *testing.T) {
+		out := c.must(t, "dpkg", "-i", "/var/tmp/rsp.deb")
+		t.Logf("dpkg -i:\n%s", out)
+		if s := strings.TrimSpace(c.must(t, "systemctl", "is-enabled", "rsp.socket")); s != "enabled" {
+			t.Errorf("rsp.socket is %s after install, want enabled", s)
+		}
+		if s := c.prop(t, "rsp.socket", "ActiveState"); s != "active" {
+			t.Errorf("rsp.socket is %s after install, want active", s)
+		}
+		if s := c.prop(t, "rsp.service", "ActiveState"); s != "inactive" {
+			t.Errorf("rsp.service is %s before any connection, want inactive (started by its socket)", s)
+		}
+		if out := c.must(t, "rsp", "check", "-config", "/etc/rsp/rsp.conf"); !strings.Contains(out, "configuration OK") {
+			t.Errorf("shipped config: %s", out)
+		}
+		c.must(t, "systemd-analyze", "verify", "--man=no",
+			"/usr/lib/systemd/system/rsp.socket", "/usr/lib/systemd/system/rsp.service", "rsp@demo.socket", "rsp@demo.service")
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+	// The operator points the shipped config at a backend before the
+	// first client arrives.
+	c.write(t, main.conf, main.config(echo.Addr().String()))
+	t.Run("rsp", func(t *testing.T) { exercise(t, c, main, echo2.Addr().String()) })
+
+	demo := instance{socket: "rsp@demo.socket", service: "rsp@demo.service", conf: "/etc/rsp/demo.conf", fdName: "demo",
+		addr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	t.Run("template", func(t *testing.T) {
+		c.write(t, demo.conf, demo.config(echo.Addr().String()))
+		c.write(t, "/etc/systemd/system/rsp@demo.socket.d/listen.conf", "[Socket]\nListenStream="+demo.addr+"\n")
+		c.must(t, "systemctl", "daemon-reload")
+		c.must(t, "systemctl", "enable", "--now", demo.socket)
+		exercise(t, c, demo, echo2.Addr().String())
+		// Its default socket, /run/rsp/demo.sock, from the host.
+		unixPath := fmt.Sprintf("/proc/%d/root/run/rsp/demo.sock", c.pid1)
+		if err := echoThrough("unix:"+unixPath, 77, 1<<20); err != nil {
+			t.Errorf("through rsp@demo's unix socket: %v", err)
+		}
+	})
+
+	t.Run("upgrade", func(t *testing.T) {
+		// Reinstalling runs the upgrade path of the maintainer scripts:
+		// running services restart on the new files, their sockets stay.
+		mustServe(t, main)
+		mustServe(t, demo)
+		pids := []string{c.prop(t, main.service, "MainPID"), c.prop(t, demo.service, "MainPID")}
+		failed := underLoad(t, []instance{main, demo}, func() {
+			c.must(t, "dpkg", "-i", "/var/tmp/rsp.deb")
+		})
+		if failed != 0 {
+			t.Errorf("%d connections failed while the package was upgraded", failed)
+		}
+		if p := c.prop(t, main.service, "MainPID"); p == pids[0] || p == "0" {
+			t.Errorf("rsp.service not restarted by the upgrade (MainPID %s, was %s)", p, pids[0])
+		}
+		if p := c.prop(t, demo.service, "MainPID"); p == pids[1] || p == "0" {
+			t.Errorf("rsp@demo.service not restarted by the upgrade (MainPID %s, was %s)", p, pids[1])
+		}
+		if s := strings.TrimSpace(c.must(t, "systemctl", "is-enabled", "rsp.socket")); s != "enabled" {
+			t.Errorf("rsp.socket %s after the upgrade", s)
+		}
+	})
+
+	t.Run("purge", func(t *testing.T) {
+		// The operator's own files go first; the package removes the rest.
+		os.RemoveAll(filepath.Join(c.root, "/etc/systemd/system/rsp@demo.socket.d"))
+		os.Remove(filepath.Join(c.root, demo.conf))
+		out := c.must(t, "dpkg", "--purge", "rsp")
+		t.Logf("dpkg --purge:\n%s", out)
+		c.must(t, "systemctl", "daemon-reload")
+		var left []string
+		for _, dir := range []string{"/etc/systemd", "/usr/lib/systemd", "/lib/systemd", "/etc/rsp", "/var/lib/systemd", "/usr/bin/rsp", "/run/systemd/generator"} {
+			filepath.WalkDir(filepath.Join(c.root, dir), func(path string, d os.DirEntry, err error) error {
+				if err == nil && strings.Contains(filepath.Base(path), "rsp") {
+					left = append(left, strings.TrimPrefix(path, c.root))
+				}
+				return nil
+			})
+		}
+		if len(left) > 0 {
+			t.Errorf("purge left behind: %v", left)
+		}
+		if units := strings.TrimSpace(c.must(t, "systemctl", "list-units", "--all", "--no-legend", "rsp*")); units != "" {
+			t.Errorf("units still loaded after purge:\n%s", units)
+		}
+		if out, err := c.run("pgrep", "-x", "rsp"); err == nil {
+			t.Errorf("rsp still running after purge: %s", out)
+		}
+		if out, err := c.run("getent", "passwd", "rsp"); err == nil {
+			t.Errorf("user rsp left behind: %s", out)
+		}
+		for _, addr := range []string{main.addr, demo.addr} {
+			if conn, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+				conn.Close()
+				t.Errorf("%s still accepts after purge", addr)
+			}
+		}
+	})
+	t.Logf("system test took %v", time.Since(began).Round(time.Second))
+}
+
+// exercise runs one instance through its life: socket activation with
+// bytes checked, status and journal, reload (good and broken), restart
+// under load, a clean stop within the drain timeout, and its hardening.
+func exercise(t *testing.T, c *container, in instance, second string) {
+	if s := c.prop(t, in.socket, "ActiveState"); s != "active" {
+		t.Fatalf("%s is %s, want active", in.socket, s)
+	}
+	if s := c.prop(t, in.service, "ActiveState"); s != "inactive" {
+		t.Fatalf("%s is %s before its first client, want inactive", in.service, s)
+	}
+
+	// Socket activation: the first clients start the service; every byte
+	// comes back, with half-close in both directions.
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := echoThrough(in.addr, uint64(i), int64(i+1)<<20+int64(i)); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("through %s: %v", in.addr, err)
+	}
+	if s := c.prop(t, in.service, "ActiveState"); s != "active" {
+		t.Fatalf("%s is %s after clients connected, want active", in.service, s)
+	}
+
+	status, _ := c.run("systemctl", "status", "--no-pager", "--lines=0", in.service)
+	if !strings.Contains(status, "Active: active (running)") || !regexp.MustCompile(`Status: "\d+ active connections, \d+ accepted`).MatchString(status) {
+		t.Errorf("systemctl status %s lacks the running state or rsp's STATUS= line:\n%s", in.service, status)
+	}
+	t.Logf("systemctl status %s:\n%s", in.service, status)
+	journal := c.must(t, "journalctl", "-u", in.service, "--no-pager", "-o", "cat")
+	if !strings.Contains(journal, `msg="rsp started"`) || !strings.Contains(journal, "socket_activated=true") {
+		t.Errorf("journal of %s lacks rsp's start:\n%s", in.service, journal)
+	}
+
+	// Reload: a good file is applied; a broken one is refused by
+	// ExecReload= and the running config keeps serving.
+	c.write(t, in.conf, in.config(second))
+	c.must(t, "systemctl", "reload", in.service)
+	if !eventually(5*time.Second, func() bool {
+		j, _ := c.run("journalctl", "-u", in.service, "--no-pager", "-o", "cat")
+		return strings.Contains(j, "configuration reloaded")
+	}) {
+		t.Errorf("systemctl reload %s: no reload in the journal", in.service)
+	}
+	good := in.config(second)
+	c.write(t, in.conf, good+"bogus_key = 1\n")
+	if out, err := c.run("systemctl", "reload", in.service); err == nil {
+		t.Errorf("reload of a broken config succeeded:\n%s", out)
+	}
+	c.write(t, in.conf, good)
+	mustServe(t, in)
+
+	// Restart under load: the socket stays bound, no client is refused.
+	pid := c.prop(t, in.service, "MainPID")
+	failed := underLoad(t, []instance{in}, func() {
+		for range 2 {
+			c.must(t, "systemctl", "restart", in.service)
+			time.Sleep(300 * time.Millisecond)
+		}
+	})
+	if failed != 0 {
+		t.Errorf("%d connections failed across 2 restarts of %s", failed, in.service)
+	}
+	if p := c.prop(t, in.service, "MainPID"); p == pid {
+		t.Errorf("%s MainPID unchanged after restart", in.service)
+	}
+
+	// Stop with a client connected: rsp drains, closes it at
+	// drain_timeout and exits 0.
+	idle := dial(t, in.addr)
+	defer idle.Close()
+	if err := echoOne(idle, "before stop"); err != nil {
+		t.Fatalf("idle client: %v", err)
+	}
+	start := time.Now()
+	c.must(t, "systemctl", "stop", in.service)
+	took := time.Since(start)
+	if r, code := c.prop(t, in.service, "Result"), c.prop(t, in.service, "ExecMainStatus"); r != "success" || code != "0" {
+		t.Errorf("stop of %s: Result=%s ExecMainStatus=%s, want success and 0", in.service, r, code)
+	}
+	if took > drainLimit+5*time.Second {
+		t.Errorf("stop of %s took %v with drain_timeout %v", in.service, took, drainLimit)
+	}
+	idle.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := idle.Read(make([]byte, 1)); err != io.EOF && !isReset(err) {
+		t.Errorf("client open at stop: read = %v, want closed", err)
+	}
+	t.Logf("systemctl stop %s with a client connected: %v (drain_timeout %v)", in.service, took.Round(10*time.Millisecond), drainLimit)
+	// The socket is still there: the next client starts the service again.
+	mustServe(t, in)
+
+	out := c.must(t, "systemd-analyze", "security", "--no-pager", in.service)
+	m := regexp.MustCompile(`Overall exposure level for \S+: ([0-9.]+)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no exposure level in:\n%s", out)
+	}
+	score, _ := strconv.ParseFloat(m[1], 64)
+	t.Logf("systemd-analyze security %s: %s", in.service, strings.TrimSpace(out[strings.LastIndex(out, "\n→")+1:]))
+	if score > maxScore {
+		t.Errorf("%s exposure %.1f, want at most %.1f:\n%s", in.service, score, maxScore, out)
+	}
+}
+
+// mustServe checks one echo through the instance.
+func mustServe(t *testing.T, in instance) {
+	t.Helper()
+	if err := echoThrough(in.addr, 9, 64<<10); err != nil {
+		t.Fatalf("through %s (%s): %v", in.addr, in.service, err)
+	}
+}
+
+// underLoad runs do while 4 clients per instance keep connecting and
+// echoing a line; it returns how many connections failed (and fails the
+// test if none succeeded during do).
+func underLoad(t *testing.T, ins []instance, do func()) int {
+	t.Helper()
+	var ok, bad atomic.Int64
+	var firstErr atomic.Value
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, in := range ins {
+		for w := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < 100000; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if err := pingOnce(in.addr, fmt.Sprintf("ping %d %d", w, i)); err != nil {
+						bad.Add(1)
+						firstErr.CompareAndSwap(nil, fmt.Errorf("%s: %w", in.addr, err))
+					} else {
+						ok.Add(1)
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+			}()
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	before := ok.Load()
+	do()
+	time.Sleep(200 * time.Millisecond)
+	during := ok.Load() - before
+	close(stop)
+	wg.Wait()
+	t.Logf("under load: %d connections served (%d while the change ran), %d failed", ok.Load(), during, bad.Load())
+	if err, _ := firstErr.Load().(error); err != nil {
+		t.Logf("first failure: %v", err)
+	}
+	if during == 0 {
+		t.Errorf("no connection was served while the change ran: the test proves nothing")
+	}
+	return int(bad.Load())
+}
+
+// pingOnce connects, echoes msg and closes.
+func pingOnce(addr, msg string) error {
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(15 * time.Second))
+	if _, err := io.WriteString(c, msg); err != nil {
+		return err
+	}
+	back := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, back); err != nil {
+		return err
+	}
+	if string(back) != msg {
+		return fmt.Errorf("echo %q, want %q", back, msg)
+	}
+	return nil
+}
