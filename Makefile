@@ -13,7 +13,7 @@ RPM         := dist/rsp-$(PKG_VERSION).$(RPM_ARCH).rpm
 # nfpm, pinned in tools/go.mod and built by the Go toolchain.
 NFPM        := $(GO) tool -modfile=tools/go.mod nfpm
 
-.PHONY: all build run test test-unit test-e2e test-system package bench bench-quick bench-peers cross vet clean
+.PHONY: all build run test lint vulncheck fuzz test-unit test-e2e test-system package bench bench-quick bench-peers cross vet clean
 
 all: build
 
@@ -24,15 +24,31 @@ build:
 run: build
 	./$(BIN) demo
 
-# Everything CI runs: vet, unit tests under the race detector, then the
-# end-to-end tests through the built binary (which also cross-compile for
-# darwin and freebsd).
-test: vet test-unit test-e2e
+# vet and staticcheck, unit tests under the race detector, the end-to-end
+# tests through the built binary (which also cross-compile for darwin and
+# freebsd), then a bounded run of each fuzz target.
+test: vet lint test-unit test-e2e fuzz
 
 vet:
 	$(GO) vet ./...
 	$(GO) vet -tags system ./tests/
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+
+# staticcheck, pinned in tools/go.mod.
+lint:
+	$(GO) tool -modfile=tools/go.mod staticcheck ./...
+	$(GO) tool -modfile=tools/go.mod staticcheck -tags system ./tests/
+
+# govulncheck, pinned in tools/go.mod; needs to reach vuln.go.dev.
+vulncheck:
+	$(GO) tool -modfile=tools/go.mod govulncheck ./...
+
+# Each fuzz target for FUZZTIME, after its committed seed corpus
+# (testdata/fuzz/) has passed as part of the unit tests.
+FUZZTIME ?= 15s
+fuzz:
+	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/config/
+	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzParseArgs$$' -fuzztime $(FUZZTIME) ./cmd/rsp/
 
 test-unit:
 	$(GO) test -count=1 -race -timeout 10m ./internal/... ./cmd/...

@@ -157,16 +157,6 @@ func (p *proc) wait(d time.Duration) int {
 	return p.cmd.ProcessState.ExitCode()
 }
 
-// fds counts the open fds of the rsp process.
-func (p *proc) fds() int {
-	p.t.Helper()
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.pid()))
-	if err != nil {
-		p.t.Fatalf("read fds: %v", err)
-	}
-	return len(ents)
-}
-
 var statsRE = regexp.MustCompile(`msg=stats active=(\d+) .*pipes=(\d+) idle_pipes=(\d+) goroutines=(\d+) fds=(\d+)`)
 
 // stats is what rsp logs on SIGUSR1.

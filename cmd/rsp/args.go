@@ -38,8 +38,12 @@ type usageError struct{ msg string }
 func (e *usageError) Error() string { return e.msg }
 
 func usagef(format string, a ...any) error {
-	return &usageError{msg: fmt.Sprintf(format, a...)}
+	return &usageError{msg: oneLine.Replace(fmt.Sprintf(format, a...))}
 }
+
+// oneLine escapes the line breaks a user's argument may bring into an
+// error message, which is always one line.
+var oneLine = strings.NewReplacer("\n", `\n`, "\r", `\r`)
 
 // listFlag is a flag that may be given several times.
 type listFlag []string

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bufio"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -137,13 +136,4 @@ func ioCopyHalf(dst, src net.Conn, done chan struct{}) {
 	if done != nil {
 		close(done)
 	}
-}
-
-// readAnnounce reads the first line a helper prints on stdout.
-func readAnnounce(r io.Reader) (string, error) {
-	line, err := bufio.NewReader(r).ReadString('\n')
-	if err != nil {
-		return "", fmt.Errorf("helper printed no address: %w", err)
-	}
-	return line, nil
 }

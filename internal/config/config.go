@@ -212,9 +212,10 @@ func Load(path string) (*Config, error) {
 
 // checker collects the mistakes of one file.
 type checker struct {
-	path string
-	idx  lineIndex
-	errs []error
+	path    string
+	idx     lineIndex
+	errs    []error
+	resolve resolver
 }
 
 func (c *checker) add(key []string, format string, a ...any) {
@@ -227,6 +228,15 @@ func (c *checker) where(key ...string) string {
 
 // Parse checks the configuration src, read from path (used in errors).
 func Parse(path, src string) (*Config, error) {
+	return parse(path, src, ResolveServer)
+}
+
+// resolver turns a checked server address into a net.Addr.
+type resolver func(ctx context.Context, what, addr string) (net.Addr, error)
+
+// parse is Parse with the server address resolver given (the fuzz test
+// resolves nothing over the network).
+func parse(path, src string, resolve resolver) (*Config, error) {
 	var f fileConfig
 	md, err := toml.Decode(src, &f)
 	if err != nil {
@@ -236,7 +246,7 @@ func Parse(path, src string) (*Config, error) {
 		}
 		return nil, &Error{Path: path, Msg: err.Error()}
 	}
-	c := &checker{path: path, idx: indexLines(src)}
+	c := &checker{path: path, idx: indexLines(src), resolve: resolve}
 	c.unknownKeys(md.Undecoded())
 	cfg := c.build(&f)
 	if len(c.errs) > 0 {
@@ -536,7 +546,7 @@ func (c *checker) backend(name string, bs backendSection) *Backend {
 			c.add(at("server", sname), "server %s/%s has no address: add address = \"HOST:PORT\", \"[IPv6]:PORT\" or \"unix:/path\"", name, sname)
 		} else if err := CheckServer("address", *ss.Address); err != nil {
 			c.add(at("server", sname, "address"), "server %s/%s: %v", name, sname, err)
-		} else if addr, err := ResolveServer(context.Background(), "server", *ss.Address); err != nil {
+		} else if addr, err := c.resolve(context.Background(), "server", *ss.Address); err != nil {
 			c.add(at("server", sname, "address"), "server %s/%s: %v", name, sname, err)
 		} else {
 			sc.Addr = addr

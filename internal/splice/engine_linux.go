@@ -3,7 +3,6 @@
 package splice
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"runtime"
@@ -204,13 +203,4 @@ func sockaddrOf(a net.Addr) (unix.Sockaddr, int, error) {
 		return &unix.SockaddrUnix{Name: a.Name}, unix.AF_UNIX, nil
 	}
 	return nil, 0, fmt.Errorf("backend %s: unsupported address type %T", a, a)
-}
-
-// errnoOf extracts the errno from err, or 0.
-func errnoOf(err error) syscall.Errno {
-	var en syscall.Errno
-	if errors.As(err, &en) {
-		return en
-	}
-	return 0
 }

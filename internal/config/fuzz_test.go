@@ -1,0 +1,73 @@
+package config
+
+import (
+	"context"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// offline resolves what CheckServer passed without the network: IP
+// literals and Unix paths as they are, host names to a placeholder.
+func offline(_ context.Context, _, addr string) (net.Addr, error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		return &net.UnixAddr{Name: path, Net: "unix"}, nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return nil, err
+	}
+	ip := net.ParseIP(host)
+	if ip == nil {
+		ip = net.IPv4(127, 0, 0, 1)
+	}
+	return &net.TCPAddr{IP: ip, Port: p}, nil
+}
+
+// FuzzParse: any file gives either a configuration that holds together or
+// errors that each name the file (and a line where there is one); never a
+// panic.
+func FuzzParse(f *testing.F) {
+	if b, err := os.ReadFile("../../packaging/rsp.conf"); err == nil {
+		f.Add(string(b))
+	}
+	f.Add("[frontend.f]\nlisten = \":1\"\nbackend = \"b\"\n[backend.b]\nserver.s = { address = \"[::1]:9\", weight = 0 }\n")
+	f.Fuzz(func(t *testing.T, src string) {
+		cfg, err := parse("fuzz.conf", src, offline)
+		if err != nil {
+			for _, line := range strings.Split(err.Error(), "\n") {
+				if !strings.HasPrefix(line, "fuzz.conf:") || len(line) <= len("fuzz.conf: ") {
+					t.Fatalf("error line %q does not name the file, or says nothing", line)
+				}
+			}
+			return
+		}
+		for _, fe := range cfg.Frontends {
+			if cfg.Backend(fe.Backend) == nil {
+				t.Fatalf("frontend %s routes to missing backend %q", fe.Name, fe.Backend)
+			}
+			if (len(fe.Listen) == 0) == (fe.Socket == "") {
+				t.Fatalf("frontend %s: listen %v and socket %q: want exactly one", fe.Name, fe.Listen, fe.Socket)
+			}
+			if fe.ConnectTimeout <= 0 || fe.IdleTimeout < 0 || fe.HalfCloseTimeout < 0 {
+				t.Fatalf("frontend %s timeouts %v %v %v", fe.Name, fe.ConnectTimeout, fe.IdleTimeout, fe.HalfCloseTimeout)
+			}
+		}
+		for _, b := range cfg.Backends {
+			if len(b.Servers) == 0 {
+				t.Fatalf("backend %s has no server", b.Name)
+			}
+			for _, s := range b.Servers {
+				if s.Addr == nil || s.Weight < 0 || s.Weight > MaxWeight || s.MaxConn < 0 {
+					t.Fatalf("server %s/%s: %+v", b.Name, s.Name, s)
+				}
+			}
+		}
+	})
+}
