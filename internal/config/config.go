@@ -193,11 +193,14 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
+	msg := oneLine.Replace(e.Msg) // each mistake is one line of the error
 	if e.Line > 0 {
-		return fmt.Sprintf("%s:%d: %s", e.Path, e.Line, e.Msg)
+		return fmt.Sprintf("%s:%d: %s", e.Path, e.Line, msg)
 	}
-	return fmt.Sprintf("%s: %s", e.Path, e.Msg)
+	return fmt.Sprintf("%s: %s", e.Path, msg)
 }
+
+var oneLine = strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ")
 
 // Load reads and checks the configuration file at path. Host names of
 // servers are resolved now. The error lists every mistake found, one per

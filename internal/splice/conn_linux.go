@@ -300,13 +300,15 @@ func (l *loop) service(c *conn) {
 }
 
 // broken reports whether s, whose bytes flow out through in and which
-// receives the bytes of out, is finished with as a peer: its inbound
-// stream has ended and it has an error, or it hung up although we never
-// shut down writing to it (a reset). A hang-up after our own shutdown is
-// the normal end of a half-closed socket: the bytes still queued for the
-// other socket must flow on.
+// receives the bytes of out, is finished with as a peer: it has an error
+// (a reset: the peer aborted, so what it sent need not be delivered, and
+// waiting to deliver it could wait forever on a destination that does not
+// read), or its inbound stream has ended and it hung up although we never
+// shut down writing to it. A hang-up after our own shutdown is the normal
+// end of a half-closed socket: the bytes still queued for the other socket
+// must flow on.
 func broken(s *sock, in, out *half) bool {
-	return in.eof && (s.err || (s.hup && !out.done))
+	return s.err || (in.eof && s.hup && !out.done)
 }
 
 // sockErr names the pending error of whichever socket of c failed.
