@@ -28,7 +28,12 @@ func cpuTime(t *testing.T, pid int) time.Duration {
 
 // echoOne sends a line on c and checks that it comes back.
 func echoOne(c net.Conn, msg string) error {
-	c.SetDeadline(time.Now().Add(3 * time.Second))
+	return echoWithin(c, msg, 3*time.Second)
+}
+
+// echoWithin writes msg to c and reads it back within d.
+func echoWithin(c net.Conn, msg string, d time.Duration) error {
+	c.SetDeadline(time.Now().Add(d))
 	defer c.SetDeadline(time.Time{})
 	if _, err := io.WriteString(c, msg); err != nil {
 		return err

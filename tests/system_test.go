@@ -644,16 +644,5 @@ func pingOnce(addr, msg string) error {
 		return err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(15 * time.Second))
-	if _, err := io.WriteString(c, msg); err != nil {
-		return err
-	}
-	back := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, back); err != nil {
-		return err
-	}
-	if string(back) != msg {
-		return fmt.Errorf("echo %q, want %q", back, msg)
-	}
-	return nil
+	return echoWithin(c, msg, 15*time.Second)
 }
