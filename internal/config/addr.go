@@ -24,6 +24,13 @@ func ParsePort(what, s string) (int, error) {
 	return n, nil
 }
 
+// Ephemeral reports whether the listen address a asks for port 0: the
+// kernel picks a free port, so two such addresses never clash.
+func Ephemeral(a string) bool {
+	_, port, err := net.SplitHostPort(a)
+	return err == nil && port == "0"
+}
+
 // CheckListen validates a listen address [HOST]:PORT, where HOST is an IP
 // address or empty for all addresses; port 0 asks the kernel for a free
 // port. what names the setting in the error ("-listen", "listen").

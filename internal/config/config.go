@@ -451,8 +451,8 @@ func (c *checker) build(f *fileConfig) *Config {
 				c.add(append(key, "listen"), "frontend %s: %v", name, err)
 				continue
 			}
-			if _, port, _ := net.SplitHostPort(a); port == "0" {
-				continue // a fresh ephemeral port each: no clash
+			if Ephemeral(a) {
+				continue
 			}
 			if other, ok := listenBy[a]; ok {
 				c.add(append(key, "listen"), "frontend %s: listen %s is also frontend %s's: each address may be bound once", name, a, other)

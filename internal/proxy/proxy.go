@@ -100,7 +100,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		}
 		for _, a := range f.Listen {
 			key := "listen " + a
-			if _, port, _ := net.SplitHostPort(a); port == "0" {
+			if config.Ephemeral(a) {
 				key += " for " + f.Name // each its own ephemeral port, kept across reloads
 			}
 			wants = append(wants, want{key: key, addr: a, route: rt, name: f.Name})
