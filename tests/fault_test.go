@@ -188,6 +188,7 @@ func TestConnectTimeout(t *testing.T) {
 	for _, mode := range relayModes {
 		t.Run(mode, func(t *testing.T) {
 			p := startRsp(t, "-listen", "127.0.0.1:0", "-backend", hole, "-relay", mode, "-connect-timeout", "400ms")
+			base := baselineOf(p.stats())
 			c := dial(t, p.addr)
 			defer c.Close()
 			c.SetDeadline(time.Now().Add(5 * time.Second))
@@ -203,6 +204,7 @@ func TestConnectTimeout(t *testing.T) {
 			if !eventually(2*time.Second, func() bool { return strings.Contains(p.stderr.String(), "timeout") }) {
 				t.Fatalf("connect timeout not logged:\n%s", p.stderr.String())
 			}
+			settle(t, p, base)
 		})
 	}
 }
@@ -214,6 +216,7 @@ func TestIdleTimeout(t *testing.T) {
 	for _, mode := range relayModes {
 		t.Run(mode, func(t *testing.T) {
 			p := startProxy(t, mode, backend.Addr(), "-idle-timeout", "1s")
+			base := baselineOf(p.stats())
 			idle := dial(t, p.addr)
 			defer idle.Close()
 			busy := dial(t, p.addr)
@@ -245,6 +248,8 @@ func TestIdleTimeout(t *testing.T) {
 			default:
 				t.Fatal("idle connection still open after 3s with -idle-timeout 1s")
 			}
+			busy.Close()
+			settle(t, p, base)
 		})
 	}
 }

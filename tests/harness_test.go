@@ -157,10 +157,11 @@ func (p *proc) wait(d time.Duration) int {
 	return p.cmd.ProcessState.ExitCode()
 }
 
-var statsRE = regexp.MustCompile(`msg=stats active=(\d+) .*pipes=(\d+) idle_pipes=(\d+) goroutines=(\d+) fds=(\d+)`)
+var statsRE = regexp.MustCompile(`msg=stats active=(\d+) accepted=(\d+) .*pipes=(\d+) idle_pipes=(\d+) goroutines=(\d+) fds=(\d+)`)
 
-// stats is what rsp logs on SIGUSR1.
-type stats struct{ active, pipes, idlePipes, goroutines, fds int }
+// stats is what rsp logs on SIGUSR1, with its open fds as the kernel
+// lists them in /proc/PID/fd.
+type stats struct{ active, accepted, pipes, idlePipes, goroutines, fds int }
 
 // stats asks rsp for its counters (SIGUSR1) and parses the log line.
 func (p *proc) stats() stats {
@@ -173,7 +174,12 @@ func (p *proc) stats() stats {
 		if len(all) > before {
 			m := all[len(all)-1]
 			n := func(i int) int { v, _ := strconv.Atoi(m[i]); return v }
-			return stats{active: n(1), pipes: n(2), idlePipes: n(3), goroutines: n(4), fds: n(5)}
+			// fds from the kernel, not from rsp's own count.
+			ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.pid()))
+			if err != nil {
+				p.t.Fatalf("read rsp's fds: %v", err)
+			}
+			return stats{active: n(1), accepted: n(2), pipes: n(3), idlePipes: n(4), goroutines: n(5), fds: len(ents)}
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -7,7 +7,9 @@ import (
 	"math"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -193,4 +195,80 @@ func mixedLoad(t *testing.T, mode string, be net.Listener, got *sync.Map) {
 		t.Fatalf("%d corrupted, %d lost", corrupted, lost)
 	}
 	settle(t, p, base)
+}
+
+// drainConns is how many connections are live when SIGTERM arrives.
+const drainConns = 300
+
+// TestDrainUnderLoad: SIGTERM while hundreds of mixed transfers run. rsp
+// stops accepting at once, every transfer it had accepted finishes
+// byte-exact in both directions (or was reset by its own client), and rsp
+// exits 0 as soon as the last one ends, within the drain timeout.
+func TestDrainUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	var got sync.Map
+	be := mixedBackend(t, &got)
+	for _, mode := range relayModes {
+		t.Run(mode, func(t *testing.T) {
+			p := startProxy(t, mode, be.Addr(), "-drain-timeout", "2m")
+			results := make(chan mixedResult, drainConns)
+			for i := range drainConns {
+				go func() { results <- mixedClient(p.addr, uint64(i)+7<<40+uint64(len(mode))<<32, &got) }()
+			}
+			// Every client has been accepted before the signal, so none is
+			// refused for arriving late.
+			var s stats
+			if !eventually(30*time.Second, func() bool { s = p.stats(); return s.accepted == drainConns }) {
+				t.Fatalf("only %d of %d connections accepted", s.accepted, drainConns)
+			}
+			signalled := time.Now()
+			p.signal(syscall.SIGTERM)
+			live := s.active
+			if !eventually(5*time.Second, func() bool { return strings.Contains(p.stderr.String(), "stopping") }) {
+				t.Fatal("no stopping log line after SIGTERM")
+			}
+			if nc, err := net.DialTimeout("tcp", p.addr, time.Second); err == nil {
+				nc.SetReadDeadline(time.Now().Add(2 * time.Second))
+				_, rerr := nc.Read(make([]byte, 1))
+				nc.Close()
+				if rerr == nil {
+					t.Error("a new connection was served while draining")
+				}
+			}
+			var done, resets, corrupted, lost int
+			var bytes int64
+			for range drainConns {
+				r := <-results
+				switch {
+				case r.reset:
+					resets++
+				case r.corrupted:
+					corrupted++
+					t.Error(r.err)
+				case r.err != nil:
+					lost++
+					if lost <= 5 {
+						t.Error(r.err)
+					}
+				default:
+					done++
+					bytes += r.up + r.down
+				}
+			}
+			finished := time.Since(signalled)
+			code := p.wait(30 * time.Second)
+			exited := time.Since(signalled)
+			t.Logf("SIGTERM (%s) with %d of %d connections live: %d completed (%.2f GiB, hash-checked), %d reset by the client, %d corrupted, %d lost; last transfer done %v after the signal, rsp exited after %v with code %d",
+				mode, live, drainConns, done, float64(bytes)/(1<<30), resets, corrupted, lost,
+				finished.Round(time.Millisecond), exited.Round(time.Millisecond), code)
+			if corrupted != 0 || lost != 0 {
+				t.Fatalf("%d corrupted, %d lost during the drain", corrupted, lost)
+			}
+			if code != 0 {
+				t.Fatalf("exit code %d after the drain, want 0", code)
+			}
+		})
+	}
 }

@@ -346,39 +346,86 @@ func (p *copyConn) copyHalfAsync(dst, src net.Conn, done chan<- struct{}) {
 // copyBufSize is the user-space buffer of one copying direction.
 const copyBufSize = 64 << 10
 
-// readerOnly and writerOnly hide ReadFrom/WriteTo so that io.CopyBuffer
-// really copies through our buffer. Otherwise the standard library would
-// splice through pipes of its own, kept in a pool that only the garbage
-// collector empties: fds held long after their connections closed.
-type readerOnly struct{ io.Reader }
-type writerOnly struct{ io.Writer }
+// stallCheck is how long a write may block before the relay looks whether
+// the reading side has failed meanwhile (a client that reset while its
+// bytes wait for a backend that does not read).
+const stallCheck = time.Second
 
 // copyHalf copies src to dst until src's EOF, then half-closes dst. With an
-// idle timeout, a read deadline makes the copy return every half window so
-// progress is recorded; a read deadline fires before any byte is consumed,
-// so no byte is lost by it.
+// idle timeout, a read deadline wakes the read every half window so that
+// the idle timer can look at the recorded progress; a read deadline fires
+// before any byte is consumed, so no byte is lost by it. Writes carry a
+// deadline too: a write blocked for stallCheck looks at src's pending
+// socket error and ends the connection if src has failed.
 func (p *copyConn) copyHalf(dst, src net.Conn) {
 	bp := p.bufs.Get().(*[]byte)
 	defer p.bufs.Put(bp)
+	buf := *bp
+	w := stallWriter{p: p, dst: dst, src: src}
+	readArmed := false
 	for {
-		if p.idle > 0 {
+		if p.idle > 0 && !readArmed {
 			src.SetReadDeadline(time.Now().Add(p.idle / 2))
+			readArmed = true
 		}
-		n, err := io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bp)
+		n, err := src.Read(buf)
 		if n > 0 {
 			p.touch()
+			if werr := w.writeAll(buf[:n]); werr != nil {
+				p.abort(werr, true)
+				return
+			}
 		}
-		if err == nil {
+		switch {
+		case err == nil:
+		case err == io.EOF:
 			closeWrite(dst)
 			p.halfClosed()
 			return
+		case p.idle > 0 && errors.Is(err, os.ErrDeadlineExceeded) && p.err() == nil:
+			readArmed = false
+		default:
+			p.abort(err, true)
+			return
 		}
-		if p.idle > 0 && errors.Is(err, os.ErrDeadlineExceeded) && p.err() == nil {
+	}
+}
+
+// stallWriter writes one direction's bytes to dst, noticing a failure of
+// src while a write is blocked.
+type stallWriter struct {
+	p        *copyConn
+	dst, src net.Conn
+	deadline time.Time // write deadline now set on dst; zero: none
+}
+
+// writeAll writes all of b to dst. Every stallCheck that a write stays
+// blocked it checks src; it returns src's error if src has failed.
+func (w *stallWriter) writeAll(b []byte) error {
+	for len(b) > 0 {
+		// Re-arm at most every half stallCheck: one timer update per
+		// half second, not per write.
+		if now := time.Now(); w.deadline.Sub(now) < stallCheck/2 {
+			w.deadline = now.Add(stallCheck)
+			w.dst.SetWriteDeadline(w.deadline)
+		}
+		n, err := w.dst.Write(b)
+		b = b[n:]
+		if n > 0 {
+			w.p.touch()
+		}
+		if err == nil {
 			continue
 		}
-		p.abort(err, true)
-		return
+		if !errors.Is(err, os.ErrDeadlineExceeded) || w.p.err() != nil {
+			return err
+		}
+		w.deadline = time.Time{}
+		if serr := pendingError(w.src); serr != nil {
+			return fmt.Errorf("%s while its bytes waited: %w", w.src.RemoteAddr(), serr)
+		}
 	}
+	return nil
 }
 
 // abort records why the connection ends and closes both sockets, which
