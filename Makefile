@@ -13,7 +13,7 @@ RPM         := dist/rsp-$(PKG_VERSION).$(RPM_ARCH).rpm
 # nfpm, pinned in tools/go.mod and built by the Go toolchain.
 NFPM        := $(GO) tool -modfile=tools/go.mod nfpm
 
-.PHONY: all build run test lint vulncheck fuzz test-unit test-e2e test-system package bench bench-quick bench-peers cross vet clean
+.PHONY: all build run test soak lint vulncheck fuzz test-unit test-e2e test-system package bench bench-quick bench-peers cross vet clean
 
 all: build
 
@@ -32,12 +32,14 @@ test: vet lint test-unit test-e2e fuzz
 vet:
 	$(GO) vet ./...
 	$(GO) vet -tags system ./tests/
+	$(GO) vet -tags soak ./tests/
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 
 # staticcheck, pinned in tools/go.mod.
 lint:
 	$(GO) tool -modfile=tools/go.mod staticcheck ./...
 	$(GO) tool -modfile=tools/go.mod staticcheck -tags system ./tests/
+	$(GO) tool -modfile=tools/go.mod staticcheck -tags soak ./tests/
 
 # govulncheck, pinned in tools/go.mod; needs to reach vuln.go.dev.
 vulncheck:
@@ -55,6 +57,15 @@ test-unit:
 
 test-e2e:
 	$(GO) test -count=1 -timeout 20m ./tests/
+
+# A steady mixed load on rsp for SOAK (default 10m; RELAY=copy for the
+# copy relay), with RSS, fds, goroutines and pipes sampled every 10 s into
+# soak/soak.csv and soak/soak.svg; fails if any keeps growing. Not in CI.
+SOAK  ?= 10m
+RELAY ?= splice
+soak:
+	$(GO) test -tags soak -count=1 -v -run '^TestSoak$$' -timeout 0 ./tests/ \
+		-args -soak=$(SOAK) -soak-relay=$(RELAY) -soak-out=$(abspath soak)
 
 # dist/rsp_<version>_<arch>.deb and dist/rsp-<version>.<arch>.rpm.
 package:

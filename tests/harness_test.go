@@ -161,7 +161,8 @@ var statsRE = regexp.MustCompile(`msg=stats active=(\d+) accepted=(\d+) .*pipes=
 
 // stats is what rsp logs on SIGUSR1, with its open fds as the kernel
 // lists them in /proc/PID/fd.
-type stats struct{ active, accepted, pipes, idlePipes, goroutines, fds int }
+// selfFDs is rsp's own count, taken at the same moment as the others.
+type stats struct{ active, accepted, pipes, idlePipes, goroutines, fds, selfFDs int }
 
 // stats asks rsp for its counters (SIGUSR1) and parses the log line.
 func (p *proc) stats() stats {
@@ -179,7 +180,7 @@ func (p *proc) stats() stats {
 			if err != nil {
 				p.t.Fatalf("read rsp's fds: %v", err)
 			}
-			return stats{active: n(1), accepted: n(2), pipes: n(3), idlePipes: n(4), goroutines: n(5), fds: len(ents)}
+			return stats{active: n(1), accepted: n(2), pipes: n(3), idlePipes: n(4), goroutines: n(5), fds: len(ents), selfFDs: n(6)}
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -26,6 +26,12 @@ const mixedConns = 1000
 // the client sent is recorded under the connection's seed.
 func mixedBackend(t *testing.T, got *sync.Map) net.Listener {
 	ln := listen(t)
+	mixedServe(ln, got)
+	return ln
+}
+
+// mixedServe serves the mixed load on ln, recording into got.
+func mixedServe(ln net.Listener, got *sync.Map) {
 	serveEach(ln, func(c *net.TCPConn) {
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(5 * time.Minute))
@@ -56,15 +62,20 @@ func mixedBackend(t *testing.T, got *sync.Map) net.Listener {
 			<-done
 		}
 	})
-	return ln
 }
 
-// mixedSize is 0 one time in 20, else log-uniform from 1 byte to 64 MiB.
-func mixedSize(r *rand.Rand) int64 {
+// mixedDialer connects the mixed load's clients.
+var mixedDialer = &net.Dialer{Timeout: 30 * time.Second}
+
+// mixedMax is the largest stream of the mixed load, each way.
+const mixedMax = 64 << 20
+
+// mixedSize is 0 one time in 20, else log-uniform from 1 byte to max.
+func mixedSize(r *rand.Rand, max int64) int64 {
 	if r.IntN(20) == 0 {
 		return 0
 	}
-	return int64(math.Exp(r.Float64() * math.Log(64<<20)))
+	return int64(math.Exp(r.Float64() * math.Log(float64(max))))
 }
 
 type mixedResult struct {
@@ -74,10 +85,11 @@ type mixedResult struct {
 	corrupted bool
 }
 
-// mixedClient runs one connection of the mixed load.
-func mixedClient(addr string, seed uint64, got *sync.Map) mixedResult {
+// mixedClient runs one connection of the mixed load through d, with
+// streams of up to max bytes each way.
+func mixedClient(d *net.Dialer, addr string, seed uint64, got *sync.Map, max int64) mixedResult {
 	r := rand.New(rand.NewPCG(seed, 1))
-	up, down := mixedSize(r), mixedSize(r)
+	up, down := mixedSize(r, max), mixedSize(r, max)
 	order := byte('c')
 	if r.IntN(2) == 0 {
 		order = 's'
@@ -86,7 +98,7 @@ func mixedClient(addr string, seed uint64, got *sync.Map) mixedResult {
 	if r.IntN(20) == 0 { // 5% of clients reset mid-transfer
 		resetAt = r.Int64N(up + 1)
 	}
-	c, err := net.DialTimeout("tcp", addr, 30*time.Second)
+	c, err := d.Dial("tcp", addr)
 	if err != nil {
 		return mixedResult{err: err}
 	}
@@ -134,14 +146,14 @@ func mixedClient(addr string, seed uint64, got *sync.Map) mixedResult {
 	}
 	// In order 's' the backend's FIN can reach us before our FIN reaches
 	// it: wait (bounded) for its record.
-	var d any
+	var rec any
 	var ok bool
-	eventually(30*time.Second, func() bool { d, ok = got.Load(seed); return ok })
+	eventually(30*time.Second, func() bool { rec, ok = got.LoadAndDelete(seed); return ok })
 	if !ok {
 		res.err = fmt.Errorf("backend recorded nothing of %v", sent)
-	} else if d.(digest) != sent {
+	} else if rec.(digest) != sent {
 		res.corrupted = true
-		res.err = fmt.Errorf("to backend: sent %v, backend got %v", sent, d)
+		res.err = fmt.Errorf("to backend: sent %v, backend got %v", sent, rec)
 	}
 	return res
 }
@@ -167,7 +179,7 @@ func mixedLoad(t *testing.T, mode string, be net.Listener, got *sync.Map) {
 	start := time.Now()
 	results := make(chan mixedResult, mixedConns)
 	for i := range mixedConns {
-		go func() { results <- mixedClient(p.addr, uint64(i)+1+uint64(len(mode))<<32, got) }()
+		go func() { results <- mixedClient(mixedDialer, p.addr, uint64(i)+1+uint64(len(mode))<<32, got, mixedMax) }()
 	}
 	var done, resets, corrupted, lost int
 	var bytes int64
@@ -215,7 +227,9 @@ func TestDrainUnderLoad(t *testing.T) {
 			p := startProxy(t, mode, be.Addr(), "-drain-timeout", "2m")
 			results := make(chan mixedResult, drainConns)
 			for i := range drainConns {
-				go func() { results <- mixedClient(p.addr, uint64(i)+7<<40+uint64(len(mode))<<32, &got) }()
+				go func() {
+					results <- mixedClient(mixedDialer, p.addr, uint64(i)+7<<40+uint64(len(mode))<<32, &got, mixedMax)
+				}()
 			}
 			// Every client has been accepted before the signal, so none is
 			// refused for arriving late.
