@@ -120,7 +120,9 @@ func measure(o *Options, c Contender, backend, host string, src *sources) []Resu
 			o.logf("  cannot start: %v", err)
 			return []Result{{Workload: "start", Contender: c.Name, Note: err.Error()}}
 		}
-		defer p.stop()
+		// p is replaced by a fresh process for the idle figures: stop
+		// whichever runs at the end, not the first one.
+		defer func() { p.stop() }()
 		addr = p.addr
 	}
 	if _, err := echoOnce(src, addr); err != nil {
