@@ -61,7 +61,7 @@ test-unit:
 test-e2e:
 	$(GO) test -count=1 -timeout 20m ./tests/
 
-# A steady mixed load on rsp for SOAK (default 10m; RELAY=copy for the
+# A steady mixed load on rsp for SOAK (default 10m, at least 6m; RELAY=copy for the
 # copy relay), with RSS, fds, goroutines and pipes sampled every 10 s into
 # soak/soak.csv and soak/soak.svg; fails if any keeps growing. Not in CI.
 SOAK  ?= 10m

@@ -254,6 +254,21 @@ func TestIdleTimeout(t *testing.T) {
 	}
 }
 
+// refusesNew checks that a connection to a draining rsp's address is
+// refused or closed, never served.
+func refusesNew(t *testing.T, addr string) {
+	t.Helper()
+	nc, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return
+	}
+	defer nc.Close()
+	nc.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := nc.Read(make([]byte, 1)); err == nil {
+		t.Error("a new connection was served while draining")
+	}
+}
+
 // TestDrain: on SIGTERM rsp stops accepting, lets a live transfer finish
 // byte-exact, and exits 0; a connection still open at the drain timeout
 // is closed.
@@ -278,15 +293,7 @@ func TestDrain(t *testing.T) {
 			if !eventually(3*time.Second, func() bool { return strings.Contains(p.stderr.String(), "stopping") }) {
 				t.Fatal("no stopping log line after SIGTERM")
 			}
-			// New connections are refused while draining.
-			if nc, err := net.DialTimeout("tcp", p.addr, time.Second); err == nil {
-				nc.SetReadDeadline(time.Now().Add(2 * time.Second))
-				_, rerr := nc.Read(make([]byte, 1))
-				nc.Close()
-				if rerr == nil {
-					t.Fatal("a new connection was served while draining")
-				}
-			}
+			refusesNew(t, p.addr)
 			close(release)
 			c.SetDeadline(time.Now().Add(10 * time.Second))
 			got, err := receive(c)

@@ -78,6 +78,49 @@ func mixedSize(r *rand.Rand, max int64) int64 {
 	return int64(math.Exp(r.Float64() * math.Log(float64(max))))
 }
 
+// mixedTally counts a mixed load's outcomes; safe for concurrent use. It
+// reports every corrupted transfer and the first 5 lost ones as errors.
+type mixedTally struct {
+	mu                            sync.Mutex
+	done, resets, corrupted, lost int
+	bytes                         int64
+}
+
+func (y *mixedTally) add(t testing.TB, r mixedResult) {
+	y.mu.Lock()
+	defer y.mu.Unlock()
+	switch {
+	case r.reset:
+		y.resets++
+	case r.corrupted:
+		y.corrupted++
+		t.Error(r.err)
+	case r.err != nil:
+		y.lost++
+		if y.lost <= 5 {
+			t.Error(r.err)
+		}
+	default:
+		y.done++
+		y.bytes += r.up + r.down
+	}
+}
+
+// counts returns the completed and reset transfers and the bytes moved so
+// far.
+func (y *mixedTally) counts() (done, resets int, bytes int64) {
+	y.mu.Lock()
+	defer y.mu.Unlock()
+	return y.done, y.resets, y.bytes
+}
+
+func (y *mixedTally) String() string {
+	y.mu.Lock()
+	defer y.mu.Unlock()
+	return fmt.Sprintf("%d completed (%.2f GiB through rsp, both directions hash-checked), %d reset by the client, %d corrupted, %d lost",
+		y.done, float64(y.bytes)/(1<<30), y.resets, y.corrupted, y.lost)
+}
+
 type mixedResult struct {
 	reset     bool
 	err       error
@@ -181,30 +224,13 @@ func mixedLoad(t *testing.T, mode string, be net.Listener, got *sync.Map) {
 	for i := range mixedConns {
 		go func() { results <- mixedClient(mixedDialer, p.addr, uint64(i)+1+uint64(len(mode))<<32, got, mixedMax) }()
 	}
-	var done, resets, corrupted, lost int
-	var bytes int64
+	var y mixedTally
 	for range mixedConns {
-		r := <-results
-		switch {
-		case r.reset:
-			resets++
-		case r.corrupted:
-			corrupted++
-			t.Error(r.err)
-		case r.err != nil:
-			lost++
-			if lost <= 5 {
-				t.Error(r.err)
-			}
-		default:
-			done++
-			bytes += r.up + r.down
-		}
+		y.add(t, <-results)
 	}
-	t.Logf("mixed load (%s): %d connections in %v: %d completed (%.2f GiB through rsp, both directions hash-checked), %d reset by the client, %d corrupted, %d lost",
-		mode, mixedConns, time.Since(start).Round(time.Second), done, float64(bytes)/(1<<30), resets, corrupted, lost)
-	if corrupted != 0 || lost != 0 {
-		t.Fatalf("%d corrupted, %d lost", corrupted, lost)
+	t.Logf("mixed load (%s): %d connections in %v: %v", mode, mixedConns, time.Since(start).Round(time.Second), &y)
+	if y.corrupted != 0 || y.lost != 0 {
+		t.Fatalf("%d corrupted, %d lost", y.corrupted, y.lost)
 	}
 	settle(t, p, base)
 }
@@ -243,42 +269,18 @@ func TestDrainUnderLoad(t *testing.T) {
 			if !eventually(5*time.Second, func() bool { return strings.Contains(p.stderr.String(), "stopping") }) {
 				t.Fatal("no stopping log line after SIGTERM")
 			}
-			if nc, err := net.DialTimeout("tcp", p.addr, time.Second); err == nil {
-				nc.SetReadDeadline(time.Now().Add(2 * time.Second))
-				_, rerr := nc.Read(make([]byte, 1))
-				nc.Close()
-				if rerr == nil {
-					t.Error("a new connection was served while draining")
-				}
-			}
-			var done, resets, corrupted, lost int
-			var bytes int64
+			refusesNew(t, p.addr)
+			var y mixedTally
 			for range drainConns {
-				r := <-results
-				switch {
-				case r.reset:
-					resets++
-				case r.corrupted:
-					corrupted++
-					t.Error(r.err)
-				case r.err != nil:
-					lost++
-					if lost <= 5 {
-						t.Error(r.err)
-					}
-				default:
-					done++
-					bytes += r.up + r.down
-				}
+				y.add(t, <-results)
 			}
 			finished := time.Since(signalled)
 			code := p.wait(30 * time.Second)
 			exited := time.Since(signalled)
-			t.Logf("SIGTERM (%s) with %d of %d connections live: %d completed (%.2f GiB, hash-checked), %d reset by the client, %d corrupted, %d lost; last transfer done %v after the signal, rsp exited after %v with code %d",
-				mode, live, drainConns, done, float64(bytes)/(1<<30), resets, corrupted, lost,
-				finished.Round(time.Millisecond), exited.Round(time.Millisecond), code)
-			if corrupted != 0 || lost != 0 {
-				t.Fatalf("%d corrupted, %d lost during the drain", corrupted, lost)
+			t.Logf("SIGTERM (%s) with %d of %d connections live: %v; last transfer done %v after the signal, rsp exited after %v with code %d",
+				mode, live, drainConns, &y, finished.Round(time.Millisecond), exited.Round(time.Millisecond), code)
+			if y.corrupted != 0 || y.lost != 0 {
+				t.Fatalf("%d corrupted, %d lost during the drain", y.corrupted, y.lost)
 			}
 			if code != 0 {
 				t.Fatalf("exit code %d after the drain, want 0", code)
