@@ -106,14 +106,6 @@ func (y *mixedTally) add(t testing.TB, r mixedResult) {
 	}
 }
 
-// counts returns the completed and reset transfers and the bytes moved so
-// far.
-func (y *mixedTally) counts() (done, resets int, bytes int64) {
-	y.mu.Lock()
-	defer y.mu.Unlock()
-	return y.done, y.resets, y.bytes
-}
-
 func (y *mixedTally) String() string {
 	y.mu.Lock()
 	defer y.mu.Unlock()

@@ -78,6 +78,14 @@ func (s soakSample) column(name string) float64 {
 	panic("no column " + name)
 }
 
+// counts returns the completed and reset transfers and the bytes moved so
+// far.
+func (y *mixedTally) counts() (done, resets int, bytes int64) {
+	y.mu.Lock()
+	defer y.mu.Unlock()
+	return y.done, y.resets, y.bytes
+}
+
 // TestSoak keeps a steady mixed load on rsp for -soak (make soak; SOAK=
 // sets the time) with a reload every minute, samples rsp's RSS, fds,
 // goroutines and pipes every 10 s into soak.csv and soak.svg, and fails if

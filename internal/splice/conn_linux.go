@@ -153,6 +153,7 @@ func (l *loop) link(c *conn) {
 	l.live.prev.next = c
 	l.live.prev = c
 	l.nlive++
+	l.load.Add(1)
 	l.linkFD(c, c.client.fd)
 }
 
@@ -528,6 +529,7 @@ func (l *loop) unlink(c *conn) {
 	c.next.prev = c.prev
 	c.prev, c.next = nil, nil
 	l.nlive--
+	l.load.Add(-1)
 	for _, fd := range [2]int{c.client.fd, c.backend.fd} {
 		if fd >= 0 && fd < len(l.byFD) && l.byFD[fd] == c {
 			l.byFD[fd] = nil

@@ -27,6 +27,31 @@ type spliceEngine struct {
 	closeOnce  sync.Once
 }
 
+// balanceSlack is how many more connections the accepting loop may hold
+// than the least loaded one before it hands new connections over. Each
+// listener wakes one loop (EPOLLEXCLUSIVE), usually the same one: 8
+// streams opened together landed 8/0, 2/6 and 1/7 on two loops, leaving
+// one core's loop idle.
+const balanceSlack = 1
+
+// lighter returns the least loaded loop if from holds more than
+// balanceSlack connections beyond it, else nil: keep the connection.
+func (e *spliceEngine) lighter(from *loop) *loop {
+	if len(e.loops) < 2 {
+		return nil
+	}
+	best, min := from, from.load.Load()
+	for _, l := range e.loops {
+		if n := l.load.Load(); n < min {
+			best, min = l, n
+		}
+	}
+	if best == from || from.load.Load()-min <= balanceSlack {
+		return nil
+	}
+	return best
+}
+
 func startSplice(r *Relay) (engine, error) {
 	n := r.Loops
 	if n <= 0 {

@@ -5,7 +5,9 @@ package splice
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -36,12 +38,15 @@ const (
 	cmdServe   // start accepting on a listener
 	cmdUnserve // stop accepting on a listener
 	cmdResume  // a connection slot freed below MaxConn
+	cmdAdopt   // relay a connection another loop accepted
 )
 
 type command struct {
 	op   int
-	ln   *listener     // cmdServe, cmdUnserve
+	ln   *listener     // cmdServe, cmdUnserve; cmdAdopt: the accepting loop's listener
 	done chan struct{} // closed when carried out; nil if nobody waits
+	fd   int           // cmdAdopt: the accepted client socket
+	peer netip.AddrPort
 }
 
 // listener is one loop's duplicate of a listening socket.
@@ -62,9 +67,12 @@ type loop struct {
 	lns    []*listener
 	events []unix.EpollEvent
 
-	byFD   []*conn // connection owning each socket fd
-	live   conn    // sentinel of the list of live connections
-	nlive  int
+	byFD  []*conn // connection owning each socket fd
+	live  conn    // sentinel of the list of live connections
+	nlive int
+	// load is nlive as other loops see it, plus connections handed to
+	// this loop and not yet adopted; the accepting loop balances by it.
+	load   atomic.Int32
 	nextID uint32
 	ready  []*conn // connections with work left after their budget ran out
 	pool   pipePool
@@ -218,6 +226,28 @@ func (l *loop) postListener(op int, ln *listener) <-chan struct{} {
 	return done
 }
 
+// adopt hands a connection accepted by another loop to l, which relays
+// it as if it had accepted it. If l has exited, the connection is closed.
+func (l *loop) adopt(fd int, peer netip.AddrPort, ln *listener) {
+	l.load.Add(1)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.exited {
+		l.dropAdopted(fd)
+		return
+	}
+	l.cmds = append(l.cmds, command{op: cmdAdopt, ln: ln, fd: fd, peer: peer})
+	one := [8]byte{1}
+	unix.Write(l.wakefd, one[:])
+}
+
+// dropAdopted closes a handed-over connection l will not relay.
+func (l *loop) dropAdopted(fd int) {
+	l.load.Add(-1)
+	unix.Close(fd)
+	l.e.r.connDone(1)
+}
+
 // run is the event loop. It returns after cmdCloseAll.
 func (l *loop) run(wg *sync.WaitGroup) {
 	defer wg.Done()
@@ -312,6 +342,9 @@ func (l *loop) runCommands() bool {
 			l.removeListener(c.ln.key)
 		case cmdResume:
 			l.resumeFull()
+		case cmdAdopt:
+			l.load.Add(-1)
+			l.open(c.fd, c.peer, c.ln)
 		}
 	}
 	if exit {
@@ -337,7 +370,9 @@ func (l *loop) exit() {
 	l.release()
 	l.mu.Unlock()
 	for _, c := range pending {
-		if c.ln != nil && c.ln.fd >= 0 {
+		if c.op == cmdAdopt {
+			l.dropAdopted(c.fd)
+		} else if c.ln != nil && c.ln.fd >= 0 {
 			unix.Close(c.ln.fd)
 		}
 		if c.done != nil {
@@ -396,6 +431,10 @@ func (l *loop) acceptBatch(ln *listener) {
 			return
 		}
 		r.stats.accepted.Add(1)
+		if to := l.e.lighter(l); to != nil {
+			to.adopt(nfd, peer, ln)
+			continue
+		}
 		l.open(nfd, peer, ln)
 	}
 }

@@ -321,3 +321,67 @@ func TestShutdownDrains(t *testing.T) {
 		}
 	}
 }
+
+// TestConnectionsSpreadOverLoops: connections that arrive together are
+// spread over the event loops (the listener wakes one loop, which hands
+// connections on to less loaded ones), and each handed-over connection is
+// relayed like any other.
+func TestConnectionsSpreadOverLoops(t *testing.T) {
+	backend := startEcho(t)
+	const loops, conns = 4, 32
+	r := &Relay{Loops: loops}
+	addr := startRelay(t, r, backend.Addr())
+	var cs []net.Conn
+	defer func() {
+		for _, c := range cs {
+			c.Close()
+		}
+	}()
+	for range conns {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs = append(cs, c)
+	}
+	// Each connection echoes a byte, so all are open on some loop.
+	for i, c := range cs {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, 1)
+		if _, err := io.ReadFull(c, b); err != nil || b[0] != byte(i) {
+			t.Fatalf("connection %d: echo %v %v", i, b, err)
+		}
+	}
+	e := r.impl.(*spliceEngine)
+	var per []int32
+	for _, l := range e.loops {
+		per = append(per, l.load.Load())
+	}
+	t.Logf("%d connections over %d loops: %v", conns, loops, per)
+	for _, n := range per {
+		if n < conns/loops-balanceSlack-1 || n > conns/loops+balanceSlack+1 {
+			t.Fatalf("connections per loop %v, want each within %d of %d", per, balanceSlack+1, conns/loops)
+		}
+	}
+	// And every one of them still relays bulk bytes exactly.
+	var wg sync.WaitGroup
+	for i, c := range cs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var seed [32]byte
+			seed[0] = byte(i)
+			want := make([]byte, 256<<10)
+			rand.NewChaCha8(seed).Read(want)
+			go c.Write(want)
+			got := make([]byte, len(want))
+			if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, want) {
+				t.Errorf("connection %d: %d bytes echoed wrong: %v", i, len(got), err)
+			}
+		}()
+	}
+	wg.Wait()
+}
