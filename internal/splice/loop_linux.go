@@ -231,14 +231,16 @@ func (l *loop) postListener(op int, ln *listener) <-chan struct{} {
 func (l *loop) adopt(fd int, peer netip.AddrPort, ln *listener) {
 	l.load.Add(1)
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.exited {
+		l.mu.Unlock()
+		// Not under l.mu: connDone may post to this loop.
 		l.dropAdopted(fd)
 		return
 	}
 	l.cmds = append(l.cmds, command{op: cmdAdopt, ln: ln, fd: fd, peer: peer})
 	one := [8]byte{1}
 	unix.Write(l.wakefd, one[:])
+	l.mu.Unlock()
 }
 
 // dropAdopted closes a handed-over connection l will not relay.
