@@ -411,11 +411,11 @@ func (w *stallWriter) writeAll(b []byte) error {
 		}
 		n, err := w.dst.Write(b)
 		b = b[n:]
-		if n > 0 {
-			w.p.touch()
-		}
 		if err == nil {
-			continue
+			continue // the read of these bytes recorded the progress
+		}
+		if n > 0 {
+			w.p.touch() // progress while blocked
 		}
 		if !errors.Is(err, os.ErrDeadlineExceeded) || w.p.err() != nil {
 			return err
