@@ -385,3 +385,21 @@ func TestConnectionsSpreadOverLoops(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestShutdownIdleWithDoneContext: with nothing live, Shutdown succeeds
+// even when its context is already done (a signal-cancelled context), in
+// both modes and every time.
+func TestShutdownIdleWithDoneContext(t *testing.T) {
+	backend := startEcho(t)
+	for _, mode := range []Mode{ModeSplice, ModeCopy} {
+		for i := range 20 {
+			r := &Relay{Mode: mode, Loops: 1}
+			startRelay(t, r, backend.Addr())
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			if err := r.Shutdown(ctx); err != nil {
+				t.Fatalf("%v, try %d: Shutdown with nothing live = %v, want nil", mode, i, err)
+			}
+		}
+	}
+}
