@@ -211,18 +211,12 @@ func (l *loop) post(op int) <-chan struct{} {
 // loop that has exited is closed.
 func (l *loop) postListener(op int, ln *listener) <-chan struct{} {
 	done := make(chan struct{})
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.exited {
+	if !l.enqueue(command{op: op, ln: ln, done: done}) {
 		if ln != nil && ln.fd >= 0 {
 			unix.Close(ln.fd)
 		}
 		close(done)
-		return done
 	}
-	l.cmds = append(l.cmds, command{op: op, ln: ln, done: done})
-	one := [8]byte{1}
-	unix.Write(l.wakefd, one[:])
 	return done
 }
 
@@ -230,17 +224,24 @@ func (l *loop) postListener(op int, ln *listener) <-chan struct{} {
 // it as if it had accepted it. If l has exited, the connection is closed.
 func (l *loop) adopt(fd int, peer netip.AddrPort, ln *listener) {
 	l.load.Add(1)
-	l.mu.Lock()
-	if l.exited {
-		l.mu.Unlock()
-		// Not under l.mu: connDone may post to this loop.
+	if !l.enqueue(command{op: cmdAdopt, ln: ln, fd: fd, peer: peer}) {
 		l.dropAdopted(fd)
-		return
 	}
-	l.cmds = append(l.cmds, command{op: cmdAdopt, ln: ln, fd: fd, peer: peer})
+}
+
+// enqueue queues c for the loop and wakes it. It reports false if the
+// loop has exited: the caller then disposes of what c carries, outside
+// l.mu (closing a connection may post to this loop again).
+func (l *loop) enqueue(c command) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.exited {
+		return false
+	}
+	l.cmds = append(l.cmds, c)
 	one := [8]byte{1}
 	unix.Write(l.wakefd, one[:])
-	l.mu.Unlock()
+	return true
 }
 
 // dropAdopted closes a handed-over connection l will not relay.
