@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,16 @@ const (
 	// timeouts.
 	minTick = 10 * time.Millisecond
 	maxTick = time.Second
+	// yieldEvery is how often a busy loop yields to the Go scheduler. A
+	// goroutine that has not yielded for 10 ms looks stuck to the
+	// runtime's monitor (sysmon): it takes the loop's P while the loop
+	// waits in epoll_wait, and then polls every 20 µs for a while. A yield
+	// wakes a thread for the spare P (see Relay.Loops), so not more often
+	// than needed. Measured over 64 connections' round trips with 2 loops
+	// and 3 Ps, per round trip: 0.18-0.22 monitor wakeups and 0.65-0.91
+	// context switches without the yield; 0.01 and 0.38-0.50 yielding
+	// every 1 ms, with 0.09 futex calls; the same every 5 ms with 0.03.
+	yieldEvery = 5 * time.Millisecond
 )
 
 // Commands posted to a loop from other goroutines.
@@ -77,6 +88,7 @@ type loop struct {
 	ready  []*conn // connections with work left after their budget ran out
 	pool   pipePool
 	now    int64 // monotonic ns, refreshed after each epoll_wait
+	yield  int64 // when the loop next yields to the Go scheduler
 	tick   int64
 	sweep  int64 // when the next timeout sweep is due
 
@@ -293,6 +305,10 @@ func (l *loop) run(wg *sync.WaitGroup) {
 		l.runReady()
 		if l.now >= l.sweep {
 			l.sweepTimeouts()
+		}
+		if l.now >= l.yield {
+			l.yield = l.now + int64(yieldEvery)
+			runtime.Gosched()
 		}
 	}
 }

@@ -174,8 +174,9 @@ type Relay struct {
 	// relay stops accepting and the kernel's backlog holds new clients
 	// until a connection ends. Zero means no limit.
 	MaxConn int
-	// Loops is the number of event loops; zero means one per CPU
-	// (GOMAXPROCS).
+	// Loops is the number of event loops; zero means one per P
+	// (GOMAXPROCS). Each loop holds a P while it runs, so a process whose
+	// other goroutines must not wait should have a P more than loops.
 	Loops int
 	// PipeSize is the capacity asked of each pipe with F_SETPIPE_SZ; zero
 	// means 1 MiB. The kernel may grant less (pipe-max-size,
