@@ -258,17 +258,16 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// parseLevel reads a level the config package has checked.
 // eventLoops returns how many splice event loops to run, one per P the Go
 // runtime chose (the CPUs, the cgroup's CPU limit or $GOMAXPROCS), and
 // gives the runtime one P more for everything else: timers, health
 // checks, signals, the copy relay. With every P held by a loop, the
 // runtime takes a loop's P each time it waits in epoll_wait and wakes
-// threads to find work that is not there. Measured with rsp bench's
-// workloads on 2 CPUs, the spare P with the loops' periodic yield cut
-// proxy CPU per round trip (64 connections) from 33-41 to 25-28 µs and
-// per new connection from 184-190 to 142-145 µs. Call it once, from
-// serve: it raises GOMAXPROCS.
+// threads to find work that is not there. On 2 CPUs the spare P, with the
+// loops' periodic yield, cut proxy CPU per round trip (64 connections)
+// from 33 to 27-29 µs (README, Performance). Setting GOMAXPROCS stops the
+// runtime from following later changes of a cgroup's CPU limit. Call it
+// once, from serve: it raises GOMAXPROCS.
 func eventLoops(mode splice.Mode) int {
 	if mode != splice.ModeSplice || runtime.GOOS != "linux" {
 		return 0
@@ -278,6 +277,7 @@ func eventLoops(mode splice.Mode) int {
 	return n
 }
 
+// parseLevel reads a level the config package has checked.
 func parseLevel(s string) slog.Level {
 	var l slog.Level
 	levelFlag{&l}.Set(s)
