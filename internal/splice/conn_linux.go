@@ -425,6 +425,14 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 				if c.halfAt == 0 {
 					c.halfAt = l.now
 				}
+				if c.up.done && c.down.done {
+					// The other direction ended first: service closes both
+					// sockets now, and closing dst sends the same FIN (its
+					// receive queue is empty: its own EOF was read), so a
+					// shutdown would be one system call per connection
+					// for nothing.
+					return false, nil
+				}
 				if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
 					return false, fmt.Errorf("shutdown: %w", err)
 				}
