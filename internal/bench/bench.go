@@ -67,6 +67,8 @@ const (
 	wUp8     = "upload, 8 streams"
 	wDown8   = "download, 8 streams"
 	wCPU     = " — proxy CPU"
+	wEndCPU  = " — client+backend CPU"
+	wKernel  = " — proxy CPU in kernel"
 	wRR1     = "64 B round trips, 1 conn"
 	wRR64    = "64 B round trips, 64 conns"
 	wP50     = " — p50"
@@ -103,15 +105,80 @@ func Run(o *Options) ([]Result, error) {
 			continue
 		}
 		o.logf("== %s", c.Name)
-		out = append(out, measure(o, c, backend.addr, fmt.Sprintf("127.0.0.%d", host), src)...)
+		out = append(out, measure(o, c, backend, fmt.Sprintf("127.0.0.%d", host), src)...)
 		host++
 	}
 	return out, nil
 }
 
+// meter reads the CPU time of a proxy and of the two endpoints around a
+// workload: this process, whose goroutines are the clients, and the
+// backend. With both, a figure shows what the proxy costs per unit of work
+// next to what the client and server cost for the same unit.
+type meter struct {
+	proxy, backend *process
+	p, e           cpuTimes // readings at start
+}
+
+func (m *meter) start() {
+	m.p, m.e = m.proxy.cpuTimes(), m.endpoints()
+}
+
+func (m *meter) endpoints() cpuTimes {
+	s, b := cpuOf("self"), m.backend.cpuTimes()
+	return cpuTimes{s.user + b.user, s.sys + b.sys}
+}
+
+// stop returns the CPU time the proxy and the endpoints used since start.
+func (m *meter) stop() (proxy, endpoints cpuTimes) {
+	return m.proxy.cpuTimes().sub(m.p), m.endpoints().sub(m.e)
+}
+
+// costs collects, over the runs of one workload, the CPU time per unit
+// of work (a GiB, a round trip, a connection) of the proxy and of the
+// endpoints, and the kernel's share of the proxy's.
+type costs struct {
+	proxy, ends, kernel Result
+}
+
+func newCosts(workload, unit string) *costs {
+	return &costs{
+		proxy:  Result{Workload: workload + wCPU, Unit: unit},
+		ends:   Result{Workload: workload + wEndCPU, Unit: unit},
+		kernel: Result{Workload: workload + wKernel, Unit: "%"},
+	}
+}
+
+// add records one run that did units of work, with scale the figure's
+// unit in seconds (1e-6 for µs).
+func (c *costs) add(proxy, ends cpuTimes, units, scale float64) {
+	if units <= 0 {
+		return
+	}
+	if all := proxy.user + proxy.sys; all > 0 {
+		c.proxy.Values = append(c.proxy.Values, all.Seconds()/scale/units)
+		c.kernel.Values = append(c.kernel.Values, 100*proxy.sys.Seconds()/all.Seconds())
+	}
+	c.ends.Values = append(c.ends.Values, (ends.user+ends.sys).Seconds()/scale/units)
+}
+
+// results returns the rows that apply: the proxy's only where there is one.
+func (c *costs) results(withProxy bool) []Result {
+	var out []Result
+	if withProxy {
+		out = append(out, c.proxy)
+	}
+	out = append(out, c.ends)
+	if withProxy {
+		out = append(out, c.kernel)
+	}
+	return out
+}
+
 // measure runs every workload against one contender.
-func measure(o *Options, c Contender, backend, host string, src *sources) []Result {
+func measure(o *Options, c Contender, backendProc *process, host string, src *sources) []Result {
 	var p *process
+	backend := backendProc.addr
 	addr := backend
 	if c.start != nil {
 		var err error
@@ -133,6 +200,7 @@ func measure(o *Options, c Contender, backend, host string, src *sources) []Resu
 		r.Contender = c.Name
 		out = append(out, r)
 	}
+	m := &meter{proxy: p, backend: backendProc}
 	bulk := int64(2 << 30)
 	dur := 2 * time.Second
 	if o.Quick {
@@ -145,20 +213,27 @@ func measure(o *Options, c Contender, backend, host string, src *sources) []Resu
 	}{{wUp1, 1, upload}, {wDown1, 1, download}, {wUp8, 8, upload}, {wDown8, 8, download}} {
 		o.logf("  %s", b.name)
 		tp := Result{Workload: b.name, Unit: "Gbit/s"}
-		cpu := Result{Workload: b.name + wCPU, Unit: "s/GiB"}
+		cost := newCosts(b.name, "s/GiB")
 		for range o.runs() {
-			before := p.cpu()
+			m.start()
 			d, err := b.run(src, addr, b.streams, bulk)
 			if err != nil {
 				tp.Note = err.Error()
 				break
 			}
 			tp.Values = append(tp.Values, float64(bulk*8)/d.Seconds()/1e9)
-			cpu.Values = append(cpu.Values, (p.cpu()-before).Seconds()/(float64(bulk)/(1<<30)))
+			pc, ec := m.stop()
+			cost.add(pc, ec, float64(bulk)/(1<<30), 1)
 		}
 		add(tp)
-		if p != nil {
-			add(cpu)
+		if b.streams == 1 {
+			if p != nil {
+				add(cost.proxy)
+			}
+			continue
+		}
+		for _, r := range cost.results(p != nil) {
+			add(r)
 		}
 	}
 	for _, rr := range []struct {
@@ -169,12 +244,16 @@ func measure(o *Options, c Contender, backend, host string, src *sources) []Resu
 		rate := Result{Workload: rr.name, Unit: "rt/s"}
 		p50 := Result{Workload: rr.name + wP50, Unit: "µs"}
 		p99 := Result{Workload: rr.name + wP99, Unit: "µs"}
+		cost := newCosts(rr.name, "µs/rt")
 		for range o.runs() {
+			m.start()
 			lat, err := roundTrips(src, addr, rr.conns, dur)
 			if err != nil {
 				rate.Note = err.Error()
 				break
 			}
+			pc, ec := m.stop()
+			cost.add(pc, ec, float64(len(lat)), 1e-6)
 			slices.Sort(lat)
 			rate.Values = append(rate.Values, float64(len(lat))/dur.Seconds())
 			p50.Values = append(p50.Values, float64(percentile(lat, 50).Microseconds()))
@@ -183,18 +262,30 @@ func measure(o *Options, c Contender, backend, host string, src *sources) []Resu
 		add(rate)
 		add(p50)
 		add(p99)
+		if rr.conns > 1 {
+			for _, r := range cost.results(p != nil) {
+				add(r)
+			}
+		}
 	}
 	o.logf("  %s", wConns)
 	cps := Result{Workload: wConns, Unit: "conn/s"}
+	cost := newCosts(wConns, "µs/conn")
 	for range o.runs() {
+		m.start()
 		n, err := newConns(src, addr, 16, dur)
 		if err != nil {
 			cps.Note = err.Error()
 			break
 		}
+		pc, ec := m.stop()
+		cost.add(pc, ec, float64(n), 1e-6)
 		cps.Values = append(cps.Values, float64(n)/dur.Seconds())
 	}
 	add(cps)
+	for _, r := range cost.results(p != nil) {
+		add(r)
+	}
 	o.logf("  %s", wIntegr)
 	size := int64(16 << 20)
 	if o.Quick {

@@ -2,9 +2,11 @@ package bench
 
 import (
 	"io"
+	"math"
 	"net"
 	"strings"
 	"testing"
+	"time"
 )
 
 // serve runs handle for each connection on a loopback listener.
@@ -90,5 +92,52 @@ func TestMarkdownRatiosAndChart(t *testing.T) {
 	svg := SVG(rs)
 	if !strings.HasPrefix(svg, "<svg") || !strings.Contains(svg, "rsp splice") || !strings.Contains(svg, "0.73") {
 		t.Fatalf("chart lacks the rsp bar:\n%s", svg)
+	}
+}
+
+// TestCostsPerUnit: CPU time per unit of work, the kernel's share of the
+// proxy's, and no proxy rows where there is no proxy (direct).
+func TestCostsPerUnit(t *testing.T) {
+	c := newCosts(wRR64, "µs/rt")
+	proxy := cpuTimes{user: 100 * time.Millisecond, sys: 300 * time.Millisecond}
+	ends := cpuTimes{user: 200 * time.Millisecond, sys: 400 * time.Millisecond}
+	c.add(proxy, ends, 20000, 1e-6)
+	c.add(cpuTimes{}, ends, 0, 1e-6) // a run that did no work counts for nothing
+	for _, want := range []struct {
+		r    Result
+		v    float64
+		unit string
+	}{{c.proxy, 20, "µs/rt"}, {c.ends, 30, "µs/rt"}, {c.kernel, 75, "%"}} {
+		if len(want.r.Values) != 1 || math.Abs(want.r.Values[0]-want.v) > 1e-9 || want.r.Unit != want.unit {
+			t.Errorf("%s: %v %s, want [%v] %s", want.r.Workload, want.r.Values, want.r.Unit, want.v, want.unit)
+		}
+	}
+	if rs := c.results(false); len(rs) != 1 || rs[0].Workload != wRR64+wEndCPU {
+		t.Errorf("without a proxy: %d rows (%v), want the client+backend row only", len(rs), rs)
+	}
+	if rs := c.results(true); len(rs) != 3 {
+		t.Errorf("with a proxy: %d rows, want 3", len(rs))
+	}
+	md := Markdown([]Result{
+		{Workload: wRR64 + wEndCPU, Contender: "direct", Unit: "µs/rt", Values: []float64{30}},
+		{Workload: wRR64 + wEndCPU, Contender: "rsp splice", Unit: "µs/rt", Values: []float64{36}},
+	})
+	if !strings.Contains(md, "| 36 µs/rt | 1: 36–36 |  |") {
+		t.Errorf("a cost row must not get a ratio to direct:\n%s", md)
+	}
+}
+
+// TestCPUOfSelf: this process's CPU time grows while it computes.
+func TestCPUOfSelf(t *testing.T) {
+	before := cpuOf("self")
+	deadline := time.Now().Add(2 * time.Second)
+	x := 0
+	for cpuOf("self").sub(before).user < 30*time.Millisecond && time.Now().Before(deadline) {
+		for i := range 1 << 20 {
+			x += i
+		}
+	}
+	if got := cpuOf("self").sub(before); got.user+got.sys < 30*time.Millisecond {
+		t.Fatalf("CPU time after 2 s of computing: %v (x=%d)", got, x)
 	}
 }

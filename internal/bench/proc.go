@@ -90,21 +90,44 @@ func scanFor(r io.Reader, re *regexp.Regexp, found chan<- string) {
 
 // cpu returns the process's user+system CPU time so far; zero for nil.
 func (p *process) cpu() time.Duration {
+	t := p.cpuTimes()
+	return t.user + t.sys
+}
+
+// cpuTimes is CPU time spent so far, split into user and kernel time.
+type cpuTimes struct{ user, sys time.Duration }
+
+// sub returns t minus an earlier reading.
+func (t cpuTimes) sub(before cpuTimes) cpuTimes {
+	return cpuTimes{t.user - before.user, t.sys - before.sys}
+}
+
+// cpuTimes returns the process's CPU time so far; zero for nil.
+func (p *process) cpuTimes() cpuTimes {
 	if p == nil {
-		return 0
+		return cpuTimes{}
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	return cpuOf(strconv.Itoa(p.cmd.Process.Pid))
+}
+
+// cpuOf reads the CPU time of process pid ("self" for this one) from
+// /proc; zero if it cannot.
+func cpuOf(pid string) cpuTimes {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
 	if err != nil {
-		return 0
+		return cpuTimes{}
 	}
 	// utime and stime are fields 14 and 15 of the line, in clock ticks
 	// (USER_HZ, 100 on Linux); the command name before them may hold
 	// spaces, so count from its closing parenthesis.
 	s := string(b)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if len(f) < 13 {
+		return cpuTimes{}
+	}
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * 10 * time.Millisecond
+	return cpuTimes{time.Duration(ut) * 10 * time.Millisecond, time.Duration(st) * 10 * time.Millisecond}
 }
 
 // rss returns the process's resident set in KiB.

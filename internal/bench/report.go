@@ -30,7 +30,7 @@ func Markdown(results []Result) string {
 		if len(r.Values) > 0 {
 			med = num(r.Median()) + " " + r.Unit
 			spread = fmt.Sprintf("%d: %s–%s", len(r.Values), num(slices.Min(r.Values)), num(slices.Max(r.Values)))
-			if d, ok := direct[r.Workload]; ok && d > 0 && r.Contender != "direct" && !strings.Contains(r.Workload, " — p") {
+			if d, ok := direct[r.Workload]; ok && d > 0 && r.Contender != "direct" && !strings.Contains(r.Workload, " — ") {
 				ratio = fmt.Sprintf("%.2f", r.Median()/d)
 			}
 		}
