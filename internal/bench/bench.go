@@ -286,12 +286,12 @@ func measure(o *Options, c Contender, backendProc *process, host string, src *so
 	for _, r := range cost.results(p != nil) {
 		add(r)
 	}
-	o.logf("  %s", wIntegr)
 	size := int64(16 << 20)
 	if o.Quick {
 		size = 4 << 20
 	}
 	integ := Result{Workload: fmt.Sprintf(wIntegr, size>>20), Unit: "corrupted"}
+	o.logf("  %s", integ.Workload)
 	bad, err := integrity(src, addr, 64, size)
 	integ.Values = []float64{float64(bad)}
 	switch {
