@@ -88,12 +88,6 @@ func scanFor(r io.Reader, re *regexp.Regexp, found chan<- string) {
 	}
 }
 
-// cpu returns the process's user+system CPU time so far; zero for nil.
-func (p *process) cpu() time.Duration {
-	t := p.cpuTimes()
-	return t.user + t.sys
-}
-
 // cpuTimes is CPU time spent so far, split into user and kernel time.
 type cpuTimes struct{ user, sys time.Duration }
 
