@@ -334,7 +334,7 @@ var errNoSplice = errors.New("socket type cannot splice")
 // with the pipe empty, EAGAIN from the source can only mean the source is
 // drained, so src is marked not readable without losing an edge.
 // Refilling the pipe while it still held bytes (pipelining) moved no more
-// on one stream and cost 12% more CPU per GiB on eight, in softirqs: each
+// on one stream and cost 10-25% more CPU per GiB on eight, in softirqs: each
 // extra read releases ACKs whose processing, on loopback, runs in the
 // reader's context (README, design table).
 func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
