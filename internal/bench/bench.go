@@ -164,15 +164,10 @@ func (c *costs) add(proxy, ends cpuTimes, units, scale float64) {
 
 // results returns the rows that apply: the proxy's only where there is one.
 func (c *costs) results(withProxy bool) []Result {
-	var out []Result
-	if withProxy {
-		out = append(out, c.proxy)
+	if !withProxy {
+		return []Result{c.ends}
 	}
-	out = append(out, c.ends)
-	if withProxy {
-		out = append(out, c.kernel)
-	}
-	return out
+	return []Result{c.proxy, c.ends, c.kernel}
 }
 
 // measure runs every workload against one contender.
