@@ -124,6 +124,28 @@ type Route struct {
 	// Retries is how many more targets a connection may try after a
 	// failed connect.
 	Retries int
+	// ClientKeepAlive sets TCP keepalive and TCP_USER_TIMEOUT on client
+	// sockets; ServerKeepAlive on backend sockets. The zero value turns
+	// keepalive off and keeps the kernel's user timeout.
+	ClientKeepAlive, ServerKeepAlive KeepAlive
+}
+
+// KeepAlive configures how a TCP socket notices a peer that vanished: TCP
+// keepalive probes and TCP_USER_TIMEOUT. Both relays apply the same
+// settings.
+type KeepAlive struct {
+	// Idle is how long a connection is quiet before the first probe;
+	// zero turns keepalive off.
+	Idle time.Duration
+	// Interval is the time between probes; zero means Idle.
+	Interval time.Duration
+	// Count is how many unanswered probes end the connection; zero keeps
+	// the kernel's default (net.ipv4.tcp_keepalive_probes, 9).
+	Count int
+	// UserTimeout bounds how long sent bytes may stay unacknowledged
+	// before the connection is ended (TCP_USER_TIMEOUT); zero keeps the
+	// kernel's default.
+	UserTimeout time.Duration
 }
 
 func (rt *Route) connectTimeout() time.Duration {
