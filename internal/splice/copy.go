@@ -157,38 +157,29 @@ func peerOf(c net.Conn) netip.AddrPort {
 
 // dialAndRelay connects client to a backend picked by rt, retrying on
 // others while retries remain, and relays until both directions are done.
+// A client that cannot be served is reset.
 func (e *copyEngine) dialAndRelay(client net.Conn, rt *Route) {
-	peer := peerOf(client)
-	var tried []Target
+	d := &dialing{rt: rt, peer: peerOf(client)}
+	keepAlive(client, rt.ClientKeepAlive)
 	for {
-		t, err := rt.Picker.Pick(peer, tried)
+		t, err := d.pick(e.r)
 		if err != nil {
-			e.r.stats.failed.Add(1)
-			e.r.logger().Warn("no backend for client; closing it", "frontend", rt.Name,
-				"client", peer.String(), "err", err)
-			client.Close()
+			resetConn(client)
 			e.r.connDone(1)
 			return
 		}
-		d := net.Dialer{Timeout: rt.connectTimeout()}
-		backend, err := d.DialContext(e.ctx, t.Addr().Network(), t.Addr().String())
+		dl := net.Dialer{Timeout: rt.connectTimeout(), KeepAlive: -1}
+		backend, err := dl.DialContext(e.ctx, t.Addr().Network(), t.Addr().String())
 		if err == nil {
 			t.Connected(nil)
-			e.relay(client, backend, t, rt)
+			keepAlive(backend, rt.ServerKeepAlive)
+			e.relay(client, backend, t, d)
 			return
 		}
-		t.Connected(err)
-		t.Release()
-		tried = append(tried, t)
-		if len(tried) <= rt.Retries && e.ctx.Err() == nil {
-			e.r.logger().Debug("backend connect failed; retrying on another server", "frontend", rt.Name,
-				"client", peer.String(), "server", t.Name(), "backend", t.Addr().String(), "err", err)
+		if d.failed(e.r, t, err, e.ctx.Err() != nil) {
 			continue
 		}
-		e.r.stats.failed.Add(1)
-		e.r.logger().Warn("backend connect failed; closing client", "frontend", rt.Name,
-			"client", peer.String(), "server", t.Name(), "backend", t.Addr().String(), "err", err, "tries", len(tried))
-		client.Close()
+		resetConn(client)
 		e.r.connDone(1)
 		return
 	}
@@ -197,13 +188,14 @@ func (e *copyEngine) dialAndRelay(client net.Conn, rt *Route) {
 // relay moves bytes between two connected sockets until both directions
 // have ended, then closes both. It releases t and counts the connection
 // as done.
-func (e *copyEngine) relay(client, backend net.Conn, t Target, rt *Route) {
+func (e *copyEngine) relay(client, backend net.Conn, t Target, d *dialing) {
 	defer e.r.connDone(1)
 	defer t.Release()
+	rt := d.rt
 	p := &copyConn{client: client, backend: backend, idle: rt.IdleTimeout, halfClose: rt.HalfCloseTimeout, bufs: &e.bufs}
 	if !e.track(p) {
-		client.Close()
-		backend.Close()
+		resetConn(client)
+		resetConn(backend)
 		return
 	}
 	defer e.untrack(p)
@@ -218,10 +210,7 @@ func (e *copyEngine) relay(client, backend net.Conn, t Target, rt *Route) {
 	p.stopTimers()
 	client.Close()
 	backend.Close()
-	if err := p.err(); err != nil && !errors.Is(err, errClosedByRelay) {
-		e.r.logger().Info("connection closed", "frontend", rt.Name, "client", peerOf(client).String(),
-			"backend", t.Addr().String(), "reason", err.Error())
-	}
+	e.r.logEnd(d, t.Addr().String(), p.err())
 }
 
 func (e *copyEngine) track(p *copyConn) bool {
@@ -263,7 +252,7 @@ func (e *copyEngine) closeAll() {
 	}
 	e.mu.Unlock()
 	for _, p := range live {
-		p.abort(errClosedByRelay, false)
+		p.abort(errClosedByRelay)
 	}
 }
 
@@ -271,16 +260,6 @@ func (e *copyEngine) pipes() (open, idle int64) { return 0, 0 }
 
 // alive is always true: the copy engine has no loop that could stall.
 func (e *copyEngine) alive(time.Duration) bool { return true }
-
-// errClosedByRelay marks connections the relay closed itself on shutdown.
-var errClosedByRelay = errors.New("closed by relay shutdown")
-
-// errIdle is the reason for closing a connection whose idle timeout fired.
-var errIdle = errors.New("idle timeout")
-
-// errHalfClose is the reason for closing a connection that stayed
-// half-closed longer than its route allows.
-var errHalfClose = errors.New("half-close timeout")
 
 // copyConn is one connection relayed by the copy engine.
 type copyConn struct {
@@ -292,6 +271,7 @@ type copyConn struct {
 	halfTimer       *time.Timer  // half-close timer, once a direction ended
 	ended           atomic.Int32 // directions that ended cleanly
 	last            atomic.Int64 // unix nanos of the last progress
+	halfAt          atomic.Int64 // unix nanos when the first direction ended
 	once            sync.Once
 	reason          atomic.Pointer[error]
 	bufs            *sync.Pool
@@ -303,12 +283,12 @@ func (p *copyConn) idleFor() time.Duration {
 	return time.Duration(time.Now().UnixNano() - p.last.Load())
 }
 
-// checkIdle runs from the idle timer: it closes an idle connection or
+// checkIdle runs from the idle timer: it resets an idle connection or
 // re-arms the timer for the rest of the window.
 func (p *copyConn) checkIdle() {
 	d := p.idleFor()
 	if d >= p.idle {
-		p.abort(errIdle, false)
+		p.abort(errIdle)
 		return
 	}
 	p.mu.Lock()
@@ -317,16 +297,29 @@ func (p *copyConn) checkIdle() {
 }
 
 // halfClosed starts the half-close timer when the first direction ends.
+// It counts from the later of that moment and the last byte moved.
 func (p *copyConn) halfClosed() {
 	if p.ended.Add(1) != 1 || p.halfClose <= 0 {
 		return
 	}
 	p.mu.Lock()
-	p.halfTimer = time.AfterFunc(p.halfClose, p.halfCloseExpired)
+	p.halfAt.Store(time.Now().UnixNano())
+	p.halfTimer = time.AfterFunc(p.halfClose, p.checkHalfClose)
 	p.mu.Unlock()
 }
 
-func (p *copyConn) halfCloseExpired() { p.abort(errHalfClose, true) }
+// checkHalfClose runs from the half-close timer: it resets a half-closed
+// connection on which nothing moved for halfClose, or re-arms the timer.
+func (p *copyConn) checkHalfClose() {
+	quiet := time.Duration(time.Now().UnixNano() - max(p.last.Load(), p.halfAt.Load()))
+	if quiet >= p.halfClose {
+		p.abort(errHalfClose)
+		return
+	}
+	p.mu.Lock()
+	p.halfTimer.Reset(p.halfClose - quiet)
+	p.mu.Unlock()
+}
 
 func (p *copyConn) stopTimers() {
 	p.mu.Lock()
@@ -372,7 +365,7 @@ func (p *copyConn) copyHalf(dst, src net.Conn) {
 		if n > 0 {
 			p.touch()
 			if werr := w.writeAll(buf[:n]); werr != nil {
-				p.abort(werr, true)
+				p.abort(werr)
 				return
 			}
 		}
@@ -385,7 +378,7 @@ func (p *copyConn) copyHalf(dst, src net.Conn) {
 		case p.idle > 0 && errors.Is(err, os.ErrDeadlineExceeded) && p.err() == nil:
 			readArmed = false
 		default:
-			p.abort(err, true)
+			p.abort(err)
 			return
 		}
 	}
@@ -428,19 +421,40 @@ func (w *stallWriter) writeAll(b []byte) error {
 	return nil
 }
 
-// abort records why the connection ends and closes both sockets, which
-// unblocks both copying goroutines. With reset, the sockets are closed
-// with RST so that each peer sees a failure, not a clean end of stream.
-func (p *copyConn) abort(err error, reset bool) {
+// abort records why the connection ends and resets both sockets, which
+// unblocks both copying goroutines: each peer sees a failure, not a clean
+// end of stream, since a direction had not finished.
+func (p *copyConn) abort(err error) {
 	p.once.Do(func() {
 		p.reason.Store(&err)
-		for _, c := range []net.Conn{p.client, p.backend} {
-			if tc, ok := c.(*net.TCPConn); ok && reset {
-				tc.SetLinger(0)
-			}
-			c.Close()
-		}
+		resetConn(p.client)
+		resetConn(p.backend)
 	})
+}
+
+// resetConn closes c with a reset (TCP RST) where it can, so that its
+// peer sees a failure rather than a clean end of stream.
+func resetConn(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+}
+
+// keepAlive applies ka to c if it is a TCP connection.
+func keepAlive(c net.Conn, ka KeepAlive) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return
+	}
+	count := -1 // keep the kernel's default
+	if ka.Count > 0 {
+		count = ka.Count
+	}
+	tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: ka.Idle > 0, Idle: ka.Idle, Interval: ka.interval(), Count: count})
+	if ka.UserTimeout > 0 {
+		setUserTimeout(tc, ka.UserTimeout)
+	}
 }
 
 func (p *copyConn) err() error {

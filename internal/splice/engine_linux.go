@@ -3,9 +3,12 @@
 package splice
 
 import (
+	"cmp"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -23,8 +26,11 @@ type spliceEngine struct {
 	// lastErrLog is when an accept-level error was last logged (engine
 	// clock), shared by the loops to log at most once a second.
 	lastErrLog atomic.Int64
-	wg         sync.WaitGroup
-	closeOnce  sync.Once
+	// fdPause is when accepting may resume after a loop ran out of file
+	// descriptors (engine clock); every loop stops accepting until then.
+	fdPause   atomic.Int64
+	wg        sync.WaitGroup
+	closeOnce sync.Once
 }
 
 // balanceSlack is how many more connections the accepting loop may hold
@@ -42,7 +48,7 @@ func (e *spliceEngine) lighter(from *loop) *loop {
 	}
 	best, min := from, from.load.Load()
 	for _, l := range e.loops {
-		if n := l.load.Load(); n < min {
+		if n := l.load.Load(); n < min && !l.dead.Load() {
 			best, min = l, n
 		}
 	}
@@ -72,11 +78,31 @@ func startSplice(r *Relay) (engine, error) {
 		}
 		e.loops = append(e.loops, l)
 	}
+	e.reportPipeSize()
 	for _, l := range e.loops {
 		e.wg.Add(1)
 		go l.run(&e.wg)
 	}
 	return e, nil
+}
+
+// reportPipeSize makes the first pipe, before the loops run, and says what
+// the kernel granted if it is less than was asked: F_SETPIPE_SZ fails
+// above fs.pipe-max-size, and the kernel gives unprivileged users small
+// pipes past fs.pipe-user-pages-soft. The pipe stays in the pool.
+func (e *spliceEngine) reportPipeSize() {
+	l := e.loops[0]
+	p, err := l.pool.get()
+	if err != nil {
+		return
+	}
+	asked := cmp.Or(e.r.PipeSize, defaultPipeSize)
+	if p.size < asked {
+		maxSize, _ := os.ReadFile("/proc/sys/fs/pipe-max-size")
+		e.r.logger().Warn("pipes are smaller than asked; each splice moves less (raise fs.pipe-max-size, or lower pipe_size)",
+			"pipe_size", asked, "granted", p.size, "pipe_max_size", strings.TrimSpace(string(maxSize)))
+	}
+	l.pool.put(p, true)
 }
 
 // serve gives every loop its own duplicate of ln's socket.
@@ -88,7 +114,9 @@ func (e *spliceEngine) serve(ln net.Listener, f *Frontend) error {
 	defer unix.Close(fd)
 	// Accepted sockets inherit TCP_NODELAY from their listener: setting it
 	// once here saves a system call per connection.
-	nodelay := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) == nil
+	domain, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	tcp := domain == unix.AF_INET || domain == unix.AF_INET6
+	nodelay := tcp && unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) == nil
 	dups := make([]int, 0, len(e.loops))
 	for range e.loops {
 		dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
@@ -99,7 +127,7 @@ func (e *spliceEngine) serve(ln net.Listener, f *Frontend) error {
 		dups = append(dups, dup)
 	}
 	for i, l := range e.loops {
-		<-l.postListener(cmdServe, &listener{fd: dups[i], key: ln, fe: f, nodelay: nodelay})
+		<-l.postListener(cmdServe, &listener{fd: dups[i], key: ln, fe: f, tcp: tcp, nodelay: nodelay})
 	}
 	return nil
 }
@@ -185,6 +213,9 @@ func (e *spliceEngine) alive(timeout time.Duration) bool {
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	for _, l := range e.loops {
+		if l.dead.Load() {
+			return false
+		}
 		select {
 		case <-l.post(cmdPing):
 		case <-t.C:
@@ -200,32 +231,4 @@ func (e *spliceEngine) pipesCreated() (n int64) {
 		n += l.pool.created.Load()
 	}
 	return n
-}
-
-// sockaddrOf converts a backend address to a socket address and family.
-func sockaddrOf(a net.Addr) (unix.Sockaddr, int, error) {
-	switch a := a.(type) {
-	case *net.TCPAddr:
-		if ip4 := a.IP.To4(); ip4 != nil {
-			sa := &unix.SockaddrInet4{Port: a.Port}
-			copy(sa.Addr[:], ip4)
-			return sa, unix.AF_INET, nil
-		}
-		if ip16 := a.IP.To16(); ip16 != nil {
-			sa := &unix.SockaddrInet6{Port: a.Port}
-			copy(sa.Addr[:], ip16)
-			if a.Zone != "" {
-				ifi, err := net.InterfaceByName(a.Zone)
-				if err != nil {
-					return nil, 0, fmt.Errorf("backend %s: zone: %w", a, err)
-				}
-				sa.ZoneId = uint32(ifi.Index)
-			}
-			return sa, unix.AF_INET6, nil
-		}
-		return nil, 0, fmt.Errorf("backend %s: no IP address", a)
-	case *net.UnixAddr:
-		return &unix.SockaddrUnix{Name: a.Name}, unix.AF_UNIX, nil
-	}
-	return nil, 0, fmt.Errorf("backend %s: unsupported address type %T", a, a)
 }

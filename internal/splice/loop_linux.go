@@ -4,7 +4,6 @@ package splice
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
 	"runtime"
 	"sync"
@@ -60,14 +59,6 @@ type command struct {
 	peer netip.AddrPort
 }
 
-// listener is one loop's duplicate of a listening socket.
-type listener struct {
-	fd      int
-	key     net.Listener // the caller's listener this duplicates
-	fe      *Frontend
-	nodelay bool // TCP_NODELAY set on the listener, inherited by accepted sockets
-}
-
 // loop is one epoll event loop. Everything it owns (connections, pipes,
 // its listener duplicates) is touched only by its own goroutine, except
 // the command queue, guarded by mu.
@@ -84,6 +75,7 @@ type loop struct {
 	// load is nlive as other loops see it, plus connections handed to
 	// this loop and not yet adopted; the accepting loop balances by it.
 	load   atomic.Int32
+	dead   atomic.Bool // the loop failed and exited: it takes nothing more
 	nextID uint32
 	ready  []*conn // connections with work left after their budget ran out
 	pool   pipePool
@@ -92,12 +84,12 @@ type loop struct {
 	tick   int64
 	sweep  int64 // when the next timeout sweep is due
 
-	accepting   bool   // listeners are registered
-	stopped     bool   // stopAccepting ran: never accept again
-	resumeAt    int64  // when accepting resumes after EMFILE; 0 if not paused
-	full        bool   // accepting paused at MaxConn
-	scratch     []byte // buffer for the no-pipe fallback, made on first use
-	noSpliceFor bool   // test hook: pretend the kernel refuses to splice
+	accepting bool   // listeners are registered
+	stopped   bool   // stopAccepting ran: never accept again
+	resumeAt  int64  // when accepting resumes after EMFILE; 0 if not paused
+	full      bool   // accepting paused at MaxConn
+	scratch   []byte // buffer for the no-pipe fallback, made on first use
+	noSplice  bool   // test hook: pretend the kernel refuses to splice
 
 	mu     sync.Mutex
 	cmds   []command
@@ -108,11 +100,11 @@ func newLoop(e *spliceEngine) (*loop, error) {
 	l := &loop{
 		e:      e,
 		events: make([]unix.EpollEvent, maxEvents),
-		pool:   pipePool{max: e.r.maxIdlePipes(), size: e.r.PipeSize, fail: e.r.testNoPipes},
+		pool:   pipePool{max: e.r.maxIdlePipes(), size: e.r.PipeSize, fail: e.r.test.noPipes},
 		tick:   int64(maxTick),
 
-		noSpliceFor: e.r.testNoSplice,
-		accepting:   true,
+		noSplice:  e.r.test.noSplice,
+		accepting: true,
 	}
 	l.live.next, l.live.prev = &l.live, &l.live
 	var err error
@@ -133,8 +125,7 @@ func newLoop(e *spliceEngine) (*loop, error) {
 
 // useTimeouts makes the sweep tick short enough for rt's timeouts.
 func (l *loop) useTimeouts(rt *Route) {
-	t := int64(min(max(rt.shortestTimeout()/8, minTick), maxTick))
-	if t < l.tick {
+	if t := tickFor(rt); t < l.tick {
 		l.tick = t
 		if l.sweep > l.now+t {
 			l.sweep = l.now + t
@@ -142,60 +133,10 @@ func (l *loop) useTimeouts(rt *Route) {
 	}
 }
 
-// registerListeners adds the listeners to this loop's epoll set.
-// EPOLLEXCLUSIVE wakes one loop per incoming connection instead of all.
-func (l *loop) registerListeners() error {
-	for _, ln := range l.lns {
-		if err := l.registerListener(ln); err != nil {
-			return err
-		}
-	}
-	l.accepting = true
-	return nil
-}
-
-func (l *loop) registerListener(ln *listener) error {
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(ln.fd)}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ln.fd, &ev); err != nil {
-		return fmt.Errorf("epoll_ctl listener: %w", err)
-	}
-	return nil
-}
-
-func (l *loop) unregisterListeners() {
-	for _, ln := range l.lns {
-		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
-	}
-	l.accepting = false
-}
-
-// canAccept reports whether the loop's listeners should be registered.
-func (l *loop) canAccept() bool { return !l.stopped && !l.full && l.resumeAt == 0 }
-
-// addListener takes over ln (its fd is this loop's own duplicate).
-func (l *loop) addListener(ln *listener) {
-	if l.stopped {
-		unix.Close(ln.fd)
-		return
-	}
-	l.lns = append(l.lns, ln)
-	if l.accepting {
-		if err := l.registerListener(ln); err != nil {
-			l.e.r.logger().Error("cannot watch listener", "listen", ln.key.Addr().String(), "err", err)
-		}
-	}
-}
-
-// removeListener stops accepting on the duplicate of key and closes it.
-func (l *loop) removeListener(key net.Listener) {
-	for i, ln := range l.lns {
-		if ln.key == key {
-			unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
-			unix.Close(ln.fd)
-			l.lns = append(l.lns[:i], l.lns[i+1:]...)
-			return
-		}
-	}
+// tickFor is the sweep tick that enforces rt's timeouts to within an
+// eighth of the shortest.
+func tickFor(rt *Route) int64 {
+	return int64(min(max(rt.shortestTimeout()/8, minTick), maxTick))
 }
 
 // release closes the loop's own fds.
@@ -276,9 +217,12 @@ func (l *loop) run(wg *sync.WaitGroup) {
 				continue
 			}
 			// EBADF/EINVAL would mean our own epoll fd is broken: a bug,
-			// not a runtime condition. Close everything rather than spin.
-			l.e.r.logger().Error("epoll_wait failed; closing event loop", "err", err)
-			l.exit()
+			// not a runtime condition. Close everything rather than spin;
+			// the dead loop takes no more connections and the relay
+			// reports itself not alive (the watchdog restarts it).
+			l.e.r.logger().Error("epoll_wait failed; event loop stopped, its connections reset", "err", err)
+			l.dead.Store(true)
+			l.exit(fmt.Errorf("event loop failed: %w", err))
 			return
 		}
 		for i := range n {
@@ -330,15 +274,6 @@ func (l *loop) waitTimeout() int {
 	return int((d + int64(time.Millisecond) - 1) / int64(time.Millisecond))
 }
 
-func (l *loop) listenerOf(fd int) *listener {
-	for _, ln := range l.lns {
-		if ln.fd == fd {
-			return ln
-		}
-	}
-	return nil
-}
-
 // runCommands carries out queued commands; it reports whether the loop
 // must exit.
 func (l *loop) runCommands() bool {
@@ -367,7 +302,7 @@ func (l *loop) runCommands() bool {
 		}
 	}
 	if exit {
-		l.exit()
+		l.exit(errClosedByRelay)
 	}
 	for _, c := range cmds {
 		if c.done != nil {
@@ -377,11 +312,11 @@ func (l *loop) runCommands() bool {
 	return exit
 }
 
-// exit closes every connection and the loop's own fds, and answers any
-// command posted meanwhile.
-func (l *loop) exit() {
+// exit resets every connection for reason, closes the loop's own fds, and
+// answers any command posted meanwhile.
+func (l *loop) exit(reason error) {
 	l.stopAccepting()
-	l.closeAll()
+	l.closeAll(reason)
 	l.mu.Lock()
 	l.exited = true
 	pending := l.cmds
@@ -400,120 +335,17 @@ func (l *loop) exit() {
 	}
 }
 
-func (l *loop) stopAccepting() {
-	if l.stopped {
-		return
-	}
-	l.stopped = true
-	if l.accepting {
-		l.unregisterListeners()
-	}
-	l.resumeAt = 0
-	for _, ln := range l.lns {
-		unix.Close(ln.fd)
-	}
-	l.lns = nil
-}
-
-// closeAll closes every live connection (drain timeout reached).
-func (l *loop) closeAll() {
+// closeAll resets every live connection, for reason.
+func (l *loop) closeAll(reason error) {
 	for l.live.next != &l.live {
-		l.finish(l.live.next, nil, false)
+		l.finish(l.live.next, reason, true)
 	}
-}
-
-// acceptBatch accepts up to acceptBatch connections from ln.
-func (l *loop) acceptBatch(ln *listener) {
-	if !l.accepting {
-		return
-	}
-	r := l.e.r
-	for range acceptBatch {
-		if !r.admit() {
-			l.pauseFull()
-			return
-		}
-		nfd, peer, err := accept(ln.fd)
-		if err != nil {
-			r.unadmit()
-			switch err {
-			case unix.EAGAIN:
-				return
-			case unix.EINTR, unix.ECONNABORTED, unix.EPROTO, unix.EPERM:
-				// The client went away or a firewall refused it: next.
-				continue
-			case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
-				l.pauseAccept(err)
-				return
-			}
-			l.logErr("accept failed", err)
-			return
-		}
-		r.stats.accepted.Add(1)
-		if to := l.e.lighter(l); to != nil {
-			to.adopt(nfd, peer, ln)
-			continue
-		}
-		l.open(nfd, peer, ln)
-	}
-}
-
-// pauseFull stops accepting while MaxConn connections are live; the
-// kernel's backlog holds new clients. A connection ending anywhere in the
-// relay resumes it (cmdResume).
-func (l *loop) pauseFull() {
-	if l.accepting {
-		l.unregisterListeners()
-	}
-	l.full = true
-	if l.e.r.pausedFull() {
-		l.resumeFull()
-	}
-}
-
-// resumeFull resumes accepting paused at MaxConn.
-func (l *loop) resumeFull() {
-	if !l.full {
-		return
-	}
-	l.full = false
-	if l.canAccept() && !l.accepting {
-		if err := l.registerListeners(); err != nil {
-			l.pauseAccept(err)
-		}
-	}
-}
-
-// pauseAccept stops accepting for acceptPause after running out of fds or
-// memory. Live connections go on; the kernel's backlog holds new clients.
-func (l *loop) pauseAccept(err error) {
-	if l.accepting {
-		l.unregisterListeners()
-	}
-	l.resumeAt = l.now + int64(acceptPause)
-	if l.sweep > l.resumeAt {
-		l.sweep = l.resumeAt
-	}
-	l.logErr(fmt.Sprintf("accept: out of file descriptors or memory; pausing accepts for %v (raise LimitNOFILE= or ulimit -n)", acceptPause), err)
-}
-
-// logErr logs an accept-level error at most once a second for the whole
-// relay: under fd exhaustion every loop hits it at once, again and again.
-func (l *loop) logErr(msg string, err error) {
-	last := l.e.lastErrLog.Load()
-	if last != 0 && l.now-last < int64(time.Second) {
-		return
-	}
-	if !l.e.lastErrLog.CompareAndSwap(last, max(l.now, 1)) {
-		return
-	}
-	l.e.r.logger().Error(msg, "err", err)
 }
 
 // sweepTimeouts enforces connect, idle and half-close timeouts and
 // resumes a paused accept.
 func (l *loop) sweepTimeouts() {
-	l.sweep = l.now + l.tick
+	l.sweep = l.now + int64(maxTick)
 	if l.resumeAt != 0 && l.now >= l.resumeAt {
 		l.resumeAt = 0
 		if l.canAccept() && !l.accepting {
@@ -522,6 +354,10 @@ func (l *loop) sweepTimeouts() {
 			}
 		}
 	}
+	// The tick follows the routes of the connections still live: once the
+	// last connection of a route with a short timeout has gone (a reload
+	// changed it), the loop stops waking up for it.
+	tick := int64(maxTick)
 	for c := l.live.next; c != &l.live; {
 		next := c.next
 		rt := c.rt
@@ -531,11 +367,19 @@ func (l *loop) sweepTimeouts() {
 				l.connectFailed(c, fmt.Errorf("connect timeout after %v", rt.connectTimeout()))
 			}
 		case rt.IdleTimeout > 0 && l.now-c.last >= int64(rt.IdleTimeout):
-			l.finish(c, errIdle, false)
-		case rt.HalfCloseTimeout > 0 && c.halfAt != 0 && l.now-c.halfAt >= int64(rt.HalfCloseTimeout):
+			l.finish(c, errIdle, true)
+		case rt.HalfCloseTimeout > 0 && c.halfAt != 0 && l.now-max(c.halfAt, c.last) >= int64(rt.HalfCloseTimeout):
 			l.finish(c, errHalfClose, true)
 		}
+		if !c.closed {
+			tick = min(tick, tickFor(rt))
+		}
 		c = next
+	}
+	l.tick = tick
+	l.sweep = min(l.now+tick, l.sweep)
+	if l.resumeAt != 0 {
+		l.sweep = min(l.sweep, l.resumeAt)
 	}
 }
 

@@ -3,10 +3,15 @@
 package splice
 
 import (
+	"os"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
+
+// pageSize is the size of one pipe slot's page: a pipe of size bytes has
+// size/pageSize slots.
+var pageSize = os.Getpagesize()
 
 // pipe is a kernel pipe used as the in-kernel buffer of one direction of
 // one connection while bytes are in flight.

@@ -148,6 +148,13 @@ type KeepAlive struct {
 	UserTimeout time.Duration
 }
 
+func (ka KeepAlive) interval() time.Duration {
+	if ka.Interval > 0 {
+		return ka.Interval
+	}
+	return ka.Idle
+}
+
 func (rt *Route) connectTimeout() time.Duration {
 	if rt.ConnectTimeout > 0 {
 		return rt.ConnectTimeout
@@ -211,11 +218,8 @@ type Relay struct {
 	Logger *slog.Logger
 
 	stats counters
-
-	// Test hooks: pretend the kernel refuses splice (EINVAL), or that no
-	// pipe can be made (EMFILE).
-	testNoSplice bool
-	testNoPipes  bool
+	logs  logLimiter // rate limits per-connection log lines by cause
+	test  testHooks  // set by this package's tests only
 
 	mu      sync.Mutex
 	started bool
@@ -244,6 +248,13 @@ type engine interface {
 	pipes() (open, idle int64)
 	// alive reports whether every event loop answered within timeout.
 	alive(timeout time.Duration) bool
+}
+
+// testHooks make a Relay pretend that the kernel refuses what tests
+// cannot make it refuse on demand. Only this package's tests set them.
+type testHooks struct {
+	noSplice bool // every splice fails with EINVAL (a socket type that cannot splice)
+	noPipes  bool // every new pipe fails with EMFILE
 }
 
 // Stats is a snapshot of a Relay's counters.
@@ -351,10 +362,11 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 		select {
 		case <-r.zero:
 		default:
-			err = fmt.Errorf("closing %d connections still open: %w", r.stats.active.Load(), ctx.Err())
+			err = fmt.Errorf("resetting %d connections still open: %w", r.stats.active.Load(), ctx.Err())
 		}
 	}
 	e.closeAll()
+	r.logs.flush(r.logger())
 	return err
 }
 

@@ -246,7 +246,7 @@ func TestIdleHoldsNoPipe(t *testing.T) {
 // connection moves to the copy relay and its bytes arrive intact.
 func TestNoSpliceHandoff(t *testing.T) {
 	backend := startEcho(t)
-	r := &Relay{testNoSplice: true}
+	r := &Relay{test: testHooks{noSplice: true}}
 	addr := startRelay(t, r, backend.Addr())
 	for i, n := range []int{1, 100 << 10, 4 << 20} {
 		echo(t, addr, n, uint64(i))
@@ -261,7 +261,7 @@ func TestNoSpliceHandoff(t *testing.T) {
 // still move, through the loop's buffer, intact.
 func TestNoPipeFallback(t *testing.T) {
 	backend := startEcho(t)
-	r := &Relay{testNoPipes: true}
+	r := &Relay{test: testHooks{noPipes: true}}
 	addr := startRelay(t, r, backend.Addr())
 	var wg sync.WaitGroup
 	for i := range 20 {

@@ -1,0 +1,142 @@
+//go:build linux
+
+package splice
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// dial picks a backend for c, one not tried yet, and starts connecting
+// to it. Failures retry on another backend while retries remain.
+func (l *loop) dial(c *conn) {
+	t, err := c.pick(l.e.r)
+	if err != nil {
+		l.finish(c, nil, true)
+		return
+	}
+	c.target = t
+	c.connecting = true
+	c.deadline = l.now + int64(c.rt.connectTimeout())
+	sa, family, err := sockaddrOf(t.Addr())
+	if err != nil {
+		l.connectFailed(c, err)
+		return
+	}
+	bfd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		if outOfFDs(err) {
+			// Out of fds: stop taking clients that could not be served;
+			// the kernel's backlog holds them until fds free up. Not the
+			// backend's fault: no retry, no strike against it.
+			l.e.r.stats.failed.Add(1)
+			t.Release()
+			c.target = nil
+			l.finish(c, nil, true)
+			l.pauseAccept(fmt.Errorf("backend socket for client %s: %w", c.peer, err))
+			return
+		}
+		l.connectFailed(c, fmt.Errorf("socket: %w", err))
+		return
+	}
+	c.backend.fd = bfd
+	l.linkFD(c, bfd)
+	if family != unix.AF_UNIX {
+		unix.SetsockoptInt(bfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		if ka := c.rt.ServerKeepAlive; ka != (KeepAlive{}) {
+			setKeepAlive(bfd, ka) // a new socket has keepalive off
+		}
+	}
+	switch err := unix.Connect(bfd, sa); err {
+	case nil, unix.EINPROGRESS:
+	default:
+		l.connectFailed(c, err)
+		return
+	}
+	if err := l.register(c, bfd); err != nil {
+		l.connectFailed(c, err)
+	}
+	// Completion (even immediate, on loopback) is reported by EPOLLOUT.
+}
+
+// outOfFDs reports whether err says the process or system ran out of file
+// descriptors or socket memory.
+func outOfFDs(err error) bool {
+	return err == unix.EMFILE || err == unix.ENFILE || err == unix.ENOBUFS || err == unix.ENOMEM
+}
+
+// connected completes a non-blocking connect that reported an error or
+// hang-up: it asks the socket why.
+func (l *loop) connected(c *conn) {
+	errno, err := unix.GetsockoptInt(c.backend.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	if err == nil && errno != 0 {
+		err = syscall.Errno(errno)
+	}
+	if err != nil {
+		l.connectFailed(c, err)
+		return
+	}
+	l.established(c)
+}
+
+// established starts relaying once the backend connect completed.
+func (l *loop) established(c *conn) {
+	c.connecting = false
+	c.backend.err, c.backend.hup = false, false
+	c.last = l.now
+	c.target.Connected(nil)
+	l.service(c)
+}
+
+// connectFailed handles a backend connect that failed or timed out: the
+// connection retries on another backend while retries remain, else the
+// client is reset.
+func (l *loop) connectFailed(c *conn, err error) {
+	t := c.target
+	c.target = nil
+	if fd := c.backend.fd; fd >= 0 {
+		l.byFD[fd] = nil
+		unix.Close(fd) // also leaves the epoll set
+		c.backend = sock{fd: -1}
+	}
+	if c.failed(l.e.r, t, err, false) {
+		l.dial(c)
+		return
+	}
+	l.finish(c, nil, true)
+}
+
+// sockaddrOf converts a backend address to a socket address and family.
+// An IPv6 zone must be an interface index: the configuration resolves
+// interface names once, when it is loaded, since looking one up here
+// would ask the kernel over netlink for every connect.
+func sockaddrOf(a net.Addr) (unix.Sockaddr, int, error) {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		if ip4 := a.IP.To4(); ip4 != nil {
+			sa := &unix.SockaddrInet4{Port: a.Port}
+			copy(sa.Addr[:], ip4)
+			return sa, unix.AF_INET, nil
+		}
+		if ip16 := a.IP.To16(); ip16 != nil {
+			sa := &unix.SockaddrInet6{Port: a.Port}
+			copy(sa.Addr[:], ip16)
+			if a.Zone != "" {
+				idx, err := strconv.ParseUint(a.Zone, 10, 32)
+				if err != nil {
+					return nil, 0, fmt.Errorf("backend %s: zone %q is not an interface index", a, a.Zone)
+				}
+				sa.ZoneId = uint32(idx)
+			}
+			return sa, unix.AF_INET6, nil
+		}
+		return nil, 0, fmt.Errorf("backend %s: no IP address", a)
+	case *net.UnixAddr:
+		return &unix.SockaddrUnix{Name: a.Name}, unix.AF_UNIX, nil
+	}
+	return nil, 0, fmt.Errorf("backend %s: unsupported address type %T", a, a)
+}

@@ -1,0 +1,47 @@
+//go:build linux
+
+package splice
+
+import (
+	"net"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// setKeepAlive applies ka to TCP socket fd: keepalive on with its idle
+// time, interval and count, or off; and TCP_USER_TIMEOUT when set. A
+// setting the kernel refuses is skipped: keepalive is a safeguard, not a
+// reason to refuse a connection.
+func setKeepAlive(fd int, ka KeepAlive) {
+	if ka.Idle <= 0 {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 0)
+	} else {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, seconds(ka.Idle))
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, seconds(ka.interval()))
+		if ka.Count > 0 {
+			unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, ka.Count)
+		}
+	}
+	if ka.UserTimeout > 0 {
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(min(ka.UserTimeout.Milliseconds(), 1<<31-1)))
+	}
+}
+
+// seconds rounds d up to whole seconds, at least 1, as the keepalive
+// socket options count.
+func seconds(d time.Duration) int {
+	return int(min(max((d+time.Second-1)/time.Second, 1), 32767))
+}
+
+// setUserTimeout sets TCP_USER_TIMEOUT on c.
+func setUserTimeout(c *net.TCPConn, d time.Duration) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	raw.Control(func(fd uintptr) {
+		unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(min(d.Milliseconds(), 1<<31-1)))
+	})
+}

@@ -1,0 +1,398 @@
+//go:build linux
+
+package splice
+
+import (
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// spliceFlags: SPLICE_F_NONBLOCK makes the pipe side non-blocking
+	// (the sockets are O_NONBLOCK already); SPLICE_F_MOVE is a hint the
+	// kernel may use to move pages instead of copying them.
+	spliceFlags = unix.SPLICE_F_MOVE | unix.SPLICE_F_NONBLOCK
+	// budget is how many bytes one direction may move per service call
+	// before the connection yields to others in the same loop: at about
+	// 1 GB/s per loop, 4 MiB bounds the head-of-line delay a bulk transfer
+	// adds to its loop's other connections to about 4 ms (measurements of
+	// 1, 4 and 8 MiB: docs/bench.md, design measurements).
+	budget = 4 << 20
+	// scratchSize is the loop's buffer for the no-pipe fallback and for
+	// the bytes read past an urgent mark.
+	scratchSize = 64 << 10
+)
+
+// service moves bytes in both directions until each would block, then
+// ends the connection if both directions are done or a peer is gone.
+func (l *loop) service(c *conn) {
+	more1, err := l.pump(c, &c.up, &c.client, &c.backend)
+	if err == nil {
+		var more2 bool
+		more2, err = l.pump(c, &c.down, &c.backend, &c.client)
+		more1 = more1 || more2
+	}
+	if err != nil {
+		if errors.Is(err, errNoSplice) {
+			l.handoff(c)
+			return
+		}
+		l.finish(c, err, true)
+		return
+	}
+	if c.up.done && c.down.done {
+		l.finish(c, nil, false)
+		return
+	}
+	if c.client.err || c.backend.err {
+		// A reset: the peer aborted, so what it sent need not be
+		// delivered (a direct peer would lose it too), and waiting to
+		// deliver it could wait forever on a destination that does not
+		// read.
+		l.finish(c, sockErr(c), true)
+		return
+	}
+	if end, reason := gone(&c.client, &c.up, &c.down); end {
+		l.finish(c, reason, reason != nil)
+		return
+	}
+	if end, reason := gone(&c.backend, &c.down, &c.up); end {
+		l.finish(c, reason, reason != nil)
+		return
+	}
+	if more1 && !c.queued {
+		c.queued = true
+		l.ready = append(l.ready, c)
+	}
+}
+
+// gone reports whether the connection is over because s's peer has gone
+// away entirely (a Unix peer that closed: EPOLLHUP while we still had
+// its receiving side open) and every byte it sent, through in, has been
+// delivered with its EOF. Nothing sent towards s (out) can arrive any
+// more. If nothing of out is in flight, the connection ends cleanly: the
+// other peer got everything and an EOF, and closing its socket answers
+// any later byte with a reset, as a direct peer would. If bytes for s
+// were lost, reason says so and the other peer is reset.
+func gone(s *sock, in, out *half) (end bool, reason error) {
+	if !s.hup || !in.done || out.done {
+		return false, nil
+	}
+	if out.n > 0 || out.lost {
+		return true, errUndeliverable
+	}
+	return true, nil
+}
+
+// sockErr names the pending error of whichever socket of c failed.
+func sockErr(c *conn) error {
+	for _, s := range [2]*sock{&c.client, &c.backend} {
+		if !s.err && !s.hup {
+			continue
+		}
+		if errno, err := unix.GetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && errno != 0 {
+			return fmt.Errorf("%s: %w", sideName(c, s), unix.Errno(errno))
+		}
+	}
+	return unix.ECONNRESET
+}
+
+// sideName names s as "client" or "backend" in a reason.
+func sideName(c *conn, s *sock) string {
+	if s == &c.client {
+		return "client"
+	}
+	return "backend"
+}
+
+// errNoSplice reports that the kernel cannot splice this socket type.
+var errNoSplice = errors.New("socket type cannot splice")
+
+// pump moves bytes from src to dst through h's pipe until src has nothing
+// more, dst can take nothing more, or the budget is spent (then more is
+// true). It fills the pipe only when it is empty and then empties it:
+// with the pipe empty, EAGAIN from the source can only mean the source is
+// drained, so src is marked not readable without losing an edge.
+// Refilling the pipe while it still held bytes (pipelining) moved no more
+// and cost more CPU per GiB in softirqs (README, design table).
+//
+// Urgent data: splice(2) stops at TCP's urgent mark, returning EAGAIN, or
+// 0 once the peer's FIN has arrived, until a recv(2) has passed the mark.
+// So while src has urgent data pending (EPOLLPRI), each read first asks
+// passUrgent, which passes the mark if src is at it; a splice then never
+// starts at a mark, and its EAGAIN or 0 mean what they usually mean.
+func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
+	if h.done || h.lost {
+		return false, nil
+	}
+	moved := 0
+	for {
+		progress := false
+		if h.n == 0 && !h.eof && (src.urg || h.oobHeld) {
+			var blocked bool
+			progress, blocked, err = l.passUrgent(c, h, src, dst)
+			if err != nil {
+				return false, err
+			}
+			if blocked {
+				// At the mark and waiting: for the urgent byte to
+				// arrive, or for dst to take it.
+				return false, nil
+			}
+		}
+		if h.n == 0 && !h.eof && src.readable && moved < budget && !progress {
+			if h.p == nil {
+				p, perr := l.pool.get()
+				if perr != nil {
+					// No fd for a pipe: move this chunk through the loop's
+					// buffer instead of stalling (a stalled direction could
+					// hold the pipes its peer direction waits for).
+					n, err := l.copyChunk(src, dst, h)
+					if err != nil {
+						return false, l.writeFailed(h, dst, err)
+					}
+					if n == 0 && !h.eof {
+						return false, nil
+					}
+					moved += n
+					c.last = l.now
+					continue
+				}
+				h.p = p
+			}
+			var n int64
+			if l.noSplice {
+				err = unix.EINVAL
+			} else {
+				n, err = unix.Splice(src.fd, nil, h.p.w, nil, h.p.size, spliceFlags)
+			}
+			switch {
+			case err == nil && n == 0:
+				// Not at an urgent mark (passUrgent just looked), so
+				// this is the peer's FIN.
+				h.eof = true
+				progress = true
+			case err == nil:
+				if int(n) < h.p.size/pageSize && !src.rdhup && !src.err && !src.hup && !src.urg {
+					// A short read into an empty pipe that cannot have run
+					// out of slots (each holds at least a byte) took
+					// everything the socket had. Bytes arriving later raise
+					// a new edge, so the EAGAIN probe would be a wasted
+					// system call per message. Not after a FIN: the read
+					// that returns 0 must still happen.
+					src.readable = false
+				}
+				h.n = int(n)
+				c.last = l.now
+				progress = true
+			case err == unix.EAGAIN:
+				src.readable = false
+			case err == unix.EINTR:
+				progress = true
+			case err == unix.EINVAL:
+				// This socket type has no splice support; nothing was
+				// consumed, so the relay can move on to copying.
+				return false, errNoSplice
+			default:
+				return false, fmt.Errorf("read from %s: %w", sideName(c, src), err)
+			}
+		}
+		if h.n > 0 && dst.writable {
+			n, err := unix.Splice(h.p.r, nil, dst.fd, nil, h.n, spliceFlags)
+			switch err {
+			case nil:
+				h.n -= int(n)
+				moved += int(n)
+				c.last = l.now
+				progress = true
+			case unix.EAGAIN:
+				dst.writable = false
+			case unix.EINTR:
+				progress = true
+			default:
+				return false, l.writeFailed(h, dst, fmt.Errorf("write to %s: %w", sideName(c, dst), err))
+			}
+		}
+		if h.lost {
+			return false, nil
+		}
+		if h.n == 0 {
+			if h.eof {
+				l.dropPipe(h)
+				h.done = true
+				if c.halfAt == 0 {
+					c.halfAt = l.now
+				}
+				if c.up.done && c.down.done {
+					// The other direction ended first: service closes both
+					// sockets now, and closing dst sends the same FIN (its
+					// receive queue is empty: its own EOF was read), so a
+					// shutdown would be one system call per connection
+					// for nothing.
+					return false, nil
+				}
+				if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
+					return false, fmt.Errorf("shutdown %s: %w", sideName(c, dst), err)
+				}
+				return false, nil
+			}
+			if !src.readable && !src.urg {
+				l.dropPipe(h)
+				return false, nil
+			}
+		}
+		if !progress {
+			// Blocked on dst (bytes wait in the pipe), or the budget is
+			// spent with src still readable.
+			return moved >= budget && src.readable && !h.eof && (h.n == 0 || dst.writable), nil
+		}
+	}
+}
+
+// writeFailed handles a failed write to dst. If dst's peer has gone away
+// entirely (a Unix peer that closed: EPIPE after EPOLLHUP), the bytes of
+// h can never arrive, but the other direction may still be delivering
+// what that peer sent before it left: h is marked lost, and the connection
+// ends (with a reset, since bytes were lost) once that direction is done
+// (gone).
+// Any other failure is returned and ends the connection at once.
+func (l *loop) writeFailed(h *half, dst *sock, err error) error {
+	// EPIPE with no pending error: the socket cannot send any more
+	// although we never shut it down. The hang-up that says so may still
+	// wait in epoll's queue, so dst.hup is not asked.
+	if !dst.err && errors.Is(err, unix.EPIPE) {
+		h.lost = true
+		l.dropPipe(h)
+		return nil
+	}
+	return err
+}
+
+// passUrgent passes TCP urgent data on as urgent data. It runs with h's
+// pipe empty, so every in-band byte before the mark has been delivered.
+// Not yet at the mark, it does nothing: splice moves the bytes before the
+// mark and stops there. At the mark it reads the urgent byte
+// (recv MSG_OOB), sends it to dst with MSG_OOB, then reads the next
+// in-band bytes with recv, which moves past the mark (splice cannot), and
+// puts them in the pipe. blocked means it must wait for an event.
+func (l *loop) passUrgent(c *conn, h *half, src, dst *sock) (progress, blocked bool, err error) {
+	if !h.oobHeld {
+		at, err := unix.IoctlGetInt(src.fd, unix.SIOCATMARK)
+		if err != nil {
+			return false, false, fmt.Errorf("urgent data from %s: %w", sideName(c, src), err)
+		}
+		if at == 0 {
+			return false, false, nil
+		}
+		var b [1]byte
+		n, _, err := unix.Recvfrom(src.fd, b[:], unix.MSG_OOB)
+		switch {
+		case err == nil && n == 1:
+			h.oob, h.oobHeld = b[0], true
+		case err == unix.EAGAIN:
+			// The urgent pointer arrived before its byte.
+			return false, true, nil
+		case err == nil, err == unix.EINVAL:
+			// No urgent byte to read (already read, or none): only the
+			// mark is left to pass.
+		default:
+			return false, false, fmt.Errorf("urgent data from %s: %w", sideName(c, src), err)
+		}
+	}
+	if h.oobHeld {
+		if !dst.writable {
+			return false, true, nil
+		}
+		_, err := unix.SendmsgN(dst.fd, []byte{h.oob}, nil, nil, unix.MSG_OOB)
+		switch err {
+		case nil:
+			h.oobHeld = false
+		case unix.EAGAIN:
+			dst.writable = false
+			return false, true, nil
+		default:
+			return false, false, l.writeFailed(h, dst, fmt.Errorf("urgent data to %s: %w", sideName(c, dst), err))
+		}
+	}
+	if h.p == nil {
+		p, err := l.pool.get()
+		if err != nil {
+			return false, false, fmt.Errorf("urgent data from %s: no pipe: %w", sideName(c, src), err)
+		}
+		h.p = p
+	}
+	if l.scratch == nil {
+		l.scratch = make([]byte, scratchSize)
+	}
+	// The pipe is empty and holds at least one page, so what one read of
+	// up to a page brings always fits.
+	n, err := unix.Read(src.fd, l.scratch[:min(pageSize, h.p.size)])
+	switch {
+	case err == unix.EAGAIN:
+		// Past the mark, nothing more yet.
+		src.urg = false
+		src.readable = false
+		return true, false, nil
+	case err != nil:
+		return false, false, fmt.Errorf("read from %s: %w", sideName(c, src), err)
+	case n == 0:
+		src.urg = false
+		h.eof = true
+		return true, false, nil
+	}
+	src.urg = false
+	if _, err := unix.Write(h.p.w, l.scratch[:n]); err != nil {
+		return false, false, fmt.Errorf("urgent data from %s: fill pipe: %w", sideName(c, src), err)
+	}
+	h.n = n
+	c.last = l.now
+	return true, false, nil
+}
+
+// dropPipe gives h's pipe back: to the pool if empty, closed if it still
+// holds bytes.
+func (l *loop) dropPipe(h *half) {
+	if h.p != nil {
+		l.pool.put(h.p, h.n == 0)
+		h.p = nil
+		h.n = 0
+	}
+}
+
+// copyChunk moves one chunk from src to dst through the loop's buffer. It
+// peeks, writes what dst takes, and only then consumes that much from
+// src, so no byte waits in user space between events. It returns the
+// bytes moved; zero with no error means one side would block.
+func (l *loop) copyChunk(src, dst *sock, h *half) (int, error) {
+	if !dst.writable {
+		return 0, nil
+	}
+	if l.scratch == nil {
+		l.scratch = make([]byte, scratchSize)
+	}
+	n, _, err := unix.Recvfrom(src.fd, l.scratch, unix.MSG_PEEK)
+	switch {
+	case err == unix.EAGAIN:
+		src.readable = false
+		return 0, nil
+	case err != nil:
+		return 0, fmt.Errorf("read: %w", err)
+	case n == 0:
+		h.eof = true
+		return 0, nil
+	}
+	w, err := unix.Write(dst.fd, l.scratch[:n])
+	if err == unix.EAGAIN {
+		dst.writable = false
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("write: %w", err)
+	}
+	if _, err := unix.Read(src.fd, l.scratch[:w]); err != nil {
+		return 0, fmt.Errorf("read: %w", err)
+	}
+	return w, nil
+}

@@ -1,0 +1,172 @@
+package splice
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// This file holds what both relays decide the same way about one
+// connection: which backend to try next, whether a failed connect is
+// retried, how a connection's end is logged, and whether it ends with a
+// reset. The splice engine dials without blocking inside its event loop
+// and the copy engine dials from a goroutine, but both call these.
+
+// Why a connection ended, as logged. A connection whose both directions
+// finished (each side's EOF passed on) ends with no reason.
+var (
+	// errClosedByRelay: the drain timeout ran out and the relay closed
+	// what was left.
+	errClosedByRelay = errors.New("closed at drain timeout")
+	// errIdle: no byte moved either way for the route's IdleTimeout.
+	errIdle = errors.New("idle timeout")
+	// errHalfClose: one direction had ended and nothing moved for the
+	// route's HalfCloseTimeout.
+	errHalfClose = errors.New("half-close timeout")
+	// errUndeliverable: a peer went away while bytes for it were still
+	// in flight; the other peer is reset so that it cannot mistake the
+	// truncated stream for a whole one.
+	errUndeliverable = errors.New("peer closed with bytes for it still in flight")
+)
+
+// dialing is a connection's progress through its backend connects: the
+// route it was accepted under, the client, and the targets whose connect
+// failed. It is embedded in each relay's connection state.
+type dialing struct {
+	rt    *Route
+	peer  netip.AddrPort
+	tried []Target // targets whose connect failed; nil if none did
+}
+
+// pick asks the route's Picker for the next target. On error the client
+// cannot be served: the failure is counted and logged, and the caller
+// resets the client.
+func (d *dialing) pick(r *Relay) (Target, error) {
+	t, err := d.rt.Picker.Pick(d.peer, d.tried)
+	if err != nil {
+		r.stats.failed.Add(1)
+		r.logs.warn(r.logger(), "no backend", "no backend for client; resetting it",
+			"frontend", d.rt.Name, "client", d.peer.String(), "err", err)
+	}
+	return t, err
+}
+
+// failed records that connecting to t failed with err: t is told and
+// released. It reports whether another target may be tried; if not, the
+// failure is counted and logged, and the caller resets the client.
+// stopping forbids a retry (the relay is shutting down).
+func (d *dialing) failed(r *Relay, t Target, err error, stopping bool) (retry bool) {
+	t.Connected(err)
+	t.Release()
+	d.tried = append(d.tried, t)
+	if len(d.tried) <= d.rt.Retries && !stopping {
+		r.logger().Debug("backend connect failed; retrying on another server", "frontend", d.rt.Name,
+			"client", d.peer.String(), "server", t.Name(), "backend", t.Addr().String(), "err", err)
+		return true
+	}
+	r.stats.failed.Add(1)
+	r.logs.warn(r.logger(), "connect failed", "backend connect failed; resetting client", "frontend", d.rt.Name,
+		"client", d.peer.String(), "server", t.Name(), "backend", t.Addr().String(), "err", err, "tries", len(d.tried))
+	return false
+}
+
+// logEnd logs why a connection ended, when it did not end cleanly (reason
+// nil). backend is the server's address, or "" if none was connected.
+func (r *Relay) logEnd(d *dialing, backend string, reason error) {
+	if reason == nil {
+		return
+	}
+	r.logs.info(r.logger(), reason.Error(), "connection closed", "frontend", d.rt.Name,
+		"client", d.peer.String(), "backend", backend, "reason", reason.Error())
+}
+
+// Log rate limits: each cause may log logBurst lines per logWindow; the
+// lines beyond are counted and the count is reported on the next line of
+// that cause that is logged. A client resetting thousands of connections a
+// second cannot flood the journal.
+const (
+	logBurst  = 10
+	logWindow = time.Second
+	// logCauses bounds the causes tracked; a cause beyond it shares one
+	// bucket, so a stream of distinct error texts stays bounded too.
+	logCauses = 64
+)
+
+// logLimiter rate-limits per-connection log lines by cause. It is shared by
+// every loop and goroutine of a relay and used only on error paths.
+type logLimiter struct {
+	mu     sync.Mutex
+	causes map[string]*logBucket
+}
+
+type logBucket struct {
+	start      time.Time // start of the current window
+	n          int       // lines logged in the window
+	suppressed int       // lines dropped since the last one logged
+}
+
+// allow reports whether a line of cause may be logged now and how many
+// lines of that cause were suppressed since the last one logged.
+func (ll *logLimiter) allow(cause string, now time.Time) (ok bool, suppressed int) {
+	ll.mu.Lock()
+	defer ll.mu.Unlock()
+	if ll.causes == nil {
+		ll.causes = map[string]*logBucket{}
+	}
+	b := ll.causes[cause]
+	if b == nil {
+		if len(ll.causes) >= logCauses {
+			cause = "other"
+			b = ll.causes[cause]
+		}
+		if b == nil {
+			b = &logBucket{start: now}
+			ll.causes[cause] = b
+		}
+	}
+	if now.Sub(b.start) >= logWindow {
+		b.start, b.n = now, 0
+	}
+	if b.n >= logBurst {
+		b.suppressed++
+		return false, 0
+	}
+	b.n++
+	suppressed, b.suppressed = b.suppressed, 0
+	return true, suppressed
+}
+
+func (ll *logLimiter) log(l *slog.Logger, level slog.Level, cause, msg string, args ...any) {
+	ok, suppressed := ll.allow(cause, time.Now())
+	if !ok {
+		return
+	}
+	if suppressed > 0 {
+		args = append(args, "suppressed", suppressed)
+	}
+	l.Log(context.Background(), level, msg, args...)
+}
+
+// flush logs, for each cause, how many lines were suppressed and not yet
+// reported (at shutdown).
+func (ll *logLimiter) flush(l *slog.Logger) {
+	ll.mu.Lock()
+	defer ll.mu.Unlock()
+	for cause, b := range ll.causes {
+		if b.suppressed > 0 {
+			l.Info("connection log lines suppressed by the rate limit", "cause", cause, "suppressed", b.suppressed)
+			b.suppressed = 0
+		}
+	}
+}
+
+func (ll *logLimiter) info(l *slog.Logger, cause, msg string, args ...any) {
+	ll.log(l, slog.LevelInfo, cause, msg, args...)
+}
+
+func (ll *logLimiter) warn(l *slog.Logger, cause, msg string, args ...any) {
+	ll.log(l, slog.LevelWarn, cause, msg, args...)
+}
