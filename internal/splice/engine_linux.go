@@ -69,7 +69,7 @@ func startSplice(r *Relay) (engine, error) {
 		handoff: newCopyEngine(r),
 	}
 	for i := 0; i < n; i++ {
-		l, err := newLoop(e)
+		l, err := newLoop(e, i)
 		if err != nil {
 			for _, l := range e.loops {
 				l.release()

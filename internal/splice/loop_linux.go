@@ -64,6 +64,7 @@ type command struct {
 // the command queue, guarded by mu.
 type loop struct {
 	e      *spliceEngine
+	index  int // in e.loops, for logs
 	epfd   int
 	wakefd int // eventfd that wakes the loop for commands
 	lns    []*listener
@@ -96,9 +97,10 @@ type loop struct {
 	exited bool // the loop is gone: commands are answered at once
 }
 
-func newLoop(e *spliceEngine) (*loop, error) {
+func newLoop(e *spliceEngine, index int) (*loop, error) {
 	l := &loop{
 		e:      e,
+		index:  index,
 		events: make([]unix.EpollEvent, maxEvents),
 		pool:   pipePool{max: e.r.maxIdlePipes(), size: e.r.PipeSize, fail: e.r.test.noPipes},
 		tick:   int64(maxTick),
@@ -126,11 +128,17 @@ func newLoop(e *spliceEngine) (*loop, error) {
 // useTimeouts makes the sweep tick short enough for rt's timeouts.
 func (l *loop) useTimeouts(rt *Route) {
 	if t := tickFor(rt); t < l.tick {
-		l.tick = t
+		l.setTick(t)
 		if l.sweep > l.now+t {
 			l.sweep = l.now + t
 		}
 	}
+}
+
+// setTick changes how often the loop sweeps for timeouts.
+func (l *loop) setTick(t int64) {
+	l.tick = t
+	l.e.r.logger().Debug("timeout sweep interval changed", "loop", l.index, "every", time.Duration(t).String())
 }
 
 // tickFor is the sweep tick that enforces rt's timeouts to within an
@@ -376,7 +384,9 @@ func (l *loop) sweepTimeouts() {
 		}
 		c = next
 	}
-	l.tick = tick
+	if tick != l.tick {
+		l.setTick(tick)
+	}
 	l.sweep = min(l.now+tick, l.sweep)
 	if l.resumeAt != 0 {
 		l.sweep = min(l.sweep, l.resumeAt)

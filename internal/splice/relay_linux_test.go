@@ -403,3 +403,60 @@ func TestShutdownIdleWithDoneContext(t *testing.T) {
 		}
 	}
 }
+
+// TestDeadLoopTakesNothing: a loop whose epoll_wait fails exits; the
+// accepting loop hands it no more connections (they would be closed) and
+// the relay reports itself not alive, so that the watchdog restarts it.
+func TestDeadLoopTakesNothing(t *testing.T) {
+	backend := startEcho(t)
+	r := &Relay{Loops: 2}
+	addr := startRelay(t, r, backend.Addr())
+	if !r.Alive(time.Second) {
+		t.Fatal("relay not alive before any loop failed")
+	}
+	e := r.impl.(*spliceEngine)
+	dead := e.loops[1]
+	// Put a file that is not an epoll instance where the loop's epoll fd
+	// was: its next epoll_wait fails with EINVAL. The ping wakes it.
+	null, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(null)
+	if err := unix.Dup3(null, dead.epfd, unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	<-dead.post(cmdPing)
+	deadline := time.Now().Add(3 * time.Second)
+	for !dead.dead.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("the loop did not exit after epoll_wait failed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if r.Alive(time.Second) {
+		t.Fatal("relay reports alive with a dead event loop")
+	}
+	// Connections are served by the live loop, even when it holds many.
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for i := range 8 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		msg := []byte("ping\n")
+		if _, err := c.Write(msg); err != nil {
+			t.Fatalf("connection %d: write: %v", i, err)
+		}
+		if _, err := io.ReadFull(c, msg); err != nil {
+			t.Fatalf("connection %d not served with one loop dead: %v", i, err)
+		}
+	}
+}

@@ -1,0 +1,228 @@
+package tests
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Tests of how the relay engine ends, limits and times connections: each
+// one failed before the engine fix it is named after (issue 15).
+
+// TestEMFILEPausesAccepting: when opening a backend socket fails with
+// EMFILE, accepting stops at once. Before, the same wake-up went on
+// accepting and resetting every client already waiting in the backlog.
+func TestEMFILEPausesAccepting(t *testing.T) {
+	backend := echoBackend(t)
+	for _, mode := range relayModes {
+		t.Run(mode, func(t *testing.T) {
+			cmd := exec.Command("/bin/sh", "-c", `ulimit -n 48 && exec "$@"`, "sh",
+				rspBin, "-listen", "127.0.0.1:0", "-backend", backend.Addr().String(), "-relay", mode)
+			p := launch(t, cmd)
+			p.waitStarted()
+			var held []net.Conn
+			defer func() { closeAll(held) }()
+			for i := 0; ; i++ {
+				if i == 40 {
+					t.Fatal("40 connections served under ulimit -n 48: the limit did not bite")
+				}
+				c := dial(t, p.addr)
+				if err := echoWithin(c, "hello\n", time.Second); err != nil {
+					c.Close()
+					break
+				}
+				held = append(held, c)
+			}
+			// Free two fds so that the next accept succeeds and the
+			// backend socket after it fails, then queue clients while rsp
+			// is stopped, so that one wake-up finds them all waiting.
+			closeAll(held[:1])
+			held = held[1:]
+			time.Sleep(300 * time.Millisecond)
+			p.signal(syscall.SIGSTOP)
+			const waiting = 30
+			var queued []net.Conn
+			defer func() { closeAll(queued) }()
+			for range waiting {
+				queued = append(queued, dial(t, p.addr))
+			}
+			p.signal(syscall.SIGCONT)
+			time.Sleep(400 * time.Millisecond)
+			closed := 0
+			for _, c := range queued {
+				c.SetReadDeadline(time.Now().Add(time.Millisecond))
+				if _, err := c.Read(make([]byte, 1)); err == io.EOF || isReset(err) {
+					closed++
+				}
+			}
+			// One client per pause (100 ms) may be tried and reset; the
+			// rest must wait in the backlog.
+			if closed > 8 {
+				t.Fatalf("%d of %d waiting clients reset within 400ms of running out of fds: accepting did not pause", closed, waiting)
+			}
+			t.Logf("%d of %d waiting clients reset while out of fds", closed, waiting)
+		})
+	}
+}
+
+// TestHalfCloseTimeoutIsInactivity: the half-close timeout ends a
+// half-closed connection only after nothing moved for that long. A
+// one-way download that keeps flowing after the client's FIN completes
+// whole; one that goes quiet is reset on both sides.
+func TestHalfCloseTimeoutIsInactivity(t *testing.T) {
+	const chunks, chunk = 12, 4096
+	ln := listen(t)
+	quiet := make(chan bool, 4) // per connection: go quiet instead of finishing
+	serveEach(ln, func(c *net.TCPConn) {
+		defer c.Close()
+		goQuiet := <-quiet
+		io.Copy(io.Discard, c) // the request, to the client's FIN
+		src := newStream(7)
+		for i := range chunks {
+			if goQuiet && i == 2 {
+				// Quiet past the timeout: rsp resets this side too, so
+				// a later write fails.
+				time.Sleep(2500 * time.Millisecond)
+				_, err1 := c.Write([]byte("late"))
+				time.Sleep(100 * time.Millisecond)
+				_, err2 := c.Write([]byte("late"))
+				if err1 == nil && err2 == nil {
+					t.Errorf("quiet backend: writes after the half-close timeout succeeded, want a reset from rsp")
+				}
+				return
+			}
+			if _, err := io.CopyN(c, src, chunk); err != nil {
+				return
+			}
+			time.Sleep(150 * time.Millisecond) // 1.8 s in all, past the 1 s timeout
+		}
+		c.CloseWrite()
+	})
+	for _, mode := range relayModes {
+		t.Run(mode, func(t *testing.T) {
+			p := startRsp(t, "-listen", "127.0.0.1:0", "-backend", ln.Addr().String(), "-relay", mode, "-half-close-timeout", "1s")
+			quiet <- false
+			c := dial(t, p.addr)
+			defer c.Close()
+			c.CloseWrite()
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			got, err := receive(c)
+			if err != nil || got != expected(7, chunks*chunk) {
+				t.Fatalf("active download after the client's FIN: got %v (%v), want %v and EOF", got, err, expected(7, chunks*chunk))
+			}
+
+			quiet <- true
+			c2 := dial(t, p.addr)
+			defer c2.Close()
+			c2.CloseWrite()
+			c2.SetReadDeadline(time.Now().Add(10 * time.Second))
+			start := time.Now()
+			got, err = receive(c2)
+			if !isReset(err) {
+				t.Fatalf("quiet half-closed connection ended with %v after %v, want a reset", err, got)
+			}
+			if d := time.Since(start); d > 4*time.Second {
+				t.Fatalf("quiet half-closed connection reset after %v, want about 1s", d)
+			}
+		})
+	}
+}
+
+// TestSweepTickFollowsReload: after a reload lengthens the only short
+// timeout and the connections that had it are gone, the event loops stop
+// sweeping at the short timeout's pace (a 10 ms sweep wakes a loop a
+// hundred times a second for nothing). The loops log each change of their
+// sweep interval at debug level.
+func TestSweepTickFollowsReload(t *testing.T) {
+	backend := echoBackend(t)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "rsp.conf")
+	write := func(idle string) {
+		body := fmt.Sprintf("[global]\nlog_level = \"debug\"\n[frontend.f]\nlisten = \"127.0.0.1:0\"\nbackend = \"b\"\nidle_timeout = %q\n[backend.b.server.s]\naddress = %q\n", idle, backend.Addr().String())
+		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("80ms")
+	p := startRsp(t, "-config", conf)
+	// A connection under the 80 ms route: its idle timeout ends it.
+	c := dial(t, p.addr)
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("idle connection under an 80ms idle timeout got data")
+	}
+	c.Close()
+	write("10m")
+	p.signal(syscall.SIGHUP)
+	if !eventually(5*time.Second, func() bool { return strings.Contains(p.stderr.String(), "configuration reloaded") }) {
+		t.Fatalf("no reload:\n%s", p.stderr.String())
+	}
+	// One connection under the 10 m route keeps a loop's timers running:
+	// its shortest timeout is the 5 s connect timeout, swept every 625 ms.
+	c2 := dial(t, p.addr)
+	defer c2.Close()
+	if err := echoOne(c2, "hi\n"); err != nil {
+		t.Fatal(err)
+	}
+	if !eventually(3*time.Second, func() bool { return sweepEvery(p.stderr.String()) == "625ms" }) {
+		t.Fatalf("the loop's timeout sweep stayed at %s after the short timeout's connections ended:\n%s", sweepEvery(p.stderr.String()), p.stderr.String())
+	}
+}
+
+var sweepRE = regexp.MustCompile(`msg="timeout sweep interval changed" loop=\d+ every=(\S+)`)
+
+// sweepEvery returns the sweep interval a loop last logged.
+func sweepEvery(logs string) string {
+	all := sweepRE.FindAllStringSubmatch(logs, -1)
+	if len(all) == 0 {
+		return "(none logged)"
+	}
+	return all[len(all)-1][1]
+}
+
+// TestConnLogRateLimited: a flood of failing connections (the backend is
+// down) logs a bounded number of lines per cause and says how many it
+// suppressed.
+func TestConnLogRateLimited(t *testing.T) {
+	down := listen(t)
+	addr := down.Addr().String()
+	down.Close() // nothing listens there: every connect is refused
+	for _, mode := range relayModes {
+		t.Run(mode, func(t *testing.T) {
+			p := startRsp(t, "-listen", "127.0.0.1:0", "-backend", addr, "-relay", mode)
+			const clients = 200
+			for range clients {
+				c, err := net.DialTimeout("tcp", p.addr, 3*time.Second)
+				if err != nil {
+					if !isReset(err) {
+						t.Fatalf("client of a down backend: dial: %v", err)
+					}
+					continue // reset before the dial returned
+				}
+				c.SetReadDeadline(time.Now().Add(3 * time.Second))
+				if _, err := c.Read(make([]byte, 1)); err != io.EOF && !isReset(err) {
+					t.Fatalf("client of a down backend: read = %v, want it closed", err)
+				}
+				c.Close()
+			}
+			p.signal(syscall.SIGTERM)
+			p.wait(10 * time.Second)
+			logs := p.stderr.String()
+			lines := strings.Count(logs, "backend connect failed")
+			if lines == 0 || lines > clients/4 {
+				t.Fatalf("%d connect-failure lines for %d failed clients, want some and at most %d:\n%s", lines, clients, clients/4, logs)
+			}
+			if !strings.Contains(logs, "suppressed=") {
+				t.Fatalf("%d lines logged for %d failures and no count of the suppressed ones:\n%s", lines, clients, logs)
+			}
+		})
+	}
+}
