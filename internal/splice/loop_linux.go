@@ -33,10 +33,8 @@ const (
 	// runtime's monitor (sysmon): it takes the loop's P while the loop
 	// waits in epoll_wait, and then polls every 20 µs for a while. A yield
 	// wakes a thread for the spare P (see Relay.Loops), so not more often
-	// than needed. Measured over 64 connections' round trips with 2 loops
-	// and 3 Ps, per round trip: 0.18-0.22 monitor wakeups and 0.65-0.91
-	// context switches without the yield; 0.01 and 0.38-0.50 yielding
-	// every 1 ms, with 0.09 futex calls; the same every 5 ms with 0.03.
+	// than needed: every 1 ms cost three times the futex calls of every
+	// 5 ms for the same effect (README, design table).
 	yieldEvery = 5 * time.Millisecond
 )
 

@@ -17,8 +17,9 @@ const (
 	// budget is how many bytes one direction may move per service call
 	// before the connection yields to others in the same loop: at about
 	// 1 GB/s per loop, 4 MiB bounds the head-of-line delay a bulk transfer
-	// adds to its loop's other connections to about 4 ms (measurements of
-	// 1, 4 and 8 MiB: docs/bench.md, design measurements).
+	// adds to its loop's other connections to about 4 ms; 1 MiB cost more
+	// CPU per GiB (a requeue per full pipe), 8 MiB no less (README, design
+	// table).
 	budget = 4 << 20
 	// scratchSize is the loop's buffer for the no-pipe fallback and for
 	// the bytes read past an urgent mark.
