@@ -4,9 +4,9 @@ package splice
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -122,14 +122,7 @@ func (l *loop) stopAccepting() {
 // logErr logs an accept-level error at most once a second for the whole
 // relay: under fd exhaustion every loop hits it at once, again and again.
 func (l *loop) logErr(msg string, err error) {
-	last := l.e.lastErrLog.Load()
-	if last != 0 && l.now-last < int64(time.Second) {
-		return
-	}
-	if !l.e.lastErrLog.CompareAndSwap(last, max(l.now, 1)) {
-		return
-	}
-	l.e.r.logger().Error(msg, "err", err)
+	l.e.r.logs.log(l.e.r.logger(), slog.LevelError, 1, "accept", msg, "err", err)
 }
 
 // acceptBatch accepts up to acceptBatch connections from ln.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"strconv"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -72,11 +71,7 @@ func outOfFDs(err error) bool {
 // connected completes a non-blocking connect that reported an error or
 // hang-up: it asks the socket why.
 func (l *loop) connected(c *conn) {
-	errno, err := unix.GetsockoptInt(c.backend.fd, unix.SOL_SOCKET, unix.SO_ERROR)
-	if err == nil && errno != 0 {
-		err = syscall.Errno(errno)
-	}
-	if err != nil {
+	if err := soError(c.backend.fd); err != nil {
 		l.connectFailed(c, err)
 		return
 	}

@@ -23,9 +23,6 @@ type spliceEngine struct {
 	loops   []*loop
 	start   time.Time
 	handoff *copyEngine // relays connections whose sockets cannot splice
-	// lastErrLog is when an accept-level error was last logged (engine
-	// clock), shared by the loops to log at most once a second.
-	lastErrLog atomic.Int64
 	// fdPause is when accepting may resume after a loop ran out of file
 	// descriptors (engine clock); every loop stops accepting until then.
 	fdPause   atomic.Int64

@@ -93,8 +93,8 @@ func sockErr(c *conn) error {
 		if !s.err && !s.hup {
 			continue
 		}
-		if errno, err := unix.GetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && errno != 0 {
-			return fmt.Errorf("%s: %w", sideName(c, s), unix.Errno(errno))
+		if err := soError(s.fd); err != nil {
+			return fmt.Errorf("%s: %w", sideName(c, s), err)
 		}
 	}
 	return unix.ECONNRESET

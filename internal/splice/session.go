@@ -108,9 +108,10 @@ type logBucket struct {
 	suppressed int       // lines dropped since the last one logged
 }
 
-// allow reports whether a line of cause may be logged now and how many
-// lines of that cause were suppressed since the last one logged.
-func (ll *logLimiter) allow(cause string, now time.Time) (ok bool, suppressed int) {
+// allow reports whether a line of cause may be logged now, burst lines
+// per logWindow, and how many lines of that cause were suppressed since
+// the last one logged.
+func (ll *logLimiter) allow(cause string, burst int, now time.Time) (ok bool, suppressed int) {
 	ll.mu.Lock()
 	defer ll.mu.Unlock()
 	if ll.causes == nil {
@@ -130,7 +131,7 @@ func (ll *logLimiter) allow(cause string, now time.Time) (ok bool, suppressed in
 	if now.Sub(b.start) >= logWindow {
 		b.start, b.n = now, 0
 	}
-	if b.n >= logBurst {
+	if b.n >= burst {
 		b.suppressed++
 		return false, 0
 	}
@@ -139,8 +140,9 @@ func (ll *logLimiter) allow(cause string, now time.Time) (ok bool, suppressed in
 	return true, suppressed
 }
 
-func (ll *logLimiter) log(l *slog.Logger, level slog.Level, cause, msg string, args ...any) {
-	ok, suppressed := ll.allow(cause, time.Now())
+// log logs msg at level unless cause has had burst lines in this window.
+func (ll *logLimiter) log(l *slog.Logger, level slog.Level, burst int, cause, msg string, args ...any) {
+	ok, suppressed := ll.allow(cause, burst, time.Now())
 	if !ok {
 		return
 	}
@@ -164,9 +166,9 @@ func (ll *logLimiter) flush(l *slog.Logger) {
 }
 
 func (ll *logLimiter) info(l *slog.Logger, cause, msg string, args ...any) {
-	ll.log(l, slog.LevelInfo, cause, msg, args...)
+	ll.log(l, slog.LevelInfo, logBurst, cause, msg, args...)
 }
 
 func (ll *logLimiter) warn(l *slog.Logger, cause, msg string, args ...any) {
-	ll.log(l, slog.LevelWarn, cause, msg, args...)
+	ll.log(l, slog.LevelWarn, logBurst, cause, msg, args...)
 }

@@ -7,8 +7,20 @@ import (
 	"syscall"
 )
 
-// pendingError returns the error the kernel holds for c's socket (a reset
-// or a timeout that has not been read yet), or nil.
+// soError returns the error the kernel holds for socket fd (a reset or a
+// timeout that has not been read yet), or nil. Reading it clears it.
+func soError(fd int) error {
+	n, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_ERROR)
+	if err != nil {
+		return err
+	}
+	if n != 0 {
+		return syscall.Errno(n)
+	}
+	return nil
+}
+
+// pendingError returns soError of c's socket.
 func pendingError(c net.Conn) error {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
@@ -18,18 +30,9 @@ func pendingError(c net.Conn) error {
 	if err != nil {
 		return err
 	}
-	var soErr int
-	var gerr error
-	if err := raw.Control(func(fd uintptr) {
-		soErr, gerr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_ERROR)
-	}); err != nil {
+	var serr error
+	if err := raw.Control(func(fd uintptr) { serr = soError(int(fd)) }); err != nil {
 		return err
 	}
-	if gerr != nil {
-		return gerr
-	}
-	if soErr != 0 {
-		return syscall.Errno(soErr)
-	}
-	return nil
+	return serr
 }
