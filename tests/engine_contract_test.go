@@ -8,10 +8,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Tests of how the relay engine ends, limits and times connections: each
@@ -225,4 +228,115 @@ func TestConnLogRateLimited(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestKeepAlive: both relays set the same TCP keepalive and
+// TCP_USER_TIMEOUT on the client's socket and the backend's, and turn
+// keepalive off when asked (the copy relay used to keep Go's 15 s default
+// and the splice relay had none). The test reads the options of rsp's own
+// sockets, duplicated into the test with pidfd_getfd(2).
+func TestKeepAlive(t *testing.T) {
+	backend := echoBackend(t)
+	cases := []struct {
+		args             []string
+		on               int
+		idle, interval   int // seconds
+		userTimeoutMilli int
+	}{
+		{[]string{"-tcp-keepalive", "7s", "-tcp-user-timeout", "3s"}, 1, 7, 7, 3000},
+		{[]string{"-tcp-keepalive", "0s"}, 0, 0, 0, 0},
+	}
+	for _, mode := range relayModes {
+		for _, tc := range cases {
+			t.Run(mode+strings.Join(tc.args, "_"), func(t *testing.T) {
+				args := append([]string{"-listen", "127.0.0.1:0", "-backend", backend.Addr().String(), "-relay", mode}, tc.args...)
+				p := startRsp(t, args...)
+				c := dial(t, p.addr)
+				defer c.Close()
+				if err := echoOne(c, "hi\n"); err != nil {
+					t.Fatal(err)
+				}
+				socks := peerSockets(t, p.pid(), c.LocalAddr().String(), backend.Addr().String())
+				for side, fd := range socks {
+					get := func(level, opt int) int {
+						v, err := unix.GetsockoptInt(fd, level, opt)
+						if err != nil {
+							t.Fatalf("%s socket: getsockopt: %v", side, err)
+						}
+						return v
+					}
+					if v := get(unix.SOL_SOCKET, unix.SO_KEEPALIVE); v != tc.on {
+						t.Errorf("%s socket: SO_KEEPALIVE = %d, want %d", side, v, tc.on)
+					}
+					if tc.on == 1 {
+						if v := get(unix.IPPROTO_TCP, unix.TCP_KEEPIDLE); v != tc.idle {
+							t.Errorf("%s socket: TCP_KEEPIDLE = %d, want %d", side, v, tc.idle)
+						}
+						if v := get(unix.IPPROTO_TCP, unix.TCP_KEEPINTVL); v != tc.interval {
+							t.Errorf("%s socket: TCP_KEEPINTVL = %d, want %d", side, v, tc.interval)
+						}
+					}
+					if v := get(unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT); v != tc.userTimeoutMilli {
+						t.Errorf("%s socket: TCP_USER_TIMEOUT = %d, want %d", side, v, tc.userTimeoutMilli)
+					}
+				}
+			})
+		}
+	}
+}
+
+// peerSockets duplicates into this process the sockets of process pid
+// whose peer is client (rsp's client side) and backend (its backend
+// side), keyed "client" and "backend". They are closed at test end.
+func peerSockets(t *testing.T, pid int, client, backend string) map[string]int {
+	t.Helper()
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Skipf("pidfd_open: %v", err)
+	}
+	defer unix.Close(pidfd)
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := map[string]int{}
+	for _, e := range ents {
+		target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+		if err != nil || !strings.HasPrefix(target, "socket:") {
+			continue
+		}
+		n, _ := strconv.Atoi(e.Name())
+		fd, err := unix.PidfdGetfd(pidfd, n, 0)
+		if err != nil {
+			t.Skipf("pidfd_getfd: %v", err)
+		}
+		sa, err := unix.Getpeername(fd)
+		side := ""
+		if err == nil {
+			switch sockaddrString(sa) {
+			case client:
+				side = "client"
+			case backend:
+				side = "backend"
+			}
+		}
+		if side == "" {
+			unix.Close(fd)
+			continue
+		}
+		found[side] = fd
+		t.Cleanup(func() { unix.Close(fd) })
+	}
+	if len(found) != 2 {
+		t.Fatalf("found rsp's sockets %v, want the client's and the backend's", found)
+	}
+	return found
+}
+
+// sockaddrString writes an IPv4 socket address as HOST:PORT.
+func sockaddrString(sa unix.Sockaddr) string {
+	if a, ok := sa.(*unix.SockaddrInet4); ok {
+		return net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
+	}
+	return ""
 }
