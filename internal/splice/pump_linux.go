@@ -56,11 +56,11 @@ func (l *loop) service(c *conn) {
 		return
 	}
 	if end, reason := gone(&c.client, &c.up, &c.down); end {
-		l.finish(c, reason, reason != nil)
+		l.endGone(c, &c.backend, reason)
 		return
 	}
 	if end, reason := gone(&c.backend, &c.down, &c.up); end {
-		l.finish(c, reason, reason != nil)
+		l.endGone(c, &c.client, reason)
 		return
 	}
 	if more1 && !c.queued {
@@ -85,6 +85,29 @@ func gone(s *sock, in, out *half) (end bool, reason error) {
 		return true, errUndeliverable
 	}
 	return true, nil
+}
+
+// endGone ends c after its other peer has gone (gone). Without a reason
+// it ends cleanly: what survivor has sent that nobody will read is
+// discarded first, since closing a TCP socket with unread bytes sends a
+// reset, which would also throw away what is still queued for survivor.
+func (l *loop) endGone(c *conn, survivor *sock, reason error) {
+	if reason == nil {
+		l.discardInput(survivor.fd)
+	}
+	l.finish(c, reason, reason != nil)
+}
+
+// discardInput reads and drops what fd has received, up to a bound.
+func (l *loop) discardInput(fd int) {
+	if l.scratch == nil {
+		l.scratch = make([]byte, scratchSize)
+	}
+	for range 16 {
+		if n, err := unix.Read(fd, l.scratch); n <= 0 || err != nil {
+			return
+		}
+	}
 }
 
 // sockErr names the pending error of whichever socket of c failed.
