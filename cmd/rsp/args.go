@@ -23,6 +23,8 @@ type options struct {
 	idleTimeout    time.Duration
 	halfClose      time.Duration
 	drainTimeout   time.Duration
+	keepAlive      time.Duration // TCP keepalive idle and interval, both sides; 0 = off
+	userTimeout    time.Duration // TCP_USER_TIMEOUT, both sides; 0 = the kernel's
 	maxConn        int
 	relay          splice.Mode
 	pipeSize       int
@@ -38,12 +40,8 @@ type usageError struct{ msg string }
 func (e *usageError) Error() string { return e.msg }
 
 func usagef(format string, a ...any) error {
-	return &usageError{msg: oneLine.Replace(fmt.Sprintf(format, a...))}
+	return &usageError{msg: config.OneLine(fmt.Sprintf(format, a...))}
 }
-
-// oneLine escapes the line breaks a user's argument may bring into an
-// error message, which is always one line.
-var oneLine = strings.NewReplacer("\n", `\n`, "\r", `\r`)
 
 // listFlag is a flag that may be given several times.
 type listFlag []string
@@ -107,10 +105,12 @@ func newFlagSet(name string, o *options) *flag.FlagSet {
 	fs.StringVar(&o.config, "config", "", "")
 	fs.Var((*listFlag)(&o.listen), "listen", "")
 	fs.StringVar(&o.backend, "backend", "", "")
-	fs.DurationVar(&o.connectTimeout, "connect-timeout", splice.DefaultConnectTimeout, "")
-	fs.DurationVar(&o.idleTimeout, "idle-timeout", 10*time.Minute, "")
+	fs.DurationVar(&o.connectTimeout, "connect-timeout", config.DefaultConnectTimeout, "")
+	fs.DurationVar(&o.idleTimeout, "idle-timeout", config.DefaultIdleTimeout, "")
 	fs.DurationVar(&o.halfClose, "half-close-timeout", 0, "")
-	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "")
+	fs.DurationVar(&o.drainTimeout, "drain-timeout", config.DefaultDrainTimeout, "")
+	fs.DurationVar(&o.keepAlive, "tcp-keepalive", config.DefaultTCPKeepAlive, "")
+	fs.DurationVar(&o.userTimeout, "tcp-user-timeout", 0, "")
 	fs.IntVar(&o.maxConn, "maxconn", 0, "")
 	fs.Var(modeFlag{&o.relay}, "relay", "")
 	fs.IntVar(&o.pipeSize, "pipe-size", 0, "")
@@ -153,8 +153,16 @@ flags:
                            the kernel's backlog; 0 = no limit (default 0)
   -drain-timeout DUR       on SIGTERM/SIGINT, let live connections finish for
                            up to DUR, then close them (default 30s)
+  -tcp-keepalive DUR       TCP keepalive on client and backend sockets: the
+                           first probe after DUR quiet, then one every DUR;
+                           whole seconds; 0 turns it off (default 15s)
+  -tcp-user-timeout DUR    end a connection whose sent bytes stay
+                           unacknowledged for DUR (TCP_USER_TIMEOUT), both
+                           sides; 0 keeps the kernel's default (default 0)
   -relay splice|copy       splice: zero-copy through kernel pipes (default);
                            copy: io.Copy through user space
+  -pipe-size BYTES         capacity asked of each pipe, 4096 to 67108864;
+                           0 for the default (1048576)
   -log-level LEVEL         debug, info, warn or error (default info)
   -version                 print the version and exit
   -h, -help                print this help and exit
@@ -193,7 +201,8 @@ func parseArgs(args []string) (*options, error) {
 	o.set = map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { o.set[f.Name] = true })
 	if o.config != "" {
-		for _, name := range []string{"listen", "backend", "connect-timeout", "idle-timeout", "half-close-timeout", "drain-timeout", "maxconn", "relay", "pipe-size"} {
+		for _, name := range []string{"listen", "backend", "connect-timeout", "idle-timeout", "half-close-timeout", "drain-timeout",
+			"tcp-keepalive", "tcp-user-timeout", "maxconn", "relay", "pipe-size"} {
 			if o.set[name] {
 				return nil, usagef("-%s cannot be combined with -config: set it in the configuration file (see rsp(8))", name)
 			}
@@ -234,22 +243,28 @@ func parseArgs(args []string) (*options, error) {
 	if err := checkBackend(o.backend); err != nil {
 		return nil, err
 	}
+	// The same checks, and words, as the configuration file's.
 	for _, d := range []struct {
-		name string
-		v    time.Duration
-	}{{"-connect-timeout", o.connectTimeout}, {"-idle-timeout", o.idleTimeout}, {"-half-close-timeout", o.halfClose}, {"-drain-timeout", o.drainTimeout}} {
-		if d.v < 0 {
-			return nil, usagef("%s %v is negative: give a duration such as 5s or 2m", d.name, d.v)
+		name  string
+		v     time.Duration
+		check func(string, time.Duration) error
+	}{
+		{"-connect-timeout", o.connectTimeout, config.CheckConnectTimeout},
+		{"-idle-timeout", o.idleTimeout, config.CheckDuration},
+		{"-half-close-timeout", o.halfClose, config.CheckDuration},
+		{"-drain-timeout", o.drainTimeout, config.CheckDuration},
+		{"-tcp-keepalive", o.keepAlive, config.CheckKeepAlive},
+		{"-tcp-user-timeout", o.userTimeout, config.CheckUserTimeout},
+	} {
+		if err := d.check(d.name, d.v); err != nil {
+			return nil, &usageError{msg: err.Error()}
 		}
 	}
-	if o.pipeSize < 0 || o.pipeSize > 64<<20 {
-		return nil, usagef("-pipe-size %d out of range: give bytes from 4096 to 67108864, or 0 for the default", o.pipeSize)
+	if err := config.CheckPipeSize("-pipe-size", o.pipeSize); err != nil {
+		return nil, &usageError{msg: err.Error()}
 	}
 	if o.maxConn < 0 {
 		return nil, usagef("-maxconn %d is negative: give the most concurrent connections, or 0 for no limit", o.maxConn)
-	}
-	if o.connectTimeout == 0 {
-		return nil, usagef("-connect-timeout 0 would wait forever: give a duration such as 5s")
 	}
 	return o, nil
 }

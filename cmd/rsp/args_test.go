@@ -17,7 +17,8 @@ func TestParseArgsClassic(t *testing.T) {
 	if !slices.Equal(o.listen, []string{":8080"}) || o.backend != "backend.example:9000" {
 		t.Fatalf("classic args gave listen=%v backend=%q", o.listen, o.backend)
 	}
-	if o.relay != splice.ModeSplice || o.connectTimeout != 5*time.Second || o.idleTimeout != 10*time.Minute || o.drainTimeout != 30*time.Second {
+	if o.relay != splice.ModeSplice || o.connectTimeout != 5*time.Second || o.idleTimeout != 10*time.Minute || o.drainTimeout != 30*time.Second ||
+		o.keepAlive != 15*time.Second || o.userTimeout != 0 || o.pipeSize != 0 {
 		t.Fatalf("defaults wrong: %+v", o)
 	}
 }
@@ -31,6 +32,10 @@ func TestParseArgsFlags(t *testing.T) {
 	if !slices.Equal(o.listen, []string{"127.0.0.1:1", "[::1]:2", ":3"}) || o.backend != "[::1]:80" || o.relay != splice.ModeCopy || o.idleTimeout != 0 {
 		t.Fatalf("flags gave %+v", o)
 	}
+	o, err = parseArgs([]string{"-tcp-keepalive", "0", "-tcp-user-timeout", "20s", "-pipe-size", "4096", "1", "h", "2"})
+	if err != nil || o.keepAlive != 0 || o.userTimeout != 20*time.Second || o.pipeSize != 4096 {
+		t.Fatalf("keepalive flags gave %+v, %v", o, err)
+	}
 	// Flags after the classic arguments, and -listen overriding the port.
 	o, err = parseArgs([]string{"8080", "10.0.0.1", "80", "-listen", "127.0.0.1:9"})
 	if err != nil || !slices.Equal(o.listen, []string{"127.0.0.1:9"}) || o.backend != "10.0.0.1:80" {
@@ -42,6 +47,9 @@ func TestParseArgsErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{"-nope"}, {"1", "2"}, {"99999", "h", "1"}, {"1", "h", "0"}, {"-backend", "h:1", "1", "h", "2"},
 		{"-listen", ":1"}, {"-backend", "h"}, {"-backend", ":80"}, {"-relay", "x"}, {"-connect-timeout", "-1s", "1", "h", "2"},
+		{"-connect-timeout", "0", "1", "h", "2"}, {"-idle-timeout", "721h", "1", "h", "2"}, {"-pipe-size", "4095", "1", "h", "2"},
+		{"-tcp-keepalive", "1500ms", "1", "h", "2"}, {"-tcp-keepalive", "32768s", "1", "h", "2"}, {"-tcp-user-timeout", "1us", "1", "h", "2"},
+		{"-config", "x.conf", "-tcp-keepalive", "5s"},
 	} {
 		_, err := parseArgs(args)
 		var ue *usageError

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"rsp/internal/config"
 )
 
 // FuzzParseArgs: any command line (arguments separated by NUL) is either
@@ -16,6 +18,7 @@ func FuzzParseArgs(f *testing.F) {
 		"-config\x00/etc/rsp/rsp.conf\x00-log-level\x00debug",
 		"8080\x00example.org\x0080\x00-idle-timeout\x001m\x00-maxconn\x0010",
 		"-connect-timeout\x00-1s\x00:1\x00a\x00b",
+		"-tcp-keepalive\x0030s\x00-tcp-user-timeout\x0010s\x00-pipe-size\x004096\x008080\x00h\x0080",
 	} {
 		f.Add(seed)
 	}
@@ -40,6 +43,11 @@ func FuzzParseArgs(f *testing.F) {
 		}
 		if o.backend == "" || o.connectTimeout <= 0 || o.maxConn < 0 {
 			t.Fatalf("accepted %q with backend %q, connect timeout %v, maxconn %d", args, o.backend, o.connectTimeout, o.maxConn)
+		}
+		if max(o.connectTimeout, o.idleTimeout, o.halfClose, o.drainTimeout, o.userTimeout) > config.MaxTimeout ||
+			o.keepAlive < 0 || o.keepAlive > config.MaxKeepAlive || o.userTimeout < 0 ||
+			(o.pipeSize != 0 && (o.pipeSize < config.MinPipeSize || o.pipeSize > config.MaxPipeSize)) {
+			t.Fatalf("accepted %q with out-of-range settings %+v", args, o)
 		}
 	})
 }

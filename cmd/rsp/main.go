@@ -80,10 +80,12 @@ func loadConfig(o *options, sd []activation.Listener) (*config.Config, error) {
 	if err != nil {
 		return nil, &usageError{msg: err.Error()}
 	}
+	// -tcp-keepalive and -tcp-user-timeout apply to both sides.
+	ka := splice.KeepAlive{Idle: o.keepAlive, Interval: o.keepAlive, UserTimeout: o.userTimeout}
 	fe := &config.Frontend{
 		Name: "default", Listen: o.listen, Backend: "default",
 		ConnectTimeout: o.connectTimeout, IdleTimeout: o.idleTimeout, HalfCloseTimeout: o.halfClose,
-		Where: "command line",
+		KeepAlive: ka, Where: "command line",
 	}
 	if len(sd) > 0 {
 		fe.Listen, fe.Socket = nil, config.AnySocket
@@ -95,7 +97,7 @@ func loadConfig(o *options, sd []activation.Listener) (*config.Config, error) {
 		DrainTimeout: o.drainTimeout, PipeSize: o.pipeSize,
 		Frontends: []*config.Frontend{fe},
 		Backends: []*config.Backend{{
-			Name: "default", Balance: balance.RoundRobin,
+			Name: "default", Balance: balance.RoundRobin, KeepAlive: ka,
 			Servers: []balance.ServerConfig{{Name: o.backend, Addr: addr, Weight: 1}},
 		}},
 	}, nil
@@ -202,8 +204,9 @@ func serve(o *options, logger *slog.Logger, level *slog.LevelVar, stderr io.Writ
 }
 
 // reload re-reads the configuration file and applies it; on any error
-// the running configuration keeps serving. It returns the configuration
-// now running.
+// the running configuration keeps serving, unchanged (proxy.Apply is all
+// or nothing), and the reload is logged as refused. It returns the
+// configuration now running.
 func reload(o *options, cur *config.Config, px *proxy.Proxy, relay *splice.Relay, n *activation.Notifier, logger *slog.Logger, level *slog.LevelVar) *config.Config {
 	n.Reloading()
 	defer n.Ready()

@@ -53,6 +53,6 @@ func (s *Server) checkResult(err error) {
 	case err == nil && passed >= h.rise() && !s.Up():
 		s.setUp(fmt.Sprintf("%d consecutive checks passed", passed))
 	case err != nil && failed >= h.fall() && s.Up():
-		s.setDown(fmt.Sprintf("%d consecutive checks failed, last: %v", failed, err))
+		s.setDown(byCheck, fmt.Sprintf("%d consecutive checks failed, last: %v", failed, err))
 	}
 }

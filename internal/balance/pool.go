@@ -76,6 +76,13 @@ type ServerConfig struct {
 	MaxConn int      // most concurrent connections; 0 means no limit
 }
 
+// Defaults of Health's fields left zero.
+const (
+	DefaultRise      = 2
+	DefaultFall      = 3
+	DefaultEjectTime = 10 * time.Second
+)
+
 // Health configures how a pool decides whether its servers are up.
 type Health struct {
 	// Interval between active TCP connect checks of each server; zero
@@ -84,17 +91,18 @@ type Health struct {
 	// Timeout of one check's connect; zero means Interval.
 	Timeout time.Duration
 	// Rise is how many consecutive passed checks bring a down server up;
-	// zero means 2.
+	// zero means DefaultRise.
 	Rise int
 	// Fall is how many consecutive failed checks take an up server down;
-	// zero means 3.
+	// zero means DefaultFall.
 	Fall int
 	// EjectAfter takes a server down after this many consecutive failed
 	// connects by clients (passive ejection); zero disables it.
 	EjectAfter int
 	// EjectTime is how long a passively ejected server rests before it is
-	// tried again, when active checks are off; zero means 10 s. With
-	// active checks it comes back after Rise passed checks instead.
+	// tried again, when active checks are off; zero means
+	// DefaultEjectTime. With active checks it comes back after Rise
+	// passed checks instead.
 	EjectTime time.Duration
 }
 
@@ -102,14 +110,14 @@ func (h Health) rise() int {
 	if h.Rise > 0 {
 		return h.Rise
 	}
-	return 2
+	return DefaultRise
 }
 
 func (h Health) fall() int {
 	if h.Fall > 0 {
 		return h.Fall
 	}
-	return 3
+	return DefaultFall
 }
 
 func (h Health) timeout() time.Duration {
@@ -123,7 +131,7 @@ func (h Health) ejectTime() time.Duration {
 	if h.EjectTime > 0 {
 		return h.EjectTime
 	}
-	return 10 * time.Second
+	return DefaultEjectTime
 }
 
 // Pool is a named set of servers and the algorithm that chooses among
@@ -160,14 +168,22 @@ type Server struct {
 // counts carry over.
 type state struct {
 	active atomic.Int64 // connections picked and not yet released
-	down   atomic.Bool
+	down   atomic.Int32 // why the server is down: up (0), byCheck or byEjection
 	fails  atomic.Int32 // consecutive failed client connects
 
-	mu      sync.Mutex
-	passed  int // consecutive passed active checks
-	failed  int // consecutive failed active checks
-	ejectAt *time.Timer
+	mu       sync.Mutex
+	passed   int         // consecutive passed active checks
+	failed   int         // consecutive failed active checks
+	readmit  *time.Timer // brings a passively ejected server back; nil when none is pending
+	readmits int         // readmit timers started, so a stale one does nothing
 }
+
+// Why a server is down: state.down.
+const (
+	up         int32 = iota
+	byCheck          // Fall failed active checks
+	byEjection       // EjectAfter failed client connects (passive)
+)
 
 // NewPool makes a pool of servers. Servers start up; active checks begin
 // with Start.
@@ -210,8 +226,10 @@ func (p *Pool) Servers() []*Server { return p.servers }
 
 // Inherit takes over the live state (up or down, active connections) of
 // old's servers that have the same name and address in p, so a reload
-// neither revives a dead server nor forgets connections in flight. Call
-// it before Start.
+// neither revives a dead server nor forgets connections in flight. It
+// changes nothing in the shared state, so old may keep serving if p is
+// never started; Start settles what p cannot keep (see Start). Call it
+// before Start.
 func (p *Pool) Inherit(old *Pool) {
 	if old == nil {
 		return
@@ -226,15 +244,41 @@ func (p *Pool) Inherit(old *Pool) {
 }
 
 // Start begins active health checks, one goroutine per server, if the
-// pool has a check interval.
+// pool has a check interval. Without checks it first settles the state
+// inherited from a pool that had them: a server down by health checks
+// is up again (nothing would ever check it again), and one ejected by
+// failed client connects while checks were on rests EjectTime from now,
+// then is tried again. Call it once the previous pool is closed.
 func (p *Pool) Start() {
-	if p.started || p.health.Interval <= 0 {
+	if p.started {
 		return
 	}
 	p.started = true
+	if p.health.Interval <= 0 {
+		for _, s := range p.servers {
+			s.settleWithoutChecks()
+		}
+		return
+	}
 	for _, s := range p.servers {
 		p.wg.Add(1)
 		go s.checkLoop(&p.wg)
+	}
+}
+
+// settleWithoutChecks makes s's inherited state one that a pool without
+// active checks can end: no server stays down for good.
+func (s *Server) settleWithoutChecks() {
+	switch s.st.down.Load() {
+	case byCheck:
+		s.setUp("active health checks were removed by a reload; trying it again")
+	case byEjection:
+		s.st.mu.Lock()
+		pending := s.st.readmit != nil
+		s.st.mu.Unlock()
+		if !pending {
+			s.scheduleReadmit()
+		}
 	}
 }
 
@@ -293,7 +337,7 @@ func (p *Pool) noServer(tried []*Server) error {
 			failed++
 		case s.weight == 0:
 			drained++
-		case s.st.down.Load():
+		case s.st.down.Load() != up:
 			down++
 		default:
 			full++
@@ -322,7 +366,7 @@ func contains(list []*Server, s *Server) bool {
 
 // eligible reports whether s may take a new connection now.
 func (s *Server) eligible(skip []*Server) bool {
-	if s.weight <= 0 || s.st.down.Load() {
+	if s.weight <= 0 || s.st.down.Load() != up {
 		return false
 	}
 	if s.maxConn > 0 && s.st.active.Load() >= s.maxConn {
@@ -437,7 +481,7 @@ func (s *Server) Addr() net.Addr { return s.addr }
 func (s *Server) Active() int64 { return s.st.active.Load() }
 
 // Up reports whether the server is considered healthy.
-func (s *Server) Up() bool { return !s.st.down.Load() }
+func (s *Server) Up() bool { return s.st.down.Load() == up }
 
 // Release ends one connection counted by Pick.
 func (s *Server) Release() { s.st.active.Add(-1) }
@@ -456,28 +500,43 @@ func (s *Server) Connected(err error) {
 	if h.EjectAfter <= 0 || int(n) < h.EjectAfter {
 		return
 	}
-	if !s.setDown(fmt.Sprintf("%d consecutive failed connects, last: %v", n, err)) {
+	if !s.setDown(byEjection, fmt.Sprintf("%d consecutive failed connects, last: %v", n, err)) {
 		return
 	}
 	if h.Interval > 0 {
 		return // active checks bring it back after Rise passes
 	}
+	s.scheduleReadmit()
+}
+
+// scheduleReadmit brings s back EjectTime from now, unless it is up by
+// then.
+func (s *Server) scheduleReadmit() {
+	d := s.pool.health.ejectTime()
 	s.st.mu.Lock()
-	if s.st.ejectAt != nil {
-		s.st.ejectAt.Stop()
+	defer s.st.mu.Unlock()
+	if s.st.readmit != nil {
+		s.st.readmit.Stop()
 	}
-	s.st.ejectAt = time.AfterFunc(h.ejectTime(), s.readmit)
-	s.st.mu.Unlock()
+	s.st.readmits++
+	n := s.st.readmits
+	s.st.readmit = time.AfterFunc(d, func() {
+		s.st.mu.Lock()
+		stale := n != s.st.readmits
+		if !stale {
+			s.st.readmit = nil
+		}
+		s.st.mu.Unlock()
+		if !stale {
+			s.setUp(fmt.Sprintf("ejected %v ago; trying it again", d))
+		}
+	})
 }
 
-// readmit brings a passively ejected server back after its rest.
-func (s *Server) readmit() {
-	s.setUp(fmt.Sprintf("ejected %v ago; trying it again", s.pool.health.ejectTime()))
-}
-
-// setDown marks s down and logs it, once; it reports whether s was up.
-func (s *Server) setDown(reason string) bool {
-	if !s.st.down.CompareAndSwap(false, true) {
+// setDown marks s down for the reason why (byCheck or byEjection) and
+// logs it, once; it reports whether s was up.
+func (s *Server) setDown(why int32, reason string) bool {
+	if !s.st.down.CompareAndSwap(up, why) {
 		return false
 	}
 	s.st.mu.Lock()
@@ -489,9 +548,17 @@ func (s *Server) setDown(reason string) bool {
 
 // setUp marks s up and logs it, once.
 func (s *Server) setUp(reason string) {
-	if !s.st.down.CompareAndSwap(true, false) {
+	if s.st.down.Swap(up) == up {
 		return
 	}
+	// A readmit still pending would end a later ejection early.
+	s.st.mu.Lock()
+	if s.st.readmit != nil {
+		s.st.readmit.Stop()
+		s.st.readmit = nil
+		s.st.readmits++
+	}
+	s.st.mu.Unlock()
 	s.st.fails.Store(0)
 	s.pool.log.Info("server up", "server", s.name, "addr", s.addr.String(), "reason", reason)
 }

@@ -261,7 +261,7 @@ func TestActiveChecksRiseFall(t *testing.T) {
 
 func TestInheritKeepsState(t *testing.T) {
 	old := pool(t, RoundRobin, 1, 1)
-	old.Servers()[0].setDown("test")
+	old.Servers()[0].setDown(byEjection, "test")
 	s, _ := old.Pick(client, nil) // b, active 1
 	p := pool(t, LeastConn, 1, 1, 1)
 	p.Inherit(old)
@@ -271,6 +271,78 @@ func TestInheritKeepsState(t *testing.T) {
 	s.Release()
 	if p.Servers()[1].Active() != 0 {
 		t.Error("release on the old pool's server not seen by the new pool")
+	}
+}
+
+// TestInheritWithoutChecks: a reload that removes active checks (the new
+// pool has none) leaves no server down for good. Inherit changes nothing
+// (the old pool may keep serving if the reload is undone); Start brings a
+// server down by checks up at once, and gives one ejected while checks
+// were on (no readmit pending) its rest, then tries it again. A pool that
+// keeps checks keeps the state as it is.
+func TestInheritWithoutChecks(t *testing.T) {
+	withChecks := Health{Interval: time.Hour, EjectAfter: 1}
+	mk := func(h Health) *Pool {
+		t.Helper()
+		p, err := NewPool("app", RoundRobin, []ServerConfig{{Name: "a", Addr: tcp(9000), Weight: 1}, {Name: "b", Addr: tcp(9001), Weight: 1}}, h, quiet())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(p.Close)
+		return p
+	}
+	old := mk(withChecks)
+	a, b := old.Servers()[0], old.Servers()[1]
+	a.setDown(byCheck, "test")
+	b.Connected(errors.New("refused")) // ejected; checks would bring it back
+	if a.Up() || b.Up() {
+		t.Fatal("servers not down")
+	}
+
+	kept := mk(withChecks)
+	kept.Inherit(old)
+	kept.Start()
+	if kept.Servers()[0].Up() || kept.Servers()[1].Up() {
+		t.Error("a pool that keeps active checks changed the inherited state")
+	}
+
+	p := mk(Health{EjectAfter: 1, EjectTime: 50 * time.Millisecond})
+	p.Inherit(old)
+	if p.Servers()[0].Up() || p.Servers()[1].Up() || a.Up() || b.Up() {
+		t.Fatal("Inherit changed the shared state before Start")
+	}
+	p.Start()
+	if !p.Servers()[0].Up() || !a.Up() {
+		t.Error("server down by checks still down in a pool without checks")
+	}
+	if p.Servers()[1].Up() {
+		t.Error("ejected server up before its rest")
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for !p.Servers()[1].Up() && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !p.Servers()[1].Up() {
+		t.Error("server ejected while checks were on never tried again without them")
+	}
+}
+
+// TestReadmitCancelled: a server brought up before its readmit fires
+// (by health checks, say) and then taken down by checks stays down: the
+// old ejection's readmit does not bring it back.
+func TestReadmitCancelled(t *testing.T) {
+	p, err := NewPool("app", RoundRobin, []ServerConfig{{Name: "a", Addr: tcp(9000), Weight: 1}},
+		Health{EjectAfter: 1, EjectTime: 50 * time.Millisecond}, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := p.Servers()[0]
+	s.Connected(errors.New("refused"))
+	s.setUp("test")
+	s.setDown(byCheck, "test")
+	time.Sleep(150 * time.Millisecond) // the readmit would have fired by now
+	if s.Up() {
+		t.Error("an earlier ejection's readmit brought up a server down by checks")
 	}
 }
 

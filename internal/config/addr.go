@@ -82,7 +82,10 @@ func addrErr(err error) string {
 }
 
 // ResolveServer turns a backend address checked by CheckServer into one
-// that can be dialed. A host name is resolved once, now.
+// that can be dialed. A host name is resolved once, now, and so is the
+// zone of a link-local IPv6 address ([fe80::1%eth0]:80): the interface
+// name becomes its index, so the returned *net.TCPAddr's Zone is always
+// numeric ("2") and dialing it needs no interface lookup.
 func ResolveServer(ctx context.Context, what, b string) (net.Addr, error) {
 	if path, ok := strings.CutPrefix(b, "unix:"); ok {
 		return &net.UnixAddr{Name: path, Net: "unix"}, nil
@@ -90,6 +93,9 @@ func ResolveServer(ctx context.Context, what, b string) (net.Addr, error) {
 	host, portStr, _ := net.SplitHostPort(b)
 	port, _ := strconv.Atoi(portStr)
 	if ip, err := netip.ParseAddr(host); err == nil {
+		if ip, err = numericZone(what, ip); err != nil {
+			return nil, err
+		}
 		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(ip, uint16(port))), nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -106,4 +112,59 @@ func ResolveServer(ctx context.Context, what, b string) (net.Addr, error) {
 		return nil, fmt.Errorf("cannot resolve %s host '%s': %v; check the name or give an IP address", what, host, err)
 	}
 	return net.TCPAddrFromAddrPort(netip.AddrPortFrom(ips[0].Unmap(), uint16(port))), nil
+}
+
+// numericZone replaces the interface name in ip's zone by the interface's
+// index, looked up once, now; a numeric zone is kept as it is. what names
+// the address in the error ("server", "backend").
+func numericZone(what string, ip netip.Addr) (netip.Addr, error) {
+	zone := ip.Zone()
+	if zone == "" {
+		return ip, nil
+	}
+	if n, err := strconv.Atoi(zone); err == nil && n > 0 {
+		return ip, nil
+	}
+	idx, err := interfaceIndex(zone)
+	switch {
+	case errors.Is(err, errNoInterface):
+		return ip, fmt.Errorf("no network interface %q on this host (the zone of %s %s): name one that 'ip link' lists, or give its index", zone, what, ip)
+	case err != nil:
+		return ip, fmt.Errorf("look up network interface %q (the zone of %s %s): %v", zone, what, ip, err)
+	}
+	return ip.WithZone(strconv.Itoa(idx)), nil
+}
+
+// errNoInterface is wrapped by interfaceIndex's error when no interface
+// has the name.
+var errNoInterface = errors.New("no such network interface")
+
+// bindKey is the socket a listen address binds: an IP (the zero Addr for
+// all addresses) and a port.
+type bindKey struct {
+	ip   netip.Addr
+	port int
+}
+
+// listenKey returns the socket the listen address a (checked by
+// CheckListen) binds. An empty host, 0.0.0.0 and [::] all bind one
+// dual-stack socket on every IPv4 and IPv6 address (Go's net.Listen
+// "tcp"); localhost binds 127.0.0.1, the first IPv4 address it has.
+func listenKey(a string) bindKey {
+	host, portStr, _ := net.SplitHostPort(a)
+	port, _ := strconv.Atoi(portStr)
+	k := bindKey{port: port}
+	if host == "localhost" {
+		host = "127.0.0.1"
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && !ip.IsUnspecified() {
+		k.ip = ip.Unmap()
+	}
+	return k
+}
+
+// clashes reports whether sockets k and o cannot both be bound: the same
+// port, and the same address or one of them on all addresses.
+func (k bindKey) clashes(o bindKey) bool {
+	return k.port == o.port && (k.ip == o.ip || !k.ip.IsValid() || !o.ip.IsValid())
 }

@@ -23,21 +23,26 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"rsp/internal/balance"
+	"rsp/internal/splice"
 )
 
-// Defaults of settings the file leaves out.
+// Defaults of settings the file (or the command line) leaves out.
 const (
-	DefaultConnectTimeout = 5 * time.Second
+	DefaultConnectTimeout = splice.DefaultConnectTimeout
 	DefaultIdleTimeout    = 10 * time.Minute
 	DefaultDrainTimeout   = 30 * time.Second
-	DefaultRetries        = 2
-	DefaultEjectAfter     = 3
-	DefaultEjectTime      = 10 * time.Second
-	DefaultCheckInterval  = 2 * time.Second
-	DefaultCheckTimeout   = time.Second
-	DefaultRise           = 2
-	DefaultFall           = 3
-	DefaultWeight         = 1
+	// DefaultTCPKeepAlive is the idle time before the first keepalive
+	// probe and the interval between probes: Go's net package default,
+	// which the copy relay used before keepalive was configurable.
+	DefaultTCPKeepAlive  = 15 * time.Second
+	DefaultRetries       = 2
+	DefaultEjectAfter    = 3
+	DefaultEjectTime     = balance.DefaultEjectTime
+	DefaultCheckInterval = 2 * time.Second
+	DefaultCheckTimeout  = time.Second
+	DefaultRise          = balance.DefaultRise
+	DefaultFall          = balance.DefaultFall
+	DefaultWeight        = 1
 	// MaxWeight bounds a server's weight, as in HAProxy.
 	MaxWeight = 256
 )
@@ -67,6 +72,8 @@ type Frontend struct {
 	ConnectTimeout   time.Duration
 	IdleTimeout      time.Duration
 	HalfCloseTimeout time.Duration
+	// KeepAlive is set on the frontend's client sockets.
+	KeepAlive splice.KeepAlive
 	// Where is "file:line" of the frontend's section, for errors found
 	// at run time (a socket systemd did not pass).
 	Where string
@@ -79,6 +86,8 @@ type Backend struct {
 	Retries int
 	Health  balance.Health
 	Servers []balance.ServerConfig
+	// KeepAlive is set on the sockets connected to the servers.
+	KeepAlive splice.KeepAlive
 }
 
 // Backend returns the backend named name, or nil.
@@ -94,7 +103,7 @@ func (c *Config) Backend(name string) *Backend {
 // The file's shape. Pointers tell "left out" from zero.
 type fileConfig struct {
 	Global   globalSection              `toml:"global"`
-	Defaults timeoutSection             `toml:"defaults"`
+	Defaults defaultsSection            `toml:"defaults"`
 	Frontend map[string]frontendSection `toml:"frontend"`
 	Backend  map[string]backendSection  `toml:"backend"`
 }
@@ -113,11 +122,26 @@ type timeoutSection struct {
 	HalfCloseTimeout *duration `toml:"half_close_timeout"`
 }
 
+// keepAliveSection is how a socket notices a vanished peer; in
+// [defaults] for both sides, in a frontend for its clients' sockets, in a
+// backend for its servers'.
+type keepAliveSection struct {
+	TCPKeepAlive      *duration `toml:"tcp_keepalive"`
+	TCPKeepAliveCount *int      `toml:"tcp_keepalive_count"`
+	TCPUserTimeout    *duration `toml:"tcp_user_timeout"`
+}
+
+type defaultsSection struct {
+	timeoutSection
+	keepAliveSection
+}
+
 type frontendSection struct {
 	Listen  *addrList `toml:"listen"`
 	Socket  *string   `toml:"socket"`
 	Backend *string   `toml:"backend"`
 	timeoutSection
+	keepAliveSection
 }
 
 type backendSection struct {
@@ -127,6 +151,7 @@ type backendSection struct {
 	EjectTime  *duration                `toml:"eject_time"`
 	Health     *healthSection           `toml:"health"`
 	Server     map[string]serverSection `toml:"server"`
+	keepAliveSection
 }
 
 type healthSection struct {
@@ -193,14 +218,12 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	msg := oneLine.Replace(e.Msg) // each mistake is one line of the error
+	msg := OneLine(e.Msg) // each mistake is one line of the error
 	if e.Line > 0 {
 		return fmt.Sprintf("%s:%d: %s", e.Path, e.Line, msg)
 	}
 	return fmt.Sprintf("%s: %s", e.Path, msg)
 }
-
-var oneLine = strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ")
 
 // Load reads and checks the configuration file at path. Host names of
 // servers are resolved now. The error lists every mistake found, one per
@@ -271,7 +294,9 @@ func (c *checker) unknownKeys(keys []toml.Key) {
 		name := k[len(k)-1]
 		section, known := knownKeys(k[:len(k)-1])
 		msg := fmt.Sprintf("unknown key %q in %s", name, section)
-		if s := closest(name, known); s != "" {
+		if where := belongsIn(name); where != "" {
+			msg += ": set it in " + where
+		} else if s := closest(name, known); s != "" {
 			msg += fmt.Sprintf("; did you mean %q?", s)
 		} else if len(known) > 0 {
 			msg += "; known keys: " + strings.Join(known, ", ")
@@ -306,7 +331,7 @@ func knownKeys(parent toml.Key) (string, []string) {
 	case len(parent) == 1 && parent[0] == "global":
 		t = reflect.TypeFor[globalSection]()
 	case len(parent) == 1 && parent[0] == "defaults":
-		t = reflect.TypeFor[timeoutSection]()
+		t = reflect.TypeFor[defaultsSection]()
 	case len(parent) == 2 && parent[0] == "frontend":
 		t = reflect.TypeFor[frontendSection]()
 	case len(parent) == 2 && parent[0] == "backend":
@@ -319,6 +344,34 @@ func knownKeys(parent toml.Key) (string, []string) {
 		return section, nil
 	}
 	return section, tomlKeys(t)
+}
+
+// belongsIn names the sections where key is allowed, if it is a key of
+// a section at all ("[defaults] or [frontend.NAME]"); "" if it is not.
+func belongsIn(key string) string {
+	var where []string
+	for _, s := range []struct {
+		name string
+		t    reflect.Type
+	}{
+		{"[global]", reflect.TypeFor[globalSection]()},
+		{"[defaults]", reflect.TypeFor[defaultsSection]()},
+		{"[frontend.NAME]", reflect.TypeFor[frontendSection]()},
+		{"[backend.NAME]", reflect.TypeFor[backendSection]()},
+		{"[backend.NAME.health]", reflect.TypeFor[healthSection]()},
+		{"[backend.NAME.server.SNAME]", reflect.TypeFor[serverSection]()},
+	} {
+		if slices.Contains(tomlKeys(s.t), key) {
+			where = append(where, s.name)
+		}
+	}
+	switch len(where) {
+	case 0:
+		return ""
+	case 1:
+		return where[0]
+	}
+	return strings.Join(where[:len(where)-1], ", ") + " or " + where[len(where)-1]
 }
 
 func tomlKeys(t reflect.Type) []string {
@@ -408,19 +461,27 @@ func (c *checker) build(f *fileConfig) *Config {
 	default:
 		c.add([]string{"global", "log_level"}, "unknown log_level %q: use debug, info, warn or error", cfg.LogLevel)
 	}
-	if cfg.PipeSize != 0 && (cfg.PipeSize < 4096 || cfg.PipeSize > 64<<20) {
-		c.add([]string{"global", "pipe_size"}, "pipe_size %d out of range: give bytes from 4096 to 67108864, or leave it out", cfg.PipeSize)
+	if err := CheckPipeSize("pipe_size", cfg.PipeSize); err != nil {
+		c.add([]string{"global", "pipe_size"}, "%v", err)
 	}
+	c.checkDuration([]string{"global", "drain_timeout"}, "", f.Global.DrainTimeout, CheckDuration)
+	c.checkTimeouts([]string{"defaults"}, "", f.Defaults.timeoutSection)
+	c.checkKeepAlive([]string{"defaults"}, "", f.Defaults.keepAliveSection)
 
 	for _, name := range sortedKeys(f.Backend) {
-		if b := c.backend(name, f.Backend[name]); b != nil {
+		if b := c.backend(name, f.Backend[name], f.Defaults.keepAliveSection); b != nil {
 			cfg.Backends = append(cfg.Backends, b)
 		}
 	}
 	if len(f.Frontend) == 0 {
 		c.add(nil, "no frontend: add a [frontend.NAME] section with listen (or socket) and backend")
 	}
-	listenBy := map[string]string{}
+	type boundBy struct {
+		key      bindKey
+		frontend string
+		listen   string
+	}
+	var listens []boundBy
 	socketBy := map[string]string{}
 	for _, name := range sortedKeys(f.Frontend) {
 		fs := f.Frontend[name]
@@ -432,8 +493,11 @@ func (c *checker) build(f *fileConfig) *Config {
 			ConnectTimeout:   durOr(fs.ConnectTimeout, durOr(f.Defaults.ConnectTimeout, DefaultConnectTimeout)),
 			IdleTimeout:      durOr(fs.IdleTimeout, durOr(f.Defaults.IdleTimeout, DefaultIdleTimeout)),
 			HalfCloseTimeout: durOr(fs.HalfCloseTimeout, durOr(f.Defaults.HalfCloseTimeout, 0)),
+			KeepAlive:        keepAlive(fs.keepAliveSection, f.Defaults.keepAliveSection),
 			Where:            c.where(key...),
 		}
+		c.checkTimeouts(key, "frontend "+name+": ", fs.timeoutSection)
+		c.checkKeepAlive(key, "frontend "+name+": ", fs.keepAliveSection)
 		if fs.Listen != nil {
 			fe.Listen = *fs.Listen
 		}
@@ -454,10 +518,24 @@ func (c *checker) build(f *fileConfig) *Config {
 			if Ephemeral(a) {
 				continue
 			}
-			if other, ok := listenBy[a]; ok {
-				c.add(append(key, "listen"), "frontend %s: listen %s is also frontend %s's: each address may be bound once", name, a, other)
+			k := listenKey(a)
+			for _, o := range listens {
+				if !k.clashes(o.key) {
+					continue
+				}
+				switch {
+				case o.listen == a:
+					c.add(append(key, "listen"), "frontend %s: listen %s is also frontend %s's: each address may be bound once", name, a, o.frontend)
+				case k == o.key && !k.ip.IsValid():
+					c.add(append(key, "listen"), "frontend %s: listen %s clashes with frontend %s's listen %s: both bind every IPv4 and IPv6 address on port %d; keep one", name, a, o.frontend, o.listen, k.port)
+				case k == o.key:
+					c.add(append(key, "listen"), "frontend %s: listen %s clashes with frontend %s's listen %s: the same address and port; keep one", name, a, o.frontend, o.listen)
+				default:
+					c.add(append(key, "listen"), "frontend %s: listen %s clashes with frontend %s's listen %s: one of them binds port %d on every IPv4 and IPv6 address, so the other cannot be bound; use another port, or drop one", name, a, o.frontend, o.listen, k.port)
+				}
+				break
 			}
-			listenBy[a] = name
+			listens = append(listens, boundBy{key: k, frontend: name, listen: a})
 		}
 		if fs.Socket != nil {
 			if fe.Socket == "" {
@@ -493,7 +571,7 @@ func sortedKeys[V any](m map[string]V) []string {
 }
 
 // backend checks one [backend.NAME] section.
-func (c *checker) backend(name string, bs backendSection) *Backend {
+func (c *checker) backend(name string, bs backendSection, defaults keepAliveSection) *Backend {
 	key := []string{"backend", name}
 	at := func(k ...string) []string { return append(append([]string{}, key...), k...) }
 	b := &Backend{
@@ -503,7 +581,10 @@ func (c *checker) backend(name string, bs backendSection) *Backend {
 			EjectAfter: intOr(bs.EjectAfter, DefaultEjectAfter),
 			EjectTime:  durOr(bs.EjectTime, DefaultEjectTime),
 		},
+		KeepAlive: keepAlive(bs.keepAliveSection, defaults),
 	}
+	c.checkKeepAlive(key, "backend "+name+": ", bs.keepAliveSection)
+	c.checkDuration(at("eject_time"), "backend "+name+": ", bs.EjectTime, CheckDuration)
 	if name == "" {
 		c.add(key, "backend has an empty name: write [backend.NAME]")
 	}
@@ -526,6 +607,8 @@ func (c *checker) backend(name string, bs backendSection) *Backend {
 		b.Health.Timeout = durOr(h.Timeout, min(DefaultCheckTimeout, b.Health.Interval))
 		b.Health.Rise = intOr(h.Rise, DefaultRise)
 		b.Health.Fall = intOr(h.Fall, DefaultFall)
+		c.checkDuration(at("health", "interval"), "backend "+name+": health ", h.Interval, CheckDuration)
+		c.checkDuration(at("health", "timeout"), "backend "+name+": health ", h.Timeout, CheckDuration)
 		if b.Health.Interval <= 0 {
 			c.add(at("health", "interval"), "backend %s: health interval must be more than 0s; remove [backend.%s.health] to turn checks off", name, name)
 		}
@@ -563,4 +646,48 @@ func (c *checker) backend(name string, bs backendSection) *Backend {
 		b.Servers = append(b.Servers, sc)
 	}
 	return b
+}
+
+// checkDuration checks the duration d at key, if the file gives it, with
+// check; prefix ("frontend web: ") leads the message.
+func (c *checker) checkDuration(key []string, prefix string, d *duration, check func(string, time.Duration) error) {
+	if d == nil {
+		return
+	}
+	if err := check(key[len(key)-1], time.Duration(*d)); err != nil {
+		c.add(key, "%s%v", prefix, err)
+	}
+}
+
+// checkTimeouts checks the timeouts a [defaults] or [frontend.NAME] section
+// at key gives.
+func (c *checker) checkTimeouts(key []string, prefix string, t timeoutSection) {
+	at := func(k string) []string { return append(append([]string{}, key...), k) }
+	c.checkDuration(at("connect_timeout"), prefix, t.ConnectTimeout, CheckConnectTimeout)
+	c.checkDuration(at("idle_timeout"), prefix, t.IdleTimeout, CheckDuration)
+	c.checkDuration(at("half_close_timeout"), prefix, t.HalfCloseTimeout, CheckDuration)
+}
+
+// checkKeepAlive checks the keepalive settings a section at key gives.
+func (c *checker) checkKeepAlive(key []string, prefix string, k keepAliveSection) {
+	at := func(k string) []string { return append(append([]string{}, key...), k) }
+	c.checkDuration(at("tcp_keepalive"), prefix, k.TCPKeepAlive, CheckKeepAlive)
+	c.checkDuration(at("tcp_user_timeout"), prefix, k.TCPUserTimeout, CheckUserTimeout)
+	if k.TCPKeepAliveCount != nil {
+		if err := CheckKeepAliveCount("tcp_keepalive_count", *k.TCPKeepAliveCount); err != nil {
+			c.add(at("tcp_keepalive_count"), "%s%v", prefix, err)
+		}
+	}
+}
+
+// keepAlive is the keepalive of a frontend's or backend's sockets: its
+// own settings, else those of [defaults], else the built-in defaults.
+func keepAlive(own, defaults keepAliveSection) splice.KeepAlive {
+	idle := durOr(own.TCPKeepAlive, durOr(defaults.TCPKeepAlive, DefaultTCPKeepAlive))
+	return splice.KeepAlive{
+		Idle:        idle,
+		Interval:    idle,
+		Count:       intOr(own.TCPKeepAliveCount, intOr(defaults.TCPKeepAliveCount, 0)),
+		UserTimeout: durOr(own.TCPUserTimeout, durOr(defaults.TCPUserTimeout, 0)),
+	}
 }

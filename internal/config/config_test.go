@@ -1,13 +1,16 @@
 package config
 
 import (
+	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"rsp/internal/balance"
+	"rsp/internal/splice"
 )
 
 // TestExampleConfig loads the annotated example shipped in packaging/.
@@ -120,6 +123,22 @@ func TestErrors(t *testing.T) {
 		{"health", "[backend.b]\nserver.s = { address = \"127.0.0.1:9000\" }\n[backend.b.health]\ninterval = \"0s\"\nrise = 0\n",
 			[]string{"x.conf:4:", "health interval must be more than 0s", "x.conf:5:", "rise 0"}},
 		{"retries", "[backend.b]\nretries = -1\nserver.s = { address = \"127.0.0.1:9000\" }\n", []string{"x.conf:2:", "retries -1 is negative"}},
+		{"zero connect timeout", base + "[frontend.f]\nlisten = \":1\"\nbackend = \"b\"\nconnect_timeout = \"0s\"\n",
+			[]string{"x.conf:6: frontend f: connect_timeout 0s would wait forever: give a duration such as 5s"}},
+		{"huge timeout", "[defaults]\nidle_timeout = \"100000h\"\n" + base,
+			[]string{"x.conf:2: idle_timeout 100000h0m0s is more than 720h0m0s (30 days)"}},
+		{"huge check interval", "[backend.b]\nserver.s = { address = \"127.0.0.1:9000\" }\n[backend.b.health]\ninterval = \"1000h\"\n",
+			[]string{"x.conf:4: backend b: health interval 1000h0m0s is more than 720h0m0s"}},
+		{"pipe size", "[global]\npipe_size = 4095\n" + base, []string{"x.conf:2: pipe_size 4095 out of range: give bytes from 4096 to 67108864, or 0 for the default"}},
+		{"wildcard clash", base + "[frontend.f]\nlisten = \":80\"\nbackend = \"b\"\n[frontend.g]\nlisten = \"0.0.0.0:80\"\nbackend = \"b\"\n",
+			[]string{"x.conf:7: frontend g: listen 0.0.0.0:80 clashes with frontend f's listen :80: both bind every IPv4 and IPv6 address on port 80"}},
+		{"keepalive", base + "[frontend.f]\nlisten = \":1\"\nbackend = \"b\"\ntcp_keepalive = \"500ms\"\ntcp_keepalive_count = 200\ntcp_user_timeout = \"10us\"\n",
+			[]string{"x.conf:6: frontend f: tcp_keepalive 500ms: give whole seconds from 1s to 32767s", "x.conf:7: frontend f: tcp_keepalive_count 200 out of range",
+				"x.conf:8: frontend f: tcp_user_timeout 10µs is less than 1ms"}},
+		{"misplaced key", base + "[frontend.f]\nlisten = \":1\"\nbackend = \"b\"\nretries = 1\n",
+			[]string{"x.conf:6:", `unknown key "retries" in [frontend.f]: set it in [backend.NAME]`}},
+		{"zone", "[backend.b]\nserver.s = { address = \"[fe80::1%nosuchif9]:80\" }\n",
+			[]string{"x.conf:2: server b/s: no network interface \"nosuchif9\" on this host (the zone of server fe80::1%nosuchif9)"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -204,5 +223,103 @@ func TestManPageExample(t *testing.T) {
 	}
 	if _, err := Parse("rsp.8 example", text); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestKeepAlive: tcp_keepalive, tcp_keepalive_count and tcp_user_timeout
+// default to 15s, the kernel's count and the kernel's user timeout; a
+// frontend's apply to its clients, a backend's to its servers, and
+// [defaults] to both.
+func TestKeepAlive(t *testing.T) {
+	cfg, err := Parse("ka.conf", `
+[defaults]
+tcp_keepalive_count = 4
+tcp_user_timeout = "30s"
+[frontend.f]
+listen = ":1"
+backend = "b"
+tcp_keepalive = "60s"
+[frontend.g]
+listen = ":2"
+backend = "c"
+[backend.b]
+tcp_keepalive = "0s"
+tcp_user_timeout = "0s"
+server.s = { address = "127.0.0.1:9000" }
+[backend.c]
+tcp_keepalive_count = 2
+server.s = { address = "127.0.0.1:9000" }
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		what      string
+		got, want splice.KeepAlive
+	}{
+		{"frontend f", cfg.Frontends[0].KeepAlive, splice.KeepAlive{Idle: time.Minute, Interval: time.Minute, Count: 4, UserTimeout: 30 * time.Second}},
+		{"frontend g", cfg.Frontends[1].KeepAlive, splice.KeepAlive{Idle: DefaultTCPKeepAlive, Interval: DefaultTCPKeepAlive, Count: 4, UserTimeout: 30 * time.Second}},
+		{"backend b", cfg.Backend("b").KeepAlive, splice.KeepAlive{Count: 4}},
+		{"backend c", cfg.Backend("c").KeepAlive, splice.KeepAlive{Idle: DefaultTCPKeepAlive, Interval: DefaultTCPKeepAlive, Count: 2, UserTimeout: 30 * time.Second}},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("%s: keepalive %+v, want %+v", tc.what, tc.got, tc.want)
+		}
+	}
+	cfg, err = Parse("min.conf", "[frontend.f]\nlisten = \":1\"\nbackend = \"b\"\n[backend.b]\nserver.s = { address = \"127.0.0.1:9000\" }\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := splice.KeepAlive{Idle: 15 * time.Second, Interval: 15 * time.Second}
+	if cfg.Frontends[0].KeepAlive != def || cfg.Backends[0].KeepAlive != def {
+		t.Errorf("defaults: frontend %+v backend %+v, want %+v", cfg.Frontends[0].KeepAlive, cfg.Backends[0].KeepAlive, def)
+	}
+}
+
+// TestInterfaceIndex: a zone's interface name is resolved to its index
+// without netlink; an unknown name is errNoInterface.
+func TestInterfaceIndex(t *testing.T) {
+	lo, err := net.InterfaceByName("lo")
+	if err != nil {
+		t.Skipf("no interface lo: %v", err)
+	}
+	if idx, err := interfaceIndex("lo"); err != nil || idx != lo.Index {
+		t.Errorf("interfaceIndex(lo) = %d, %v; want %d", idx, err, lo.Index)
+	}
+	if _, err := interfaceIndex("nosuchif9"); !errors.Is(err, errNoInterface) {
+		t.Errorf("interfaceIndex(nosuchif9) = %v, want errNoInterface", err)
+	}
+	if _, err := interfaceIndex("a-name-longer-than-IFNAMSIZ"); !errors.Is(err, errNoInterface) {
+		t.Errorf("interfaceIndex(long name) = %v, want errNoInterface", err)
+	}
+	want := fmt.Sprint(lo.Index)
+	for _, addr := range []string{"[fe80::1%lo]:80", "[fe80::1%" + want + "]:80"} {
+		a, err := ResolveServer(t.Context(), "server", addr)
+		if err != nil {
+			t.Fatalf("%s: %v", addr, err)
+		}
+		if ta := a.(*net.TCPAddr); ta.Zone != want || ta.Port != 80 || ta.IP.String() != "fe80::1" {
+			t.Errorf("%s resolved to %#v, want zone %q", addr, ta, want)
+		}
+	}
+	_, err = ResolveServer(t.Context(), "backend", "[fe80::1%nosuchif9]:80")
+	if err == nil || !strings.Contains(err.Error(), `no network interface "nosuchif9" on this host (the zone of backend fe80::1%nosuchif9)`) {
+		t.Errorf("unknown interface: %v", err)
+	}
+}
+
+// TestListenKey: which listen addresses bind the same socket.
+func TestListenKey(t *testing.T) {
+	for _, tc := range []struct {
+		a, b  string
+		clash bool
+	}{
+		{":80", "0.0.0.0:80", true}, {":80", "[::]:80", true}, {"[::]:80", "127.0.0.1:80", true},
+		{"[::1]:80", "[0::1]:80", true}, {"127.0.0.1:80", "[::ffff:127.0.0.1]:80", true}, {"localhost:80", "127.0.0.1:80", true},
+		{"127.0.0.1:80", "[::1]:80", false}, {"127.0.0.1:80", "127.0.0.1:81", false}, {":80", ":81", false},
+	} {
+		if got := listenKey(tc.a).clashes(listenKey(tc.b)); got != tc.clash {
+			t.Errorf("%s and %s clash: %v, want %v", tc.a, tc.b, got, tc.clash)
+		}
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"rsp/internal/splice"
 )
 
 // offline resolves what CheckServer passed without the network: IP
@@ -55,11 +57,14 @@ func FuzzParse(f *testing.F) {
 			if (len(fe.Listen) == 0) == (fe.Socket == "") {
 				t.Fatalf("frontend %s: listen %v and socket %q: want exactly one", fe.Name, fe.Listen, fe.Socket)
 			}
-			if fe.ConnectTimeout <= 0 || fe.IdleTimeout < 0 || fe.HalfCloseTimeout < 0 {
+			if fe.ConnectTimeout <= 0 || fe.IdleTimeout < 0 || fe.HalfCloseTimeout < 0 ||
+				max(fe.ConnectTimeout, fe.IdleTimeout, fe.HalfCloseTimeout) > MaxTimeout {
 				t.Fatalf("frontend %s timeouts %v %v %v", fe.Name, fe.ConnectTimeout, fe.IdleTimeout, fe.HalfCloseTimeout)
 			}
+			checkKeepAlive(t, "frontend "+fe.Name, fe.KeepAlive)
 		}
 		for _, b := range cfg.Backends {
+			checkKeepAlive(t, "backend "+b.Name, b.KeepAlive)
 			if len(b.Servers) == 0 {
 				t.Fatalf("backend %s has no server", b.Name)
 			}
@@ -70,4 +75,13 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkKeepAlive fails t unless ka is what the kernel can take.
+func checkKeepAlive(t *testing.T, what string, ka splice.KeepAlive) {
+	t.Helper()
+	if ka.Idle < 0 || ka.Idle > MaxKeepAlive || ka.Interval != ka.Idle || ka.Count < 0 || ka.Count > MaxKeepAliveCount ||
+		ka.UserTimeout < 0 || ka.UserTimeout > MaxTimeout {
+		t.Fatalf("%s: keepalive %+v", what, ka)
+	}
 }

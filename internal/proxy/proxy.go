@@ -13,7 +13,6 @@
 package proxy
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -61,8 +60,14 @@ type want struct {
 	name  string
 }
 
-// Apply makes cfg the running configuration. On error nothing changed:
-// the previous configuration keeps serving.
+// Apply makes cfg the running configuration, all or nothing. It builds
+// the new pools, binds and serves every new listener, and only then
+// commits: kept listeners switch to the new routes, listeners no longer
+// configured stop accepting, the old pools give way to the new. If any
+// step before the commit fails, what was done is undone (new listeners
+// unserved and closed, new pools closed) and the error returned: the
+// previous configuration keeps serving, unchanged. A client that reached
+// a new listener in the moment before such an undo keeps its connection.
 func (p *Proxy) Apply(cfg *config.Config) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -80,7 +85,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 			closePools()
 			return err
 		}
-		pl.Inherit(p.pools[b.Name])
+		pl.Inherit(p.pools[b.Name]) // shares state, changes nothing until Start
 		pools[b.Name] = pl
 	}
 
@@ -88,16 +93,12 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 	used := map[net.Listener]bool{}
 	for _, f := range cfg.Frontends {
 		pl := pools[f.Backend]
-		if pl == nil {
+		b := cfg.Backend(f.Backend)
+		if pl == nil || b == nil {
 			closePools()
 			return fmt.Errorf("%s: frontend %s: no backend named %q", f.Where, f.Name, f.Backend)
 		}
-		b := cfg.Backend(f.Backend)
-		rt := &splice.Route{
-			Name: f.Name, Picker: picker{pl},
-			ConnectTimeout: f.ConnectTimeout, IdleTimeout: f.IdleTimeout,
-			HalfCloseTimeout: f.HalfCloseTimeout, Retries: b.Retries,
-		}
+		rt := route(f, b, pl)
 		for _, a := range f.Listen {
 			key := "listen " + a
 			if config.Ephemeral(a) {
@@ -122,46 +123,57 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		}
 	}
 
-	// Bind what is new before touching what runs, so that a bind error
-	// leaves the running configuration as it was.
-	fresh := map[string]net.Listener{}
+	// Bind, then serve, what is new before touching what runs, so that
+	// an error leaves the running configuration as it was.
+	fresh := map[string]*bound{}
+	var added []*bound // served, not yet committed
+	undo := func() {
+		for _, b := range added {
+			p.Relay.Unserve(b.ln)
+		}
+		for _, b := range fresh {
+			if b.owned {
+				b.ln.Close()
+			}
+		}
+		closePools()
+	}
 	for _, w := range wants {
-		if _, ok := p.bound[w.key]; ok || w.sd != nil {
+		if _, ok := p.bound[w.key]; ok {
 			continue
 		}
-		l, err := activation.Listen(w.addr)
-		if err != nil {
-			for _, ln := range fresh {
-				ln.Close()
+		b := &bound{fe: splice.NewFrontend(w.route), name: w.name, ln: w.sd}
+		if w.sd == nil {
+			l, err := activation.Listen(w.addr)
+			if err != nil {
+				undo()
+				return fmt.Errorf("frontend %s: %w", w.name, err)
 			}
-			closePools()
-			return fmt.Errorf("frontend %s: %w", w.name, err)
+			b.ln, b.owned = l.Listener, true
 		}
-		fresh[w.key] = l.Listener
+		fresh[w.key] = b
+	}
+	next := map[string]*bound{}
+	for _, w := range wants {
+		b, ok := fresh[w.key]
+		if !ok {
+			continue
+		}
+		if err := p.Relay.Serve(b.ln, b.fe); err != nil {
+			undo()
+			return fmt.Errorf("frontend %s: serve %s: %w", w.name, b.ln.Addr(), err)
+		}
+		added = append(added, b)
+		next[w.key] = b
 	}
 
-	next := map[string]*bound{}
-	var errs []error
+	// Commit: nothing below fails.
 	for _, w := range wants {
 		if b, ok := p.bound[w.key]; ok {
 			b.fe.Set(w.route)
 			b.name = w.name
 			next[w.key] = b
-			continue
 		}
-		b := &bound{fe: splice.NewFrontend(w.route), name: w.name, ln: w.sd}
-		if w.sd == nil {
-			b.ln, b.owned = fresh[w.key], true
-		}
-		if err := p.Relay.Serve(b.ln, b.fe); err != nil {
-			errs = append(errs, fmt.Errorf("frontend %s: serve %s: %w", w.name, b.ln.Addr(), err))
-			if b.owned {
-				b.ln.Close()
-			}
-			continue
-		}
-		next[w.key] = b
-		log.Info("listening", "frontend", w.name, "listen", b.ln.Addr().String())
 	}
 	for key, b := range p.bound {
 		if _, ok := next[key]; ok {
@@ -173,13 +185,17 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		}
 		log.Info("stopped listening; its connections go on", "frontend", b.name, "listen", b.ln.Addr().String())
 	}
-	old := p.pools
+	for _, b := range added {
+		log.Info("listening", "frontend", b.name, "listen", b.ln.Addr().String())
+	}
+	// The old pools' checks stop before the new pools' start, so that
+	// no old check changes a shared server state the new pool settled.
+	for _, pl := range p.pools {
+		pl.Close()
+	}
 	p.bound, p.pools = next, pools
 	for _, pl := range pools {
 		pl.Start()
-	}
-	for _, pl := range old {
-		pl.Close()
 	}
 	if !p.warned {
 		p.warned = true
@@ -190,7 +206,19 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 			}
 		}
 	}
-	return errors.Join(errs...)
+	return nil
+}
+
+// route is where frontend f's new connections go: to backend b's pool
+// pl, with f's timeouts and client keepalive and b's retries and server
+// keepalive.
+func route(f *config.Frontend, b *config.Backend, pl *balance.Pool) *splice.Route {
+	return &splice.Route{
+		Name: f.Name, Picker: picker{pl},
+		ConnectTimeout: f.ConnectTimeout, IdleTimeout: f.IdleTimeout,
+		HalfCloseTimeout: f.HalfCloseTimeout, Retries: b.Retries,
+		ClientKeepAlive: f.KeepAlive, ServerKeepAlive: b.KeepAlive,
+	}
 }
 
 // missingSocket explains a frontend naming a socket systemd did not pass.

@@ -1,0 +1,92 @@
+package config
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Bounds of settings, shared by the configuration file and the command
+// line so that both accept and refuse the same values with the same words.
+const (
+	// MaxTimeout bounds every duration setting. A month is far beyond any
+	// useful connect, idle, half-close, drain or check time (0 turns the
+	// optional ones off), and far below where the engine's deadline
+	// arithmetic (nanoseconds of a monotonic clock plus the timeout, in
+	// an int64) could overflow.
+	MaxTimeout = 30 * 24 * time.Hour
+	// MinPipeSize and MaxPipeSize bound pipe_size (-pipe-size): a page,
+	// and 64 MiB, far above the kernel's default pipe-max-size (1 MiB).
+	MinPipeSize = 4096
+	MaxPipeSize = 64 << 20
+	// MaxKeepAlive bounds tcp_keepalive: the kernel counts TCP_KEEPIDLE
+	// and TCP_KEEPINTVL in whole seconds, at most 32767.
+	MaxKeepAlive = 32767 * time.Second
+	// MaxKeepAliveCount bounds tcp_keepalive_count, the kernel's
+	// TCP_KEEPCNT limit.
+	MaxKeepAliveCount = 127
+)
+
+// CheckDuration validates a duration setting that may be zero; what names
+// it in the error ("idle_timeout", "-idle-timeout").
+func CheckDuration(what string, d time.Duration) error {
+	switch {
+	case d < 0:
+		return fmt.Errorf("%s %v is negative: give a duration such as 5s or 2m", what, d)
+	case d > MaxTimeout:
+		return fmt.Errorf("%s %v is more than %v (30 days): give a shorter duration", what, d, MaxTimeout)
+	}
+	return nil
+}
+
+// CheckConnectTimeout validates a connect timeout: more than zero (a
+// connect with no bound would wait forever) and at most MaxTimeout.
+func CheckConnectTimeout(what string, d time.Duration) error {
+	if d == 0 {
+		return fmt.Errorf("%s 0s would wait forever: give a duration such as 5s", what)
+	}
+	return CheckDuration(what, d)
+}
+
+// CheckKeepAlive validates tcp_keepalive (-tcp-keepalive): 0 turns
+// keepalive off; otherwise whole seconds from 1 to 32767, the unit and
+// bound of the kernel's TCP_KEEPIDLE and TCP_KEEPINTVL.
+func CheckKeepAlive(what string, d time.Duration) error {
+	if d != 0 && (d < time.Second || d > MaxKeepAlive || d%time.Second != 0) {
+		return fmt.Errorf("%s %v: give whole seconds from 1s to 32767s (the kernel's unit and bound), or 0s to turn keepalive off", what, d)
+	}
+	return nil
+}
+
+// CheckKeepAliveCount validates tcp_keepalive_count: 0 keeps the kernel's
+// default (net.ipv4.tcp_keepalive_probes), else 1 to 127.
+func CheckKeepAliveCount(what string, n int) error {
+	if n < 0 || n > MaxKeepAliveCount {
+		return fmt.Errorf("%s %d out of range: give 1 to %d probes, or 0 for the kernel's default", what, n, MaxKeepAliveCount)
+	}
+	return nil
+}
+
+// CheckUserTimeout validates tcp_user_timeout (-tcp-user-timeout): 0
+// keeps the kernel's default; otherwise at least a millisecond (the
+// kernel's unit) and at most MaxTimeout.
+func CheckUserTimeout(what string, d time.Duration) error {
+	if d > 0 && d < time.Millisecond {
+		return fmt.Errorf("%s %v is less than 1ms, the kernel's unit: give 1ms or more, or 0s for the kernel's default", what, d)
+	}
+	return CheckDuration(what, d)
+}
+
+// CheckPipeSize validates pipe_size (-pipe-size); 0 means the default.
+func CheckPipeSize(what string, n int) error {
+	if n != 0 && (n < MinPipeSize || n > MaxPipeSize) {
+		return fmt.Errorf("%s %d out of range: give bytes from %d to %d, or 0 for the default (1 MiB)", what, n, MinPipeSize, MaxPipeSize)
+	}
+	return nil
+}
+
+// OneLine escapes the line breaks that a user's input may bring into an
+// error message, so that each error stays one line.
+func OneLine(s string) string { return oneLine.Replace(s) }
+
+var oneLine = strings.NewReplacer("\r\n", `\r\n`, "\n", `\n`, "\r", `\r`)
