@@ -266,9 +266,9 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 // gives the runtime one P more for everything else: timers, health
 // checks, signals, the copy relay. With every P held by a loop, the
 // runtime takes a loop's P each time it waits in epoll_wait and wakes
-// threads to find work that is not there. On 2 CPUs the spare P, with the
-// loops' periodic yield, cut proxy CPU per round trip (64 connections)
-// from 33 to 27-29 µs (README, Performance). Setting GOMAXPROCS stops the
+// threads to find work that is not there; the spare P, with the loops'
+// periodic yield, cut proxy CPU per round trip (README, design table).
+// Setting GOMAXPROCS stops the
 // runtime from following later changes of a cgroup's CPU limit. Call it
 // once, from serve: it raises GOMAXPROCS.
 func eventLoops(mode splice.Mode) int {
