@@ -134,7 +134,10 @@ func TestBackendDown(t *testing.T) {
 			p := startRsp(t, "-listen", "127.0.0.1:0", "-backend", dead, "-relay", mode)
 			base := baselineOf(p.stats())
 			for range 20 {
-				c := dial(t, p.addr)
+				c := dialOrReset(t, p.addr)
+				if c == nil {
+					continue // reset during the handshake
+				}
 				c.SetDeadline(time.Now().Add(2 * time.Second))
 				n, err := c.Read(make([]byte, 16))
 				c.Close()

@@ -64,7 +64,11 @@ func TestFDExhaustion(t *testing.T) {
 			defer func() { closeAll(held) }()
 			refused := false
 			for i := 0; i < 40 && !refused; i++ {
-				c := dial(t, p.addr)
+				c := dialOrReset(t, p.addr)
+				if c == nil {
+					refused = true
+					break
+				}
 				if err := echoOne(c, "hello\n"); err != nil {
 					c.Close()
 					refused = true
