@@ -170,6 +170,10 @@ type state struct {
 	active atomic.Int64 // connections picked and not yet released
 	down   atomic.Int32 // why the server is down: up (0), byCheck or byEjection
 	fails  atomic.Int32 // consecutive failed client connects
+	// health is the policy of the newest pool started with this state. A
+	// connection picked from an older pool reports its connect outcome
+	// to the state after a reload: the current policy must judge it.
+	health atomic.Pointer[Health]
 
 	mu       sync.Mutex
 	passed   int         // consecutive passed active checks
@@ -254,6 +258,9 @@ func (p *Pool) Start() {
 		return
 	}
 	p.started = true
+	for _, s := range p.servers {
+		s.st.health.Store(&p.health)
+	}
 	if p.health.Interval <= 0 {
 		for _, s := range p.servers {
 			s.settleWithoutChecks()
@@ -495,7 +502,7 @@ func (s *Server) Connected(err error) {
 		}
 		return
 	}
-	h := s.pool.health
+	h := s.policy()
 	n := s.st.fails.Add(1)
 	if h.EjectAfter <= 0 || int(n) < h.EjectAfter {
 		return
@@ -509,10 +516,19 @@ func (s *Server) Connected(err error) {
 	s.scheduleReadmit()
 }
 
+// policy is the health policy now in force for s: that of the newest
+// pool started with its state, or of its own pool before any started.
+func (s *Server) policy() *Health {
+	if h := s.st.health.Load(); h != nil {
+		return h
+	}
+	return &s.pool.health
+}
+
 // scheduleReadmit brings s back EjectTime from now, unless it is up by
 // then.
 func (s *Server) scheduleReadmit() {
-	d := s.pool.health.ejectTime()
+	d := s.policy().ejectTime()
 	s.st.mu.Lock()
 	defer s.st.mu.Unlock()
 	if s.st.readmit != nil {

@@ -356,3 +356,36 @@ func TestParseAlgorithm(t *testing.T) {
 		t.Errorf("bad name: %v", err)
 	}
 }
+
+// TestOldPoolConnectAfterReload: a connect picked from a pool with active
+// checks that fails after a reload to a pool without them is judged by
+// the new policy: the server is ejected and readmitted after the new
+// pool's EjectTime, not left down for good (nothing would check it).
+func TestOldPoolConnectAfterReload(t *testing.T) {
+	servers := []ServerConfig{{Name: "a", Addr: tcp(9000), Weight: 1}}
+	old, err := NewPool("app", RoundRobin, servers, Health{Interval: time.Hour, EjectAfter: 1}, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.Start()
+	picked := old.Servers()[0] // a connect in flight across the reload
+	p, err := NewPool("app", RoundRobin, servers, Health{EjectAfter: 1, EjectTime: 50 * time.Millisecond}, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	p.Inherit(old)
+	old.Close()
+	p.Start()
+	picked.Connected(errors.New("refused"))
+	if p.Servers()[0].Up() {
+		t.Fatal("a failed connect with eject_after 1 did not eject the server")
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for !p.Servers()[0].Up() {
+		if time.Now().After(deadline) {
+			t.Fatal("server ejected by a connect from the old pool never readmitted under the new pool's policy")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
