@@ -581,6 +581,13 @@ func TestNamedSockets(t *testing.T) {
 	if code != 2 || !strings.Contains(stderr, bad+`:4: frontend fb: systemd passed no socket named "adm" (passed: web, admin)`) {
 		t.Errorf("unknown socket name: exit %d\n%s", code, stderr)
 	}
+	// One socket taken by two frontends (any socket, and by name) would
+	// be served twice, its connections routed to one of them at random.
+	twice := writeConfig(t, "", strings.Replace(conf, `socket = "admin"`, `socket = "*"`, 1))
+	code, stderr = runRsp(t, activatedPair(t, lnA, lnB, "web:admin", "-config", twice))
+	if code != 2 || !strings.Contains(stderr, `frontends fa and fb both take the systemd socket "web"`) {
+		t.Errorf("a socket taken by two frontends: exit %d\n%s", code, stderr)
+	}
 }
 
 // activatedPair runs rsp with two listeners passed as fds 3 and 4.

@@ -90,7 +90,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 	}
 
 	var wants []want
-	used := map[net.Listener]bool{}
+	taken := map[net.Listener]string{} // systemd socket → the frontend that takes it
 	for _, f := range cfg.Frontends {
 		pl := pools[f.Backend]
 		b := cfg.Backend(f.Backend)
@@ -112,8 +112,12 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		n := 0
 		for i, s := range p.Systemd {
 			if f.Socket == config.AnySocket || s.Name == f.Socket {
+				if other, ok := taken[s.Listener]; ok {
+					closePools()
+					return fmt.Errorf("%s: frontends %s and %s both take the systemd socket %q (%s): one socket can route to one frontend; give them different FileDescriptorName= names", f.Where, other, f.Name, s.Name, s.Addr())
+				}
+				taken[s.Listener] = f.Name
 				wants = append(wants, want{key: fmt.Sprintf("systemd %d", i), sd: s.Listener, route: rt, name: f.Name})
-				used[s.Listener] = true
 				n++
 			}
 		}
@@ -200,7 +204,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 	if !p.warned {
 		p.warned = true
 		for _, s := range p.Systemd {
-			if !used[s.Listener] {
+			if _, ok := taken[s.Listener]; !ok {
 				log.Warn("systemd passed a socket no frontend uses; set socket = \""+s.Name+"\" in a frontend",
 					"socket", s.Name, "listen", s.Addr().String())
 			}

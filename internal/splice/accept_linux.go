@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -21,22 +23,56 @@ type listener struct {
 	fd      int
 	key     net.Listener // the caller's listener this duplicates
 	fe      *Frontend
-	tcp     bool      // a TCP socket (not Unix)
-	nodelay bool      // TCP_NODELAY set on the listener, inherited by accepted sockets
-	ka      KeepAlive // keepalive set on the listener, inherited by accepted sockets
+	tcp     bool        // a TCP socket (not Unix)
+	nodelay bool        // TCP_NODELAY set on the listener, inherited by accepted sockets
+	opts    *clientOpts // shared by every loop's duplicate of this socket
 }
 
-// keepAlive gives an accepted TCP socket fd the keepalive settings ka.
-// Accepted sockets inherit them from the listener, so they are set on the
-// listener once, when a route first asks for them, and on fd, which was
-// accepted before that.
+// clientOpts records the keepalive settings set on one listening socket,
+// for the sockets it accepts to inherit. Every loop's duplicate of the
+// socket shares it.
+type clientOpts struct {
+	mu  sync.Mutex
+	set atomic.Pointer[KeepAlive] // set on the listener; nil before the first accept
+	// stale counts accepted sockets still to be given the settings by
+	// hand: those that were waiting in the accept queue when they were
+	// changed, and so were made with the old ones.
+	stale atomic.Int64
+}
+
+// keepAlive gives the socket fd, just accepted from ln, the keepalive
+// settings ka. Accepted sockets inherit them from the listener, so they
+// are set on the listener when a route first asks for them (at the first
+// accept, or after a reload changed them), and by hand only on the
+// sockets that were already queued then.
 func (ln *listener) keepAlive(fd int, ka KeepAlive) {
-	if !ln.tcp || ln.ka == ka {
+	if !ln.tcp {
 		return
 	}
-	ln.ka = ka
-	setKeepAlive(ln.fd, ka)
-	setKeepAlive(fd, ka)
+	o := ln.opts
+	if cur := o.set.Load(); cur != nil && *cur == ka && o.stale.Load() <= 0 {
+		return
+	}
+	o.mu.Lock()
+	if cur := o.set.Load(); cur == nil || *cur != ka {
+		setKeepAlive(ln.fd, ka, true)
+		o.set.Store(&ka)
+		o.stale.Store(int64(acceptQueue(ln.fd)) + 1) // the queue and fd
+	}
+	o.mu.Unlock()
+	if o.stale.Add(-1) >= 0 {
+		setKeepAlive(fd, ka, true)
+	}
+}
+
+// acceptQueue returns how many connections wait in listening socket fd's
+// accept queue (TCP_INFO of a listener reports it as unacked).
+func acceptQueue(fd int) int {
+	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return 0
+	}
+	return int(info.Unacked)
 }
 
 // registerListeners adds the listeners to this loop's epoll set.
@@ -163,6 +199,7 @@ func (l *loop) acceptBatch(ln *listener) {
 			return
 		}
 		r.stats.accepted.Add(1)
+		ln.keepAlive(nfd, ln.fe.Route().ClientKeepAlive)
 		if to := l.e.lighter(l); to != nil {
 			to.adopt(nfd, peer, ln)
 			continue

@@ -23,6 +23,7 @@ type sock struct {
 	err      bool // EPOLLERR seen: the socket has a pending error
 	hup      bool // EPOLLHUP seen: shut down both ways (by the peer, or by us and the peer)
 	urg      bool // EPOLLPRI seen: urgent data not yet passed on
+	urgSeen  bool // urgent data came ever: a mark may stop a splice
 }
 
 // half is one direction of a connection: bytes read from src, written to
@@ -67,7 +68,6 @@ func (l *loop) open(cfd int, peer netip.AddrPort, ln *listener) {
 	if ln.tcp && !ln.nodelay {
 		unix.SetsockoptInt(cfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
-	ln.keepAlive(cfd, rt.ClientKeepAlive)
 	l.link(c)
 	l.useTimeouts(rt)
 	if err := l.register(c, cfd); err != nil {
@@ -137,7 +137,7 @@ func (l *loop) onEvent(c *conn, fd int, ev uint32) {
 		s.writable = true
 	}
 	if ev&unix.EPOLLPRI != 0 {
-		s.urg = true
+		s.urg, s.urgSeen = true, true
 	}
 	if ev&unix.EPOLLRDHUP != 0 {
 		s.rdhup = true

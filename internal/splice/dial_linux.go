@@ -47,7 +47,7 @@ func (l *loop) dial(c *conn) {
 	if family != unix.AF_UNIX {
 		unix.SetsockoptInt(bfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 		if ka := c.rt.ServerKeepAlive; ka != (KeepAlive{}) {
-			setKeepAlive(bfd, ka) // a new socket has keepalive off
+			setKeepAlive(bfd, ka, false) // a new socket has the defaults
 		}
 	}
 	switch err := unix.Connect(bfd, sa); err {
@@ -81,7 +81,10 @@ func (l *loop) connected(c *conn) {
 // established starts relaying once the backend connect completed.
 func (l *loop) established(c *conn) {
 	c.connecting = false
-	c.backend.err, c.backend.hup = false, false
+	// The connect succeeded, so an error reported meanwhile was about it
+	// (SO_ERROR said none is pending). A hang-up is kept: a Unix server
+	// that accepted, wrote and closed before this event is gone.
+	c.backend.err = false
 	c.last = l.now
 	c.target.Connected(nil)
 	l.service(c)

@@ -123,8 +123,9 @@ func (e *spliceEngine) serve(ln net.Listener, f *Frontend) error {
 		}
 		dups = append(dups, dup)
 	}
+	opts := &clientOpts{}
 	for i, l := range e.loops {
-		<-l.postListener(cmdServe, &listener{fd: dups[i], key: ln, fe: f, tcp: tcp, nodelay: nodelay})
+		<-l.postListener(cmdServe, &listener{fd: dups[i], key: ln, fe: f, tcp: tcp, nodelay: nodelay, opts: opts})
 	}
 	return nil
 }

@@ -203,9 +203,10 @@ func (l *loop) enqueue(c command) bool {
 	return true
 }
 
-// dropAdopted closes a handed-over connection l will not relay.
+// dropAdopted resets a handed-over connection l will not relay.
 func (l *loop) dropAdopted(fd int) {
 	l.load.Add(-1)
+	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 	unix.Close(fd)
 	l.e.r.connDone(1)
 }

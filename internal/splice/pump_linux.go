@@ -87,27 +87,22 @@ func gone(s *sock, in, out *half) (end bool, reason error) {
 	return true, nil
 }
 
-// endGone ends c after its other peer has gone (gone). Without a reason
-// it ends cleanly: what survivor has sent that nobody will read is
-// discarded first, since closing a TCP socket with unread bytes sends a
-// reset, which would also throw away what is still queued for survivor.
+// endGone ends c after its other peer has gone (gone). If survivor has
+// sent bytes that can no longer be delivered, survivor is reset. Else the
+// end is clean: survivor got everything and an EOF, and its socket is
+// closed without a reset, so that nothing still queued for it is thrown
+// away; a byte it sends later is answered with a reset by the kernel.
 func (l *loop) endGone(c *conn, survivor *sock, reason error) {
-	if reason == nil {
-		l.discardInput(survivor.fd)
+	if reason == nil && pendingInput(survivor.fd) {
+		reason = errUndeliverable
 	}
 	l.finish(c, reason, reason != nil)
 }
 
-// discardInput reads and drops what fd has received, up to a bound.
-func (l *loop) discardInput(fd int) {
-	if l.scratch == nil {
-		l.scratch = make([]byte, scratchSize)
-	}
-	for range 16 {
-		if n, err := unix.Read(fd, l.scratch); n <= 0 || err != nil {
-			return
-		}
-	}
+// pendingInput reports whether fd has received bytes not yet read.
+func pendingInput(fd int) bool {
+	n, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
+	return err == nil && n > 0
 }
 
 // sockErr names the pending error of whichever socket of c failed.
@@ -145,8 +140,11 @@ var errNoSplice = errors.New("socket type cannot splice")
 // Urgent data: splice(2) stops at TCP's urgent mark, returning EAGAIN, or
 // 0 once the peer's FIN has arrived, until a recv(2) has passed the mark.
 // So while src has urgent data pending (EPOLLPRI), each read first asks
-// passUrgent, which passes the mark if src is at it; a splice then never
-// starts at a mark, and its EAGAIN or 0 mean what they usually mean.
+// passUrgent, which passes the mark if src is at it. Once a socket has
+// had urgent data, a splice that returns EAGAIN or 0 asks SIOCATMARK
+// whether a later mark stopped it (a second urgent byte that came while
+// the first was being passed on raises no new edge); sockets that never
+// had urgent data pay nothing.
 func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 	if h.done || h.lost {
 		return false, nil
@@ -192,20 +190,25 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 			} else {
 				n, err = unix.Splice(src.fd, nil, h.p.w, nil, h.p.size, spliceFlags)
 			}
+			if (n == 0 && err == nil || err == unix.EAGAIN) && src.urgSeen && atMark(src.fd) {
+				// Stopped at an urgent mark that came after the one
+				// passUrgent last passed: neither the end nor drained.
+				src.urg = true
+				continue
+			}
 			switch {
 			case err == nil && n == 0:
-				// Not at an urgent mark (passUrgent just looked), so
-				// this is the peer's FIN.
 				h.eof = true
 				progress = true
 			case err == nil:
-				if int(n) < h.p.size/pageSize && !src.rdhup && !src.err && !src.hup && !src.urg {
+				if int(n) < h.p.size/pageSize && !src.rdhup && !src.err && !src.hup && !src.urgSeen {
 					// A short read into an empty pipe that cannot have run
 					// out of slots (each holds at least a byte) took
 					// everything the socket had. Bytes arriving later raise
 					// a new edge, so the EAGAIN probe would be a wasted
 					// system call per message. Not after a FIN: the read
-					// that returns 0 must still happen.
+					// that returns 0 must still happen. Not once urgent
+					// data came: the read may have stopped at a mark.
 					src.readable = false
 				}
 				h.n = int(n)
@@ -292,6 +295,12 @@ func (l *loop) writeFailed(h *half, dst *sock, err error) error {
 		return nil
 	}
 	return err
+}
+
+// atMark reports whether socket fd's next byte is at an urgent mark.
+func atMark(fd int) bool {
+	at, err := unix.IoctlGetInt(fd, unix.SIOCATMARK)
+	return err == nil && at != 0
 }
 
 // passUrgent passes TCP urgent data on as urgent data. It runs with h's

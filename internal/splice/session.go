@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -79,8 +80,24 @@ func (r *Relay) logEnd(d *dialing, backend string, reason error) {
 	if reason == nil {
 		return
 	}
-	r.logs.info(r.logger(), reason.Error(), "connection closed", "frontend", d.rt.Name,
+	r.logs.info(r.logger(), causeOf(reason), "connection closed", "frontend", d.rt.Name,
 		"client", d.peer.String(), "backend", backend, "reason", reason.Error())
+}
+
+// causeOf names the kind of a connection's end for the log rate limit:
+// one of the reasons above, or the system error under it. Reason texts
+// carry addresses, so they would make a cause per client.
+func causeOf(reason error) string {
+	for _, known := range []error{errClosedByRelay, errIdle, errHalfClose, errUndeliverable} {
+		if errors.Is(reason, known) {
+			return known.Error()
+		}
+	}
+	var errno syscall.Errno
+	if errors.As(reason, &errno) {
+		return errno.Error()
+	}
+	return "other"
 }
 
 // Log rate limits: each cause may log logBurst lines per logWindow; the
