@@ -45,7 +45,7 @@ type clientOpts struct {
 // are set on the listener when a route first asks for them (at the first
 // accept, or after a reload changed them), and by hand only on the
 // sockets that were already queued then.
-func (ln *listener) keepAlive(fd int, ka KeepAlive) {
+func (ln *listener) keepAlive(fd int, ka KeepAlive, loops int) {
 	if !ln.tcp {
 		return
 	}
@@ -57,7 +57,9 @@ func (ln *listener) keepAlive(fd int, ka KeepAlive) {
 	if cur := o.set.Load(); cur == nil || *cur != ka {
 		setKeepAlive(ln.fd, ka, true)
 		o.set.Store(&ka)
-		o.stale.Store(int64(acceptQueue(ln.fd)) + 1) // the queue and fd
+		// The queue, and fd and a socket each other loop may have
+		// accepted meanwhile.
+		o.stale.Store(int64(acceptQueue(ln.fd) + loops))
 	}
 	o.mu.Unlock()
 	if o.stale.Add(-1) >= 0 {
@@ -199,7 +201,7 @@ func (l *loop) acceptBatch(ln *listener) {
 			return
 		}
 		r.stats.accepted.Add(1)
-		ln.keepAlive(nfd, ln.fe.Route().ClientKeepAlive)
+		ln.keepAlive(nfd, ln.fe.Route().ClientKeepAlive, len(l.e.loops))
 		if to := l.e.lighter(l); to != nil {
 			to.adopt(nfd, peer, ln)
 			continue
