@@ -15,16 +15,22 @@ import (
 	"time"
 )
 
-// activatedCmd runs rsp with ln passed as fd 3 under the systemd
-// socket-activation protocol. LISTEN_PID must be rsp's own PID, which is
-// known only in the child: a shell sets it and execs rsp.
-func activatedCmd(t *testing.T, ln net.Listener, name string, args ...string) *exec.Cmd {
+// activatedCmd runs rsp with ln (a TCP or Unix listener) passed as fd 3
+// under the systemd socket-activation protocol.
+func activatedCmd(t testing.TB, ln net.Listener, name string, args ...string) *exec.Cmd {
 	t.Helper()
-	f, err := ln.(*net.TCPListener).File()
+	f, err := ln.(interface{ File() (*os.File, error) }).File()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
+	return activatedFile(f, name, args...)
+}
+
+// activatedFile runs rsp with the listening socket f passed as fd 3, named
+// name in LISTEN_FDNAMES. LISTEN_PID must be rsp's own PID, which is known
+// only in the child: a shell sets it and execs rsp.
+func activatedFile(f *os.File, name string, args ...string) *exec.Cmd {
 	script := `n="$1"; shift; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES="$n" exec "$@"`
 	cmd := exec.Command("/bin/sh", append([]string{"-c", script, "sh", name, rspBin}, args...)...)
 	cmd.ExtraFiles = []*os.File{f}

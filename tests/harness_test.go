@@ -167,8 +167,20 @@ type stats struct{ active, accepted, pipes, idlePipes, goroutines, fds, selfFDs 
 // stats asks rsp for its counters (SIGUSR1) and parses the log line.
 func (p *proc) stats() stats {
 	p.t.Helper()
+	s, err := p.tryStats()
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return s
+}
+
+// tryStats is stats for callers that cannot stop the test (other
+// goroutines than the test's own): it returns what went wrong instead.
+func (p *proc) tryStats() (stats, error) {
 	before := len(statsRE.FindAllString(p.stderr.String(), -1))
-	p.signal(syscall.SIGUSR1)
+	if err := p.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		return stats{}, fmt.Errorf("signal %v: %w", syscall.SIGUSR1, err)
+	}
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		all := statsRE.FindAllStringSubmatch(p.stderr.String(), -1)
@@ -178,14 +190,13 @@ func (p *proc) stats() stats {
 			// fds from the kernel, not from rsp's own count.
 			ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.pid()))
 			if err != nil {
-				p.t.Fatalf("read rsp's fds: %v", err)
+				return stats{}, fmt.Errorf("read rsp's fds: %w", err)
 			}
-			return stats{active: n(1), accepted: n(2), pipes: n(3), idlePipes: n(4), goroutines: n(5), fds: len(ents), selfFDs: n(6)}
+			return stats{active: n(1), accepted: n(2), pipes: n(3), idlePipes: n(4), goroutines: n(5), fds: len(ents), selfFDs: n(6)}, nil
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	p.t.Fatalf("no stats line after SIGUSR1:\n%s", p.stderr.String())
-	return stats{}
+	return stats{}, fmt.Errorf("no stats line after SIGUSR1:\n%s", p.stderr.String())
 }
 
 // eventually polls cond every 20ms until it holds or d passes.

@@ -24,6 +24,7 @@ type sock struct {
 	hup      bool // EPOLLHUP seen: shut down both ways (by the peer, or by us and the peer)
 	urg      bool // EPOLLPRI seen: urgent data not yet passed on
 	urgSeen  bool // urgent data came ever: a mark may stop a splice
+	unix     bool // a Unix socket: its peer's close keeps what it wrote readable
 }
 
 // half is one direction of a connection: bytes read from src, written to
@@ -34,6 +35,7 @@ type half struct {
 	eof     bool  // src reached EOF
 	done    bool  // EOF delivered: dst was shut down for writing
 	lost    bool  // dst's peer is gone: what src sends can never arrive
+	aborted bool  // src's stream ended in an error (a Unix peer closed with unread bytes)
 	oob     byte  // urgent byte read from src, not yet sent on
 	oobHeld bool  // oob holds a byte
 }
@@ -48,11 +50,17 @@ type conn struct {
 	queued     bool // in loop.ready
 	client     sock
 	backend    sock
-	up         half   // client → backend
-	down       half   // backend → client
-	last       int64  // loop clock at the last byte moved
-	deadline   int64  // connect deadline while connecting
-	halfAt     int64  // loop clock when the first direction ended; 0 before
+	up         half  // client → backend
+	down       half  // backend → client
+	last       int64 // loop clock at the last byte moved
+	deadline   int64 // connect deadline while connecting
+	halfAt     int64 // loop clock when the first direction ended; 0 before
+	// flushTo, when set, is the socket that gets a reset once the bytes
+	// queued for it are delivered (resetWhenFlushed); flushOutq is what
+	// its send queue held at the last look, and deadline holds when
+	// that last shrank.
+	flushTo    *sock
+	flushOutq  int
 	target     Target // the backend picked; nil before and after
 	prev, next *conn
 }
@@ -62,7 +70,7 @@ type conn struct {
 func (l *loop) open(cfd int, peer netip.AddrPort, ln *listener) {
 	rt := ln.fe.Route()
 	l.nextID++
-	c := &conn{dialing: dialing{rt: rt, peer: peer}, id: l.nextID, client: sock{fd: cfd}, backend: sock{fd: -1}, last: l.now}
+	c := &conn{dialing: dialing{rt: rt, peer: peer}, id: l.nextID, client: sock{fd: cfd, unix: !ln.tcp}, backend: sock{fd: -1}, last: l.now}
 	// Small writes must leave at once: the proxy must not add Nagle delay
 	// to request/response traffic.
 	if ln.tcp && !ln.nodelay {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -207,6 +208,9 @@ func (e *copyEngine) relay(client, backend net.Conn, t Target, d *dialing) {
 	go p.copyHalfAsync(backend, client, done) // client → backend
 	p.copyHalf(client, backend)               // backend → client
 	<-done
+	if p.lostFrom.Load() != nil {
+		p.abort(errUndeliverable) // no-op if resetLost did
+	}
 	p.stopTimers()
 	client.Close()
 	backend.Close()
@@ -275,6 +279,10 @@ type copyConn struct {
 	once            sync.Once
 	reason          atomic.Pointer[error]
 	bufs            *sync.Pool
+	// lostFrom is the connection whose bytes could not be delivered: its
+	// direction's Unix destination had closed. It is reset when the
+	// other direction ends.
+	lostFrom atomic.Pointer[net.Conn]
 }
 
 func (p *copyConn) touch() { p.last.Store(time.Now().UnixNano()) }
@@ -294,6 +302,32 @@ func (p *copyConn) checkIdle() {
 	p.mu.Lock()
 	p.timer.Reset(p.idle - d)
 	p.mu.Unlock()
+}
+
+// lose handles a direction whose Unix destination closed: src's bytes can
+// never arrive, but what that peer wrote before it left may still flow
+// the other way. src's bytes are read and dropped meanwhile, so that its
+// writer does not block (a direct writer would get EPIPE at once), and src
+// is reset once the other direction has ended and delivered (resetLost).
+func (p *copyConn) lose(src net.Conn) {
+	p.lostFrom.Store(&src)
+	if p.ended.Load() > 0 {
+		go p.resetLost() // the other direction ended first; discard meanwhile
+	}
+	src.SetReadDeadline(time.Time{}) // the idle timer still runs
+	io.Copy(io.Discard, src)         // until src ends or is reset
+}
+
+// resetLost resets the connection, once the bytes queued for it are
+// delivered, if a direction's bytes were lost (lose) and the other
+// direction has ended.
+func (p *copyConn) resetLost() {
+	from := p.lostFrom.Load()
+	if from == nil || p.ended.Load() == 0 || p.err() != nil {
+		return
+	}
+	waitFlushed(*from)
+	p.abort(errUndeliverable)
 }
 
 // halfClosed starts the half-close timer when the first direction ends.
@@ -365,6 +399,10 @@ func (p *copyConn) copyHalf(dst, src net.Conn) {
 		if n > 0 {
 			p.touch()
 			if werr := w.writeAll(buf[:n]); werr != nil {
+				if isUnix(dst) && errors.Is(werr, syscall.EPIPE) && p.err() == nil {
+					p.lose(src)
+					return
+				}
 				p.abort(werr)
 				return
 			}
@@ -374,10 +412,19 @@ func (p *copyConn) copyHalf(dst, src net.Conn) {
 		case err == io.EOF:
 			closeWrite(dst)
 			p.halfClosed()
+			p.resetLost()
 			return
 		case p.idle > 0 && errors.Is(err, os.ErrDeadlineExceeded) && p.err() == nil:
 			readArmed = false
 		default:
+			if isUnix(src) && p.err() == nil {
+				// A Unix peer that closed with unread bytes: everything
+				// it wrote has been passed on; dst is reset once that
+				// is delivered, as a direct Unix peer reads every byte
+				// before its ECONNRESET.
+				waitFlushed(dst)
+				err = fmt.Errorf("%w: %w", errPeerAborted, err)
+			}
 			p.abort(err)
 			return
 		}
@@ -430,6 +477,12 @@ func (p *copyConn) abort(err error) {
 		resetConn(p.client)
 		resetConn(p.backend)
 	})
+}
+
+// isUnix reports whether c is a Unix socket connection.
+func isUnix(c net.Conn) bool {
+	_, ok := c.(*net.UnixConn)
+	return ok
 }
 
 // resetConn closes c with a reset (TCP RST) where it can, so that its

@@ -43,6 +43,7 @@ func (l *loop) dial(c *conn) {
 		return
 	}
 	c.backend.fd = bfd
+	c.backend.unix = family == unix.AF_UNIX
 	l.linkFD(c, bfd)
 	if family != unix.AF_UNIX {
 		unix.SetsockoptInt(bfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)

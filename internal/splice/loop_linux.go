@@ -124,8 +124,11 @@ func newLoop(e *spliceEngine, index int) (*loop, error) {
 }
 
 // useTimeouts makes the sweep tick short enough for rt's timeouts.
-func (l *loop) useTimeouts(rt *Route) {
-	if t := tickFor(rt); t < l.tick {
+func (l *loop) useTimeouts(rt *Route) { l.useTick(tickFor(rt)) }
+
+// useTick makes the sweep tick at most t.
+func (l *loop) useTick(t int64) {
+	if t < l.tick {
 		l.setTick(t)
 		if l.sweep > l.now+t {
 			l.sweep = l.now + t
@@ -373,12 +376,18 @@ func (l *loop) sweepTimeouts() {
 			if l.now >= c.deadline {
 				l.connectFailed(c, fmt.Errorf("connect timeout after %v", rt.connectTimeout()))
 			}
+		case c.flushTo != nil:
+			l.flushed(c)
 		case rt.IdleTimeout > 0 && l.now-c.last >= int64(rt.IdleTimeout):
 			l.finish(c, errIdle, true)
 		case rt.HalfCloseTimeout > 0 && c.halfAt != 0 && l.now-max(c.halfAt, c.last) >= int64(rt.HalfCloseTimeout):
 			l.finish(c, errHalfClose, true)
 		}
-		if !c.closed {
+		switch {
+		case c.closed:
+		case c.flushTo != nil:
+			tick = int64(minTick) // watching a send queue drain
+		default:
 			tick = min(tick, tickFor(rt))
 		}
 		c = next

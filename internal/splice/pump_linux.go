@@ -47,12 +47,27 @@ func (l *loop) service(c *conn) {
 		l.finish(c, nil, false)
 		return
 	}
-	if c.client.err || c.backend.err {
-		// A reset: the peer aborted, so what it sent need not be
+	if c.client.err && !c.client.unix || c.backend.err && !c.backend.unix {
+		// A TCP reset: the peer aborted, so what it sent need not be
 		// delivered (a direct peer would lose it too), and waiting to
 		// deliver it could wait forever on a destination that does not
-		// read.
+		// read. (A Unix peer that closed with unread bytes leaves an
+		// error too, but what it wrote is still to be read: see
+		// half.aborted.)
 		l.finish(c, sockErr(c), true)
+		return
+	}
+	switch {
+	case c.up.aborted && c.down.aborted:
+		l.finish(c, errPeerAborted, true)
+		return
+	case c.up.aborted && c.up.n == 0:
+		l.resetWhenFlushed(c, &c.backend)
+	case c.down.aborted && c.down.n == 0:
+		l.resetWhenFlushed(c, &c.client)
+	}
+	if c.flushTo != nil {
+		l.flushed(c)
 		return
 	}
 	if end, reason := gone(&c.client, &c.up, &c.down); end {
@@ -88,15 +103,54 @@ func gone(s *sock, in, out *half) (end bool, reason error) {
 }
 
 // endGone ends c after its other peer has gone (gone). If survivor has
-// sent bytes that can no longer be delivered, survivor is reset. Else the
-// end is clean: survivor got everything and an EOF, and its socket is
-// closed without a reset, so that nothing still queued for it is thrown
-// away; a byte it sends later is answered with a reset by the kernel.
+// sent bytes that can no longer be delivered, survivor is reset once what
+// is queued for it has arrived. Else the end is clean: survivor got
+// everything and an EOF, and its socket is closed without a reset, so
+// that nothing still queued for it is thrown away; a byte it sends later
+// is answered with a reset by the kernel.
 func (l *loop) endGone(c *conn, survivor *sock, reason error) {
-	if reason == nil && pendingInput(survivor.fd) {
-		reason = errUndeliverable
+	if reason != nil || pendingInput(survivor.fd) {
+		l.resetWhenFlushed(c, survivor)
+		l.flushed(c)
+		return
 	}
-	l.finish(c, reason, reason != nil)
+	l.finish(c, nil, false)
+}
+
+// resetWhenFlushed makes c end with a reset once the bytes queued for
+// dst have been delivered: a reset sent at once would throw away what
+// dst's peer has not yet received. It is how a stream that cannot end
+// cleanly (a Unix peer closed with unread bytes, or bytes for a peer that
+// left were lost) still delivers every byte before its reset, as a
+// direct Unix connection does.
+func (l *loop) resetWhenFlushed(c *conn, dst *sock) {
+	if c.flushTo != nil {
+		return
+	}
+	c.flushTo = dst
+	c.flushOutq = -1
+	c.deadline = l.now + int64(flushStall)
+	l.useTick(int64(minTick))
+}
+
+// flushed ends c with a reset if the socket it waits on has nothing left
+// to deliver, or its reader took nothing for flushStall.
+func (l *loop) flushed(c *conn) {
+	q, err := unix.IoctlGetInt(c.flushTo.fd, unix.SIOCOUTQ)
+	switch {
+	case err != nil || q == 0:
+	case c.flushOutq < 0 || q < c.flushOutq:
+		c.flushOutq = q
+		c.deadline = l.now + int64(flushStall)
+		return
+	case l.now < c.deadline:
+		return
+	}
+	reason := errUndeliverable
+	if c.up.aborted || c.down.aborted {
+		reason = errPeerAborted
+	}
+	l.finish(c, reason, true)
 }
 
 // pendingInput reports whether fd has received bytes not yet read.
@@ -146,7 +200,10 @@ var errNoSplice = errors.New("socket type cannot splice")
 // the first was being passed on raises no new edge); sockets that never
 // had urgent data pay nothing.
 func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
-	if h.done || h.lost {
+	if h.lost {
+		return l.discard(h, src), nil
+	}
+	if h.done || h.aborted && h.n == 0 {
 		return false, nil
 	}
 	moved := 0
@@ -190,6 +247,12 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 			} else {
 				n, err = unix.Splice(src.fd, nil, h.p.w, nil, h.p.size, spliceFlags)
 			}
+			if err != nil && err != unix.EAGAIN && err != unix.EINTR && err != unix.EINVAL && src.unix {
+				// A Unix peer that closed with unread bytes: all it
+				// wrote has been read, and its stream ends in an error.
+				h.eof, h.aborted = true, true
+				continue
+			}
 			if (n == 0 && err == nil || err == unix.EAGAIN) && src.urgSeen && atMark(src.fd) {
 				// Stopped at an urgent mark that came after the one
 				// passUrgent last passed: neither the end nor drained.
@@ -199,6 +262,7 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 			switch {
 			case err == nil && n == 0:
 				h.eof = true
+				h.aborted = src.err && src.unix // its error was read already
 				progress = true
 			case err == nil:
 				if int(n) < h.p.size/pageSize && !src.rdhup && !src.err && !src.hup && !src.urgSeen {
@@ -246,6 +310,12 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 			return false, nil
 		}
 		if h.n == 0 {
+			if h.eof && h.aborted {
+				// No clean EOF for a stream that ended in an error:
+				// service resets dst once its queue is delivered.
+				l.dropPipe(h)
+				return false, nil
+			}
 			if h.eof {
 				l.dropPipe(h)
 				h.done = true
@@ -286,15 +356,43 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 // (gone).
 // Any other failure is returned and ends the connection at once.
 func (l *loop) writeFailed(h *half, dst *sock, err error) error {
-	// EPIPE with no pending error: the socket cannot send any more
-	// although we never shut it down. The hang-up that says so may still
-	// wait in epoll's queue, so dst.hup is not asked.
-	if !dst.err && errors.Is(err, unix.EPIPE) {
+	// EPIPE with no pending error (or on a Unix socket, whose error only
+	// says that its peer closed with unread bytes): the socket cannot
+	// send any more although we never shut it down. The hang-up that
+	// says so may still wait in epoll's queue, so dst.hup is not asked.
+	if (!dst.err || dst.unix) && errors.Is(err, unix.EPIPE) {
 		h.lost = true
 		l.dropPipe(h)
 		return nil
 	}
 	return err
+}
+
+// discard reads and drops what src sends into a lost direction (its
+// destination's peer is gone), so that src's writer does not block: a
+// direct writer would have had EPIPE at once, and this one is reset once
+// the other direction has delivered. It reports whether its budget ran
+// out with src still readable.
+func (l *loop) discard(h *half, src *sock) (more bool) {
+	if l.scratch == nil {
+		l.scratch = make([]byte, scratchSize)
+	}
+	for moved := 0; src.readable && !h.eof; {
+		if moved >= budget {
+			return true
+		}
+		n, err := unix.Read(src.fd, l.scratch)
+		switch {
+		case err == unix.EAGAIN:
+			src.readable = false
+		case err == unix.EINTR:
+		case err != nil || n == 0:
+			h.eof = true // its end, clean or not, changes nothing now
+		default:
+			moved += n
+		}
+	}
+	return false
 }
 
 // atMark reports whether socket fd's next byte is at an urgent mark.

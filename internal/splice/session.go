@@ -31,6 +31,10 @@ var (
 	// in flight; the other peer is reset so that it cannot mistake the
 	// truncated stream for a whole one.
 	errUndeliverable = errors.New("peer closed with bytes for it still in flight")
+	// errPeerAborted: a Unix peer closed with bytes it had not read; what
+	// it wrote was delivered, then the other peer is reset, as a direct
+	// Unix peer would see ECONNRESET after the last byte.
+	errPeerAborted = errors.New("unix peer closed with unread bytes")
 )
 
 // dialing is a connection's progress through its backend connects: the
@@ -88,7 +92,7 @@ func (r *Relay) logEnd(d *dialing, backend string, reason error) {
 // one of the reasons above, or the system error under it. Reason texts
 // carry addresses, so they would make a cause per client.
 func causeOf(reason error) string {
-	for _, known := range []error{errClosedByRelay, errIdle, errHalfClose, errUndeliverable} {
+	for _, known := range []error{errClosedByRelay, errIdle, errHalfClose, errUndeliverable, errPeerAborted} {
 		if errors.Is(reason, known) {
 			return known.Error()
 		}
@@ -99,6 +103,14 @@ func causeOf(reason error) string {
 	}
 	return "other"
 }
+
+// flushStall is how long a connection that is to be reset once the bytes
+// queued for a peer are delivered waits for a reader that takes nothing
+// more; flushPoll is how often the copy relay looks at the queue.
+const (
+	flushStall = 5 * time.Second
+	flushPoll  = 10 * time.Millisecond
+)
 
 // Log rate limits: each cause may log logBurst lines per logWindow; the
 // lines beyond are counted and the count is reported on the next line of
