@@ -99,6 +99,10 @@ var contractRegressions = []struct {
 		"9d067d4: an urgent byte alone was dropped and the other direction reset"},
 	{253, "splice tcp4→rsp→tcp4; up 0B; down 181B w=big r=slow(1B,147x1.975ms) urgent 0x6d@61; client close-after-read, server shutdown",
 		"9d067d4: a trickled stream ended at the urgent mark with a clean EOF"},
+	{205, "splice tcp6→rsp→tcp6; up 991B w=big r=slow(11B,160x500µs) urgent 0x10@678; down 8.1KiB w=big r=fast; client close-now, server close-now",
+		"8be4d6b: the server closed while rsp held the urgent byte for it; the relay spun at the mark and kept the connection (1 run in 8)"},
+	{163, "copy tcp4→rsp→unix; up 139.5KiB w=big r=slow(38B,94x1.482ms); down 254.6KiB w=big r=fast; client kill-after-send, server close-now",
+		"8be4d6b: the copy relay waited 5 s for the send queue of a socket its peer had reset"},
 	// rsp's own timeouts.
 	{21, "splice tcp4→rsp→tcp6 event=half-close-active; up 2.1KiB w=big r=fast; down 730.8KiB w=31x80ms r=fast; client shutdown, server shutdown",
 		"9d067d4: the half-close timeout cut a steady one-way transfer (a limit, not an inactivity timeout)"},

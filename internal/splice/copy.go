@@ -208,8 +208,11 @@ func (e *copyEngine) relay(client, backend net.Conn, t Target, d *dialing) {
 	go p.copyHalfAsync(backend, client, done) // client → backend
 	p.copyHalf(client, backend)               // backend → client
 	<-done
-	if p.lostFrom.Load() != nil {
-		p.abort(errUndeliverable) // no-op if resetLost did
+	if from := p.lostFrom.Load(); from != nil && p.err() == nil {
+		// Both directions ended before the other's resetLost could:
+		// the same reset, after the same wait.
+		waitFlushed(*from)
+		p.abort(errUndeliverable)
 	}
 	p.stopTimers()
 	client.Close()

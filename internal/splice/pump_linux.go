@@ -138,7 +138,8 @@ func (l *loop) resetWhenFlushed(c *conn, dst *sock) {
 func (l *loop) flushed(c *conn) {
 	q, err := unix.IoctlGetInt(c.flushTo.fd, unix.SIOCOUTQ)
 	switch {
-	case err != nil || q == 0:
+	case err != nil || q == 0 || c.flushTo.err && !c.flushTo.unix:
+		// Delivered, or its peer reset it: nothing more will go.
 	case c.flushOutq < 0 || q < c.flushOutq:
 		c.flushOutq = q
 		c.deadline = l.now + int64(flushStall)
@@ -214,6 +215,9 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 			progress, blocked, err = l.passUrgent(c, h, src, dst)
 			if err != nil {
 				return false, err
+			}
+			if h.lost {
+				return false, nil // the next service discards
 			}
 			if blocked {
 				// At the mark and waiting: for the urgent byte to
@@ -362,6 +366,7 @@ func (l *loop) writeFailed(h *half, dst *sock, err error) error {
 	// says so may still wait in epoll's queue, so dst.hup is not asked.
 	if (!dst.err || dst.unix) && errors.Is(err, unix.EPIPE) {
 		h.lost = true
+		h.oobHeld = false
 		l.dropPipe(h)
 		return nil
 	}

@@ -10,6 +10,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// tcpClose is TCP_CLOSE in tcp_info's state: a socket reset by its peer.
+const tcpClose = 7
+
 // waitFlushed waits until the bytes queued on c have been delivered
 // (SIOCOUTQ: sent and acknowledged on TCP, read by the peer on a Unix
 // socket), or until its reader has taken nothing for flushStall: the copy
@@ -26,8 +29,15 @@ func waitFlushed(c net.Conn) {
 	}
 	last, stall := -1, time.Now().Add(flushStall)
 	for {
-		q := 0
-		if err := raw.Control(func(fd uintptr) { q, err = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) }); err != nil || q == 0 {
+		var q int
+		var qerr error
+		closed := false
+		if err := raw.Control(func(fd uintptr) {
+			q, qerr = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ)
+			if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+				closed = info.State == tcpClose // reset by its peer: nothing more will go
+			}
+		}); err != nil || qerr != nil || q == 0 || closed {
 			return
 		}
 		if last < 0 || q < last {
