@@ -144,10 +144,10 @@ flags:
                            unix:/path (default: <backend_addr>:<backend_port>)
   -connect-timeout DUR     give up connecting to the backend after DUR and
                            close the client (default 5s)
-  -idle-timeout DUR        close a connection when no byte moved either way
+  -idle-timeout DUR        reset a connection when no byte moved either way
                            for DUR; 0 disables (default 10m0s)
-  -half-close-timeout DUR  close a connection DUR after one side finished
-                           sending while the other has not; 0 disables
+  -half-close-timeout DUR  reset a connection on which one side finished
+                           sending and no byte moved for DUR; 0 disables
                            (default 0)
   -maxconn N               relay at most N connections at once; more wait in
                            the kernel's backlog; 0 = no limit (default 0)
