@@ -358,3 +358,35 @@ func dialOrReset(t testing.TB, addr string) *net.TCPConn {
 	}
 	return c.(*net.TCPConn)
 }
+
+// TestPipeSizeGranted: a pipe size above what the kernel grants an
+// unprivileged process (fs.pipe-max-size) is said at start, with what was
+// granted; before, rsp silently ran with the kernel's 64 KiB pipes.
+func TestPipeSizeGranted(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root, to run rsp as an unprivileged user")
+	}
+	maxSize := 1 << 20
+	if b, err := os.ReadFile("/proc/sys/fs/pipe-max-size"); err == nil {
+		maxSize, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+	}
+	asked := 4 * maxSize
+	if asked > 64<<20 {
+		t.Skipf("fs.pipe-max-size is %d: no size above it is accepted by pipe_size", maxSize)
+	}
+	backend := echoBackend(t)
+	cmd := exec.Command(rspBin, "-listen", "127.0.0.1:0", "-backend", backend.Addr().String(), "-pipe-size", strconv.Itoa(asked))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	p := launch(t, cmd)
+	p.waitStarted()
+	logs := p.stderr.String()
+	if !strings.Contains(logs, "pipes are smaller than asked") || !strings.Contains(logs, fmt.Sprintf("pipe_size=%d", asked)) ||
+		!regexp.MustCompile(`granted=\d+`).MatchString(logs) {
+		t.Fatalf("pipe_size %d above fs.pipe-max-size %d, as an unprivileged user: no warning with the granted size:\n%s", asked, maxSize, logs)
+	}
+	c := dial(t, p.addr)
+	defer c.Close()
+	if err := echoOne(c, "still relays\n"); err != nil {
+		t.Fatal(err)
+	}
+}
