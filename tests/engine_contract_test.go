@@ -390,3 +390,52 @@ func TestPipeSizeGranted(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestUnixPeersBothGone: both peers on Unix sockets send without reading,
+// then both close. rsp must let the connection go at once (each had bytes
+// for it undelivered), not hold it until the idle timeout; and while one
+// peer is gone, the other's writes must not block (its bytes are read and
+// dropped, and it is told by the end of the connection).
+func TestUnixPeersBothGone(t *testing.T) {
+	dir := t.TempDir()
+	backendLn, err := net.Listen("unix", filepath.Join(dir, "b.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer backendLn.Close()
+	clientLn, err := net.Listen("unix", filepath.Join(dir, "c.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer clientLn.Close()
+	for _, mode := range relayModes {
+		t.Run(mode, func(t *testing.T) {
+			p := launch(t, activatedCmd(t, clientLn, "c", "-backend", "unix:"+backendLn.Addr().String(), "-relay", mode, "-idle-timeout", "0"))
+			p.waitStarted()
+			c, err := net.DialTimeout("unix", clientLn.Addr().String(), 3*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			backendLn.(*net.UnixListener).SetDeadline(time.Now().Add(3 * time.Second))
+			b, err := backendLn.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			// Each writes more than the buffers along the path hold, in
+			// the background, and reads nothing.
+			for _, conn := range []net.Conn{c, b} {
+				conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+				go send(conn, 1, 32<<20)
+			}
+			time.Sleep(300 * time.Millisecond)
+			c.Close()
+			time.Sleep(100 * time.Millisecond)
+			b.Close()
+			if !eventually(3*time.Second, func() bool { return p.stats().active == 0 }) {
+				t.Fatalf("rsp still holds the connection 3s after both Unix peers closed (idle timeout off):\n%s", p.stderr.String())
+			}
+		})
+	}
+}

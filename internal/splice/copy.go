@@ -464,6 +464,11 @@ func (w *stallWriter) writeAll(b []byte) error {
 			return err
 		}
 		w.deadline = time.Time{}
+		if isUnix(w.src) {
+			// A Unix source's error only says that its peer closed
+			// with bytes unread: what it wrote is still to be read.
+			continue
+		}
 		if serr := pendingError(w.src); serr != nil {
 			return fmt.Errorf("%s while its bytes waited: %w", w.src.RemoteAddr(), serr)
 		}

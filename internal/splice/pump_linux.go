@@ -61,6 +61,10 @@ func (l *loop) service(c *conn) {
 	case c.up.aborted && c.down.aborted:
 		l.finish(c, errPeerAborted, true)
 		return
+	case c.up.lost && c.down.lost:
+		// Both peers are gone, each with bytes for it undelivered.
+		l.finish(c, errUndeliverable, true)
+		return
 	case c.up.aborted && c.up.n == 0:
 		l.resetWhenFlushed(c, &c.backend)
 	case c.down.aborted && c.down.n == 0:
@@ -68,6 +72,9 @@ func (l *loop) service(c *conn) {
 	}
 	if c.flushTo != nil {
 		l.flushed(c)
+		if !c.closed {
+			l.requeue(c, more1) // a lost direction may still be discarding
+		}
 		return
 	}
 	if end, reason := gone(&c.client, &c.up, &c.down); end {
@@ -78,7 +85,13 @@ func (l *loop) service(c *conn) {
 		l.endGone(c, &c.client, reason)
 		return
 	}
-	if more1 && !c.queued {
+	l.requeue(c, more1)
+}
+
+// requeue puts c on the loop's ready list if it has work left (more):
+// its edge-triggered readiness was used up without EAGAIN.
+func (l *loop) requeue(c *conn, more bool) {
+	if more && !c.queued {
 		c.queued = true
 		l.ready = append(l.ready, c)
 	}
@@ -96,7 +109,9 @@ func gone(s *sock, in, out *half) (end bool, reason error) {
 	if !s.hup || !in.done || out.done {
 		return false, nil
 	}
-	if out.n > 0 || out.lost {
+	if out.n > 0 || out.lost || s.err {
+		// Bytes for s are lost: in a pipe, never written, or (a Unix
+		// peer's error) written but left unread when it closed.
 		return true, errUndeliverable
 	}
 	return true, nil
@@ -217,7 +232,7 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 				return false, err
 			}
 			if h.lost {
-				return false, nil // the next service discards
+				return true, nil // requeued: the next service discards
 			}
 			if blocked {
 				// At the mark and waiting: for the urgent byte to
@@ -234,7 +249,8 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 					// hold the pipes its peer direction waits for).
 					n, err := l.copyChunk(src, dst, h)
 					if err != nil {
-						return false, l.writeFailed(h, dst, err)
+						err = l.writeFailed(h, dst, err)
+						return err == nil, err // lost: requeued to discard
 					}
 					if n == 0 && !h.eof {
 						return false, nil
@@ -307,11 +323,12 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 			case unix.EINTR:
 				progress = true
 			default:
-				return false, l.writeFailed(h, dst, fmt.Errorf("write to %s: %w", sideName(c, dst), err))
+				err = l.writeFailed(h, dst, fmt.Errorf("write to %s: %w", sideName(c, dst), err))
+				return err == nil, err // lost: requeued to discard
 			}
 		}
 		if h.lost {
-			return false, nil
+			return true, nil // requeued: the next service discards
 		}
 		if h.n == 0 {
 			if h.eof && h.aborted {
