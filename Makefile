@@ -33,6 +33,7 @@ vet:
 	$(GO) vet ./...
 	$(GO) vet -tags system ./tests/
 	$(GO) vet -tags soak ./tests/
+	$(GO) vet -tags rsptest ./internal/splice/
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 
 # staticcheck, pinned in tools/go.mod.
@@ -40,6 +41,7 @@ lint:
 	$(GO) tool -modfile=tools/go.mod staticcheck ./...
 	$(GO) tool -modfile=tools/go.mod staticcheck -tags system ./tests/
 	$(GO) tool -modfile=tools/go.mod staticcheck -tags soak ./tests/
+	$(GO) tool -modfile=tools/go.mod staticcheck -tags rsptest ./internal/splice/
 
 # govulncheck, pinned in tools/go.mod; needs to reach vuln.go.dev.
 vulncheck:

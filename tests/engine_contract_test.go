@@ -439,3 +439,38 @@ func TestUnixPeersBothGone(t *testing.T) {
 		})
 	}
 }
+
+// TestDeadLoop: an event loop whose epoll_wait fails exits and takes no
+// more connections; the other loop serves every new one, and rsp stops
+// its watchdog pings so that systemd restarts it. (Before, the dead loop
+// looked least loaded and was handed most new connections, which it
+// closed.) The failure is caused with the rsptest build's seam.
+func TestDeadLoop(t *testing.T) {
+	backend := echoBackend(t)
+	ns := newNotifySocket(t)
+	ln := listen(t)
+	cmd := activatedCmd(t, ln, "web", "-backend", backend.Addr().String())
+	cmd.Env = append(os.Environ(), "RSP_TEST_FAIL_LOOP=1", "GOMAXPROCS=2", "NOTIFY_SOCKET="+ns.path, "WATCHDOG_USEC=400000")
+	p := launch(t, cmd)
+	p.waitStarted()
+	if !eventually(3*time.Second, func() bool { return strings.Contains(p.stderr.String(), "epoll_wait failed; event loop stopped") }) {
+		t.Fatalf("the broken loop did not report its failure:\n%s", p.stderr.String())
+	}
+	var held []net.Conn
+	defer func() { closeAll(held) }()
+	for i := range 8 {
+		c := dial(t, ln.Addr().String())
+		held = append(held, c)
+		if err := echoOne(c, "ping\n"); err != nil {
+			t.Fatalf("connection %d not served with one loop dead: %v", i, err)
+		}
+	}
+	before := ns.count("WATCHDOG=1")
+	time.Sleep(time.Second)
+	if n := ns.count("WATCHDOG=1"); n != before {
+		t.Fatalf("%d watchdog pings in 1s with a dead event loop, want none: the watchdog would never restart rsp", n-before)
+	}
+	if _, ok := ns.has("STATUS=8 active connections"); !ok {
+		t.Fatalf("no STATUS= with the 8 live connections (got %q)", ns.msgs)
+	}
+}

@@ -34,7 +34,9 @@ func TestMain(m *testing.M) {
 	// Other users (the permission test runs rsp as nobody) must reach it.
 	os.Chmod(dir, 0o755)
 	rspBin = filepath.Join(dir, "rsp")
-	buildArgs := []string{"build", "-o", rspBin}
+	// The rsptest tag adds test seams that only act when their
+	// environment variable is set (internal/splice/hooks_rsptest.go).
+	buildArgs := []string{"build", "-tags", "rsptest", "-o", rspBin}
 	if os.Getenv("RSP_RACE") != "" {
 		buildArgs = append(buildArgs, "-race") // rsp itself under the race detector
 	}

@@ -80,6 +80,7 @@ func startSplice(r *Relay) (engine, error) {
 		e.wg.Add(1)
 		go l.run(&e.wg)
 	}
+	testHookStarted(e)
 	return e, nil
 }
 
