@@ -35,6 +35,7 @@ type half struct {
 	eof     bool  // src reached EOF
 	done    bool  // EOF delivered: dst was shut down for writing
 	lost    bool  // dst's peer is gone: what src sends can never arrive
+	dropped bool  // bytes of src's were lost (lost, or cut from a pipe)
 	aborted bool  // src's stream ended in an error (a Unix peer closed with unread bytes)
 	oob     byte  // urgent byte read from src, not yet sent on
 	oobHeld bool  // oob holds a byte
@@ -55,8 +56,8 @@ type conn struct {
 	last       int64 // loop clock at the last byte moved
 	deadline   int64 // connect deadline while connecting
 	halfAt     int64 // loop clock when the first direction ended; 0 before
-	// flushTo, when set, is the socket that gets a reset once the bytes
-	// queued for it are delivered (resetWhenFlushed); flushOutq is what
+	// flushTo, when set, is the socket whose queued bytes c waits to see
+	// delivered before it ends (endWhenFlushed); flushOutq is what
 	// its send queue held at the last look, and deadline holds when
 	// that last shrank.
 	flushTo    *sock

@@ -66,9 +66,9 @@ func (l *loop) service(c *conn) {
 		l.finish(c, errUndeliverable, true)
 		return
 	case c.up.aborted && c.up.n == 0:
-		l.resetWhenFlushed(c, &c.backend)
+		l.endWhenFlushed(c, &c.backend)
 	case c.down.aborted && c.down.n == 0:
-		l.resetWhenFlushed(c, &c.client)
+		l.endWhenFlushed(c, &c.client)
 	}
 	if c.flushTo != nil {
 		l.flushed(c)
@@ -78,11 +78,11 @@ func (l *loop) service(c *conn) {
 		return
 	}
 	if end, reason := gone(&c.client, &c.up, &c.down); end {
-		l.endGone(c, &c.backend, reason)
+		l.endGone(c, &c.backend, &c.down, reason)
 		return
 	}
 	if end, reason := gone(&c.backend, &c.down, &c.up); end {
-		l.endGone(c, &c.client, reason)
+		l.endGone(c, &c.client, &c.up, reason)
 		return
 	}
 	l.requeue(c, more1)
@@ -117,28 +117,32 @@ func gone(s *sock, in, out *half) (end bool, reason error) {
 	return true, nil
 }
 
-// endGone ends c after its other peer has gone (gone). If survivor has
-// sent bytes that can no longer be delivered, survivor is reset once what
-// is queued for it has arrived. Else the end is clean: survivor got
-// everything and an EOF, and its socket is closed without a reset, so
-// that nothing still queued for it is thrown away; a byte it sends later
-// is answered with a reset by the kernel.
-func (l *loop) endGone(c *conn, survivor *sock, reason error) {
-	if reason != nil || pendingInput(survivor.fd) {
-		l.resetWhenFlushed(c, survivor)
-		l.flushed(c)
-		return
+// endGone ends c after its other peer has gone (gone): that peer sent
+// everything and its EOF was passed on to survivor. Nothing survivor
+// sends can arrive any more: it is read and dropped (out is lost), and c
+// ends once what is queued for survivor has been delivered, since closing
+// a TCP socket that then receives a byte answers with a reset that would
+// throw away the rest of its queue. It ends cleanly if no byte of
+// survivor's was lost; else survivor is reset, as a direct peer's writes
+// would have failed.
+func (l *loop) endGone(c *conn, survivor *sock, out *half, reason error) {
+	if reason != nil || out.n > 0 {
+		out.dropped = true
 	}
-	l.finish(c, nil, false)
+	out.lost = true
+	l.dropPipe(out)
+	l.endWhenFlushed(c, survivor)
+	l.flushed(c)
 }
 
-// resetWhenFlushed makes c end with a reset once the bytes queued for
-// dst have been delivered: a reset sent at once would throw away what
-// dst's peer has not yet received. It is how a stream that cannot end
-// cleanly (a Unix peer closed with unread bytes, or bytes for a peer that
-// left were lost) still delivers every byte before its reset, as a
-// direct Unix connection does.
-func (l *loop) resetWhenFlushed(c *conn, dst *sock) {
+// endWhenFlushed makes c end once the bytes queued for dst have been
+// delivered: a reset sent at once would throw away what dst's peer has
+// not yet received. It is how a stream that cannot end cleanly (a Unix
+// peer closed with unread bytes, bytes for a peer that left were lost)
+// still delivers every byte before its reset, as a direct Unix connection
+// does; and how a connection whose other peer left ends without losing
+// the tail of what it delivered (endGone).
+func (l *loop) endWhenFlushed(c *conn, dst *sock) {
 	if c.flushTo != nil {
 		return
 	}
@@ -148,10 +152,13 @@ func (l *loop) resetWhenFlushed(c *conn, dst *sock) {
 	l.useTick(int64(minTick))
 }
 
-// flushed ends c with a reset if the socket it waits on has nothing left
-// to deliver, or its reader took nothing for flushStall.
+// flushed ends c if the socket it waits on has nothing left to deliver,
+// or its reader took nothing for flushStall. It ends with a reset if a
+// stream was cut: a Unix peer's ended in an error, bytes were dropped, or
+// the reader never took the rest.
 func (l *loop) flushed(c *conn) {
 	q, err := unix.IoctlGetInt(c.flushTo.fd, unix.SIOCOUTQ)
+	cut := false
 	switch {
 	case err != nil || q == 0 || c.flushTo.err && !c.flushTo.unix:
 		// Delivered, or its peer reset it: nothing more will go.
@@ -161,12 +168,17 @@ func (l *loop) flushed(c *conn) {
 		return
 	case l.now < c.deadline:
 		return
+	default:
+		cut = true // its reader stopped: the rest will not arrive
 	}
-	reason := errUndeliverable
-	if c.up.aborted || c.down.aborted {
-		reason = errPeerAborted
+	switch {
+	case c.up.aborted || c.down.aborted:
+		l.finish(c, errPeerAborted, true)
+	case cut || c.up.dropped || c.down.dropped || pendingInput(c.flushTo.fd):
+		l.finish(c, errUndeliverable, true)
+	default:
+		l.finish(c, nil, false)
 	}
-	l.finish(c, reason, true)
 }
 
 // pendingInput reports whether fd has received bytes not yet read.
@@ -383,6 +395,7 @@ func (l *loop) writeFailed(h *half, dst *sock, err error) error {
 	// says so may still wait in epoll's queue, so dst.hup is not asked.
 	if (!dst.err || dst.unix) && errors.Is(err, unix.EPIPE) {
 		h.lost = true
+		h.dropped = true // what the pipe held, at least
 		h.oobHeld = false
 		l.dropPipe(h)
 		return nil
@@ -412,6 +425,7 @@ func (l *loop) discard(h *half, src *sock) (more bool) {
 			h.eof = true // its end, clean or not, changes nothing now
 		default:
 			moved += n
+			h.dropped = true
 		}
 	}
 	return false
