@@ -102,7 +102,7 @@ var contractRegressions = []struct {
 	{205, "splice tcp6→rsp→tcp6; up 991B w=big r=slow(11B,160x500µs) urgent 0x10@678; down 8.1KiB w=big r=fast; client close-now, server close-now",
 		"8be4d6b: the server closed while rsp held the urgent byte for it; the relay spun at the mark and kept the connection (1 run in 8)"},
 	{20265791, "splice tcp4→rsp→unix; up 7B w=7x1.472ms r=fast; down 1.0MiB w=big r=slow(58B,26x223µs); client reset-after-read, server kill@269ms",
-		"8e5b5e0: the Unix server left after writing; rsp closed the client at once, a late byte of the client's turned the close into a reset and cut the last 950 KB queued for it"},
+		"d70fe25: the Unix server left after writing; rsp closed the client at once, a late byte of the client's turned the close into a reset and cut the last 950 KB queued for it"},
 	{163, "copy tcp4→rsp→unix; up 139.5KiB w=big r=slow(38B,94x1.482ms); down 254.6KiB w=big r=fast; client kill-after-send, server close-now",
 		"8be4d6b: the copy relay waited 5 s for the send queue of a socket its peer had reset"},
 	// rsp's own timeouts.
