@@ -103,6 +103,8 @@ var contractRegressions = []struct {
 		"8be4d6b: the server closed while rsp held the urgent byte for it; the relay spun at the mark and kept the connection (1 run in 8)"},
 	{20265791, "splice tcp4→rsp→unix; up 7B w=7x1.472ms r=fast; down 1.0MiB w=big r=slow(58B,26x223µs); client reset-after-read, server kill@269ms",
 		"d70fe25: the Unix server left after writing; rsp closed the client at once, a late byte of the client's turned the close into a reset and cut the last 950 KB queued for it"},
+	{20262156, "splice tcp4→rsp→tcp4; up 15.8MiB w=big r=slow(178B,85x70µs); down 345.6KiB w=big r=slow(39B,7x241µs) urgent 0x20@154460; client close-after-read, server shutdown",
+		"ed0b998: no EPOLLPRI came for an urgent byte that reached a closed window; the splice that stopped at the mark returned 0 and was taken for the FIN: a clean EOF at the mark"},
 	{163, "copy tcp4→rsp→unix; up 139.5KiB w=big r=slow(38B,94x1.482ms); down 254.6KiB w=big r=fast; client kill-after-send, server close-now",
 		"8be4d6b: the copy relay waited 5 s for the send queue of a socket its peer had reset"},
 	// rsp's own timeouts.

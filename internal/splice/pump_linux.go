@@ -222,11 +222,13 @@ var errNoSplice = errors.New("socket type cannot splice")
 // Urgent data: splice(2) stops at TCP's urgent mark, returning EAGAIN, or
 // 0 once the peer's FIN has arrived, until a recv(2) has passed the mark.
 // So while src has urgent data pending (EPOLLPRI), each read first asks
-// passUrgent, which passes the mark if src is at it. Once a socket has
-// had urgent data, a splice that returns EAGAIN or 0 asks SIOCATMARK
-// whether a later mark stopped it (a second urgent byte that came while
-// the first was being passed on raises no new edge); sockets that never
-// had urgent data pay nothing.
+// passUrgent, which passes the mark if src is at it. A splice that
+// returns 0 always asks SIOCATMARK whether a mark stopped it (once per
+// direction: EPOLLPRI does not always come, seen with a reader whose
+// window was closed when the urgent byte arrived, and trusting the 0 cut
+// the stream with a clean EOF); one that returns EAGAIN asks too once the
+// socket has had urgent data (a second urgent byte that came while the
+// first was being passed on raises no new edge).
 func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 	if h.lost {
 		return l.discard(h, src), nil
@@ -285,7 +287,7 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 				h.eof, h.aborted = true, true
 				continue
 			}
-			if (n == 0 && err == nil || err == unix.EAGAIN) && src.urgSeen && atMark(src.fd) {
+			if (n == 0 && err == nil || err == unix.EAGAIN && src.urgSeen) && atMark(src.fd) {
 				// Stopped at an urgent mark that came after the one
 				// passUrgent last passed: neither the end nor drained.
 				src.urg = true
