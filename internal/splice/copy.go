@@ -217,7 +217,7 @@ func (e *copyEngine) relay(client, backend net.Conn, t Target, d *dialing) {
 	p.stopTimers()
 	client.Close()
 	backend.Close()
-	e.r.logEnd(d, t.Addr().String(), p.err())
+	e.r.logEnd(d, t, p.err())
 }
 
 func (e *copyEngine) track(p *copyConn) bool {

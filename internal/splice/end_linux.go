@@ -33,14 +33,13 @@ func (l *loop) finish(c *conn, reason error, reset bool) {
 		}
 		unix.Close(fd)
 	}
-	backend := ""
-	if c.target != nil {
-		backend = c.target.Addr().String()
-		c.target.Release()
+	t := c.target
+	if t != nil {
+		t.Release()
 		c.target = nil
 	}
 	l.e.r.connDone(1)
-	l.e.r.logEnd(&c.dialing, backend, reason)
+	l.e.r.logEnd(&c.dialing, t, reason)
 }
 
 // handoff passes c to the copy engine because its sockets cannot splice.

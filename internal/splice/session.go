@@ -79,10 +79,15 @@ func (d *dialing) failed(r *Relay, t Target, err error, stopping bool) (retry bo
 }
 
 // logEnd logs why a connection ended, when it did not end cleanly (reason
-// nil). backend is the server's address, or "" if none was connected.
-func (r *Relay) logEnd(d *dialing, backend string, reason error) {
+// nil). t is the server it was relayed to, or nil if none was connected.
+// A clean end costs nothing: addresses are formatted only for a line.
+func (r *Relay) logEnd(d *dialing, t Target, reason error) {
 	if reason == nil {
 		return
+	}
+	backend := ""
+	if t != nil {
+		backend = t.Addr().String()
 	}
 	r.logs.info(r.logger(), causeOf(reason), "connection closed", "frontend", d.rt.Name,
 		"client", d.peer.String(), "backend", backend, "reason", reason.Error())
