@@ -27,10 +27,7 @@ func TestEMFILEPausesAccepting(t *testing.T) {
 	backend := echoBackend(t)
 	for _, mode := range relayModes {
 		t.Run(mode, func(t *testing.T) {
-			cmd := exec.Command("/bin/sh", "-c", `ulimit -n 48 && exec "$@"`, "sh",
-				rspBin, "-listen", "127.0.0.1:0", "-backend", backend.Addr().String(), "-relay", mode)
-			p := launch(t, cmd)
-			p.waitStarted()
+			p := startFDLimited(t, backend.Addr().String(), mode)
 			var held []net.Conn
 			defer func() { closeAll(held) }()
 			for i := 0; ; i++ {

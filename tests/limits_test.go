@@ -55,10 +55,7 @@ func TestFDExhaustion(t *testing.T) {
 	backend := echoBackend(t)
 	for _, mode := range relayModes {
 		t.Run(mode, func(t *testing.T) {
-			cmd := exec.Command("/bin/sh", "-c", `ulimit -n 48 && exec "$@"`, "sh",
-				rspBin, "-listen", "127.0.0.1:0", "-backend", backend.Addr().String(), "-relay", mode)
-			p := launch(t, cmd)
-			p.waitStarted()
+			p := startFDLimited(t, backend.Addr().String(), mode)
 			// Open connections until one is not served.
 			var held []net.Conn
 			defer func() { closeAll(held) }()
@@ -110,6 +107,16 @@ func TestFDExhaustion(t *testing.T) {
 			}
 		})
 	}
+}
+
+// startFDLimited starts rsp in front of backend under ulimit -n 48, so
+// that a few dozen connections exhaust its file descriptors.
+func startFDLimited(t *testing.T, backend, mode string) *proc {
+	t.Helper()
+	p := launch(t, exec.Command("/bin/sh", "-c", `ulimit -n 48 && exec "$@"`, "sh",
+		rspBin, "-listen", "127.0.0.1:0", "-backend", backend, "-relay", mode))
+	p.waitStarted()
+	return p
 }
 
 func closeAll(cs []net.Conn) {
