@@ -285,7 +285,7 @@ func TestRetryAndAllDown(t *testing.T) {
 				t.Errorf("client closed after %v, want at once", d)
 			}
 			if !eventually(2*time.Second, func() bool {
-				return strings.Contains(p.stderr.String(), "backend connect failed; resetting client") &&
+				return strings.Contains(p.stderr.String(), "cause=connect_failed") &&
 					strings.Contains(p.stderr.String(), "tries=2")
 			}) {
 				t.Errorf("failure after the retry not logged")

@@ -156,13 +156,14 @@ func (h *contractHarness) runEvent(t *testing.T, sc *scenario) {
 }
 
 // forcedEnd returns a channel that closes a little after rsp logs that it
-// closed a connection, or exits (or after contractStall at the latest).
+// closed a connection (the connection log's default logs the ends that
+// are not clean), or exits (or after contractStall at the latest).
 func forcedEnd(p *proc) <-chan struct{} {
 	ended := make(chan struct{})
 	go func() {
 		defer close(ended)
 		deadline := time.Now().Add(contractStall)
-		for time.Now().Before(deadline) && !strings.Contains(p.stderr.String(), `msg="connection closed"`) {
+		for time.Now().Before(deadline) && !strings.Contains(p.stderr.String(), `msg=conn `) {
 			select {
 			case <-p.done:
 				return

@@ -219,7 +219,7 @@ func TestConnLogRateLimited(t *testing.T) {
 			p.signal(syscall.SIGTERM)
 			p.wait(10 * time.Second)
 			logs := p.stderr.String()
-			lines := strings.Count(logs, "backend connect failed")
+			lines := strings.Count(logs, "cause=connect_failed")
 			if lines == 0 || lines > clients/4 {
 				t.Fatalf("%d connect-failure lines for %d failed clients, want some and at most %d:\n%s", lines, clients, clients/4, logs)
 			}

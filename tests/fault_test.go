@@ -145,10 +145,14 @@ func TestBackendDown(t *testing.T) {
 					t.Fatalf("read from a client whose backend is down = %d, %v; want a prompt close", n, err)
 				}
 			}
-			log := p.stderr.String()
-			if !strings.Contains(log, "backend connect failed") || !strings.Contains(log, "backend="+dead) ||
-				!strings.Contains(log, "client=127.0.0.1:") || !strings.Contains(log, "connection refused") {
-				t.Fatalf("connect failure not logged with client, backend and reason:\n%s", log)
+			// The connection log writes in batches, within 50ms.
+			logged := func() bool {
+				log := p.stderr.String()
+				return strings.Contains(log, "cause=connect_failed") && strings.Contains(log, "server_addr="+dead) &&
+					strings.Contains(log, "client=127.0.0.1:") && strings.Contains(log, "connection refused")
+			}
+			if !eventually(2*time.Second, logged) {
+				t.Fatalf("connect failure not logged with client, backend and reason:\n%s", p.stderr.String())
 			}
 			settle(t, p, base)
 		})

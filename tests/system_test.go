@@ -27,6 +27,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // debootstrap's arguments for the container root; the cached tarball is
@@ -37,6 +40,7 @@ const (
 	mirror     = "http://deb.debian.org/debian"
 	maxScore   = 1.5              // systemd-analyze security exposure, at most
 	webAddr    = "127.0.0.1:8080" // rsp.socket's ListenStream= as shipped
+	statsAddr  = "127.0.0.1:9120" // rsp-metrics.socket's ListenStream= as shipped
 	drainLimit = 3 * time.Second  // drain_timeout in the test configs
 )
 
@@ -66,11 +70,14 @@ var (
 	commonFiles = []string{
 		"/etc/rsp/rsp.conf",
 		"/usr/bin/rsp",
+		"/usr/lib/systemd/system/rsp-metrics.socket",
 		"/usr/lib/systemd/system/rsp.service",
 		"/usr/lib/systemd/system/rsp.socket",
 		"/usr/lib/systemd/system/rsp@.service",
 		"/usr/lib/systemd/system/rsp@.socket",
 		"/usr/share/doc/rsp/README.md",
+		"/usr/share/doc/rsp/examples/rsp-alerts.yml",
+		"/usr/share/doc/rsp/examples/rsp-dashboard.json",
 		"/usr/share/man/man8/rsp.8.gz",
 	}
 	debOnly = []string{"/usr/share/doc/rsp/changelog.Debian.gz", "/usr/share/doc/rsp/copyright"}
@@ -134,7 +141,9 @@ func TestPackageFiles(t *testing.T) {
 		scripts := output(t, "rpm", "-qp", "--scripts", rpm)
 		for _, w := range []string{
 			"postinstall scriptlet", "systemctl --no-reload preset rsp.socket",
+			"systemctl start rsp-metrics.socket",
 			"preuninstall scriptlet", "systemctl --no-reload disable --now rsp.socket rsp.service",
+			"systemctl stop rsp-metrics.socket",
 			"postuninstall scriptlet", "systemctl try-restart rsp.service",
 		} {
 			if !strings.Contains(scripts, w) {
@@ -335,11 +344,13 @@ type instance struct {
 	conf            string // config path in the container
 	fdName          string // the socket's FileDescriptorName=
 	addr            string // TCP address its socket listens on
+	ctl             string // its control socket (RuntimeDirectory= of the service)
+	metrics         string // address of its metrics socket unit; "" for none
 }
 
 func (in instance) config(servers ...string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "[global]\ndrain_timeout = %q\n[frontend.main]\nsocket = %q\nbackend = \"echo\"\n", drainLimit, in.fdName)
+	fmt.Fprintf(&b, "[global]\ndrain_timeout = %q\ncontrol = %q\n[frontend.main]\nsocket = %q\nbackend = \"echo\"\n", drainLimit, in.ctl, in.fdName)
 	b.WriteString("[backend.echo]\nbalance = \"leastconn\"\n[backend.echo.health]\ninterval = \"1s\"\n")
 	for i, s := range servers {
 		fmt.Fprintf(&b, "[backend.echo.server.s%d]\naddress = %q\n", i, s)
@@ -349,14 +360,17 @@ func (in instance) config(servers ...string) string {
 
 // TestSystemd: the .deb under a real systemd: install, socket activation,
 // status, journal, reload, restart and upgrade without a refused
-// connection, clean stop, hardening score, a template instance, purge.
+// connection, clean stop, hardening score, metrics and rsp ctl, a template
+// instance, purge.
 func TestSystemd(t *testing.T) {
 	deb, _ := packages(t)
 	began := time.Now()
-	if ln, err := net.Listen("tcp", webAddr); err != nil {
-		t.Fatalf("%s is taken on this host, and rsp.socket as shipped listens there: %v", webAddr, err)
-	} else {
-		ln.Close()
+	for addr, unit := range map[string]string{webAddr: "rsp.socket", statsAddr: "rsp-metrics.socket"} {
+		if ln, err := net.Listen("tcp", addr); err != nil {
+			t.Fatalf("%s is taken on this host, and %s as shipped listens there: %v", addr, unit, err)
+		} else {
+			ln.Close()
+		}
 	}
 	echo, echo2 := echoBackend(t), echoBackend(t)
 	c := bootContainer(t)
@@ -366,7 +380,8 @@ func TestSystemd(t *testing.T) {
 	}
 	c.write(t, "/var/tmp/rsp.deb", string(data))
 
-	main := instance{socket: "rsp.socket", service: "rsp.service", conf: "/etc/rsp/rsp.conf", fdName: "web", addr: webAddr}
+	main := instance{socket: "rsp.socket", service: "rsp.service", conf: "/etc/rsp/rsp.conf", fdName: "web", addr: webAddr,
+		ctl: "/run/rsp/rsp.ctl", metrics: statsAddr}
 	t.Run("install", func(t *testing.T) {
 		out := c.must(t, "dpkg", "-i", "/var/tmp/rsp.deb")
 		t.Logf("dpkg -i:\n%s", out)
@@ -379,11 +394,19 @@ func TestSystemd(t *testing.T) {
 		if s := c.prop(t, "rsp.service", "ActiveState"); s != "inactive" {
 			t.Errorf("rsp.service is %s before any connection, want inactive (started by its socket)", s)
 		}
+		// The metrics socket comes with rsp.socket, enabled or not.
+		if s := strings.TrimSpace(c.must(t, "systemctl", "is-enabled", "rsp-metrics.socket")); s != "static" {
+			t.Errorf("rsp-metrics.socket is %s after install, want static (started by rsp.socket)", s)
+		}
+		if s := c.prop(t, "rsp-metrics.socket", "ActiveState"); s != "active" {
+			t.Errorf("rsp-metrics.socket is %s after install, want active (wanted by rsp.socket)", s)
+		}
 		if out := c.must(t, "rsp", "check", "-config", "/etc/rsp/rsp.conf"); !strings.Contains(out, "configuration OK") {
 			t.Errorf("shipped config: %s", out)
 		}
 		c.must(t, "systemd-analyze", "verify", "--man=no",
-			"/usr/lib/systemd/system/rsp.socket", "/usr/lib/systemd/system/rsp.service", "rsp@demo.socket", "rsp@demo.service")
+			"/usr/lib/systemd/system/rsp.socket", "/usr/lib/systemd/system/rsp-metrics.socket",
+			"/usr/lib/systemd/system/rsp.service", "rsp@demo.socket", "rsp@demo.service")
 	})
 	if t.Failed() {
 		t.FailNow()
@@ -391,19 +414,23 @@ func TestSystemd(t *testing.T) {
 	// The operator points the shipped config at a backend before the
 	// first client arrives.
 	c.write(t, main.conf, main.config(echo.Addr().String()))
-	t.Run("rsp", func(t *testing.T) { exercise(t, c, main, echo2.Addr().String()) })
+	t.Run("rsp", func(t *testing.T) {
+		exercise(t, c, main, echo2.Addr().String())
+		observe(t, c, main)
+	})
 
 	demo := instance{socket: "rsp@demo.socket", service: "rsp@demo.service", conf: "/etc/rsp/demo.conf", fdName: "demo",
-		addr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+		addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), ctl: "/run/rsp-demo/rsp.ctl"}
+	// Its default socket, /run/rsp-demo.sock, from the host.
+	demoUnix := fmt.Sprintf("unix:/proc/%d/root/run/rsp-demo.sock", c.pid1)
 	t.Run("template", func(t *testing.T) {
 		c.write(t, demo.conf, demo.config(echo.Addr().String()))
 		c.write(t, "/etc/systemd/system/rsp@demo.socket.d/listen.conf", "[Socket]\nListenStream="+demo.addr+"\n")
 		c.must(t, "systemctl", "daemon-reload")
 		c.must(t, "systemctl", "enable", "--now", demo.socket)
 		exercise(t, c, demo, echo2.Addr().String())
-		// Its default socket, /run/rsp/demo.sock, from the host.
-		unixPath := fmt.Sprintf("/proc/%d/root/run/rsp/demo.sock", c.pid1)
-		if err := echoThrough("unix:"+unixPath, 77, 1<<20); err != nil {
+		observe(t, c, demo)
+		if err := echoThrough(demoUnix, 77, 1<<20); err != nil {
 			t.Errorf("through rsp@demo's unix socket: %v", err)
 		}
 	})
@@ -429,6 +456,16 @@ func TestSystemd(t *testing.T) {
 		if s := strings.TrimSpace(c.must(t, "systemctl", "is-enabled", "rsp.socket")); s != "enabled" {
 			t.Errorf("rsp.socket %s after the upgrade", s)
 		}
+		// The restarted rsp.service removed and made again its runtime
+		// directory /run/rsp: the instance's socket, elsewhere, is still
+		// there; the new rsp has the metrics socket and the control socket.
+		if err := echoThrough(demoUnix, 78, 64<<10); err != nil {
+			t.Errorf("through rsp@demo's unix socket after rsp.service restarted: %v", err)
+		}
+		if _, err := scrapeValue("http://"+statsAddr+"/metrics", "rsp_frontend_connections_accepted_total", map[string]string{"frontend": "main"}); err != nil {
+			t.Errorf("metrics after the upgrade: %v", err)
+		}
+		c.must(t, "rsp", "ctl", "servers")
 	})
 
 	t.Run("purge", func(t *testing.T) {
@@ -459,7 +496,7 @@ func TestSystemd(t *testing.T) {
 		if out, err := c.run("getent", "passwd", "rsp"); err == nil {
 			t.Errorf("user rsp left behind: %s", out)
 		}
-		for _, addr := range []string{main.addr, demo.addr} {
+		for _, addr := range []string{main.addr, demo.addr, statsAddr} {
 			if conn, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 				conn.Close()
 				t.Errorf("%s still accepts after purge", addr)
@@ -645,4 +682,152 @@ func pingOnce(addr, msg string) error {
 	}
 	defer c.Close()
 	return echoWithin(c, msg, 15*time.Second)
+}
+
+// observe checks an instance's observability under systemd: its metrics
+// socket unit serves rsp's /metrics (the container shares the host's
+// network, so the test scrapes it as Prometheus would); its control socket
+// is in the service's RuntimeDirectory=, mode 0600, owned by the dynamic
+// user, refused to other users; rsp ctl drains a server and readies it
+// again, seen in rsp ctl servers, in the metrics, in the journal and in
+// where new connections go.
+func observe(t *testing.T, c *container, in instance) {
+	t.Helper()
+	mustServe(t, in) // running, with a connection accepted
+	if in.metrics != "" {
+		url := "http://" + in.metrics + "/metrics"
+		n, err := scrapeValue(url, "rsp_frontend_connections_accepted_total", map[string]string{"frontend": "main"})
+		if err != nil {
+			t.Errorf("scrape %s: %v", url, err)
+		} else if n < 1 {
+			t.Errorf("rsp_frontend_connections_accepted_total{frontend=\"main\"} = %v after a connection, want at least 1", n)
+		}
+		if _, err := scrapeValue(url, "process_open_fds", nil); err != nil {
+			t.Errorf("scrape %s: the process collector: %v", url, err)
+		}
+	}
+
+	// The control socket: the service's own, 0600; its directory the
+	// service's RuntimeDirectory=, 0750.
+	pid := c.prop(t, in.service, "MainPID")
+	uid := strings.TrimSpace(c.must(t, "ps", "-o", "uid=", "-p", pid))
+	if uid == "0" {
+		t.Errorf("%s runs as root, want its DynamicUser=", in.service)
+	}
+	for _, f := range []struct{ path, want string }{
+		{in.ctl, "600 " + uid + " socket"},
+		{filepath.Dir(in.ctl), "750 " + uid + " directory"},
+	} {
+		if got := strings.TrimSpace(c.must(t, "stat", "-c", "%a %u %F", f.path)); got != f.want {
+			t.Errorf("%s: mode, owner and type %q, want %q (uid %s is %s's)", f.path, got, f.want, uid, in.service)
+		}
+	}
+	ctl := func(args ...string) (string, error) {
+		return c.run(append([]string{"rsp", "ctl", "-socket", in.ctl}, args...)...)
+	}
+	if in.ctl == "/run/rsp/rsp.ctl" {
+		// rsp.service's socket is rsp ctl's default.
+		ctl = func(args ...string) (string, error) { return c.run(append([]string{"rsp", "ctl"}, args...)...) }
+	}
+	// Another user is refused, with one line and exit 1.
+	out, err := c.run("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "rsp", "ctl", "-socket", in.ctl, "servers")
+	if code := exitCode(err); code != 1 || strings.Count(strings.TrimSpace(out), "\n") != 0 || !strings.HasPrefix(out, "rsp ctl: ") {
+		t.Errorf("rsp ctl as nobody: exit %d (%v), want 1 with one line \"rsp ctl: REASON\":\n%s", code, err, out)
+	}
+
+	state := func() string {
+		out, err := ctl("servers")
+		if err != nil {
+			t.Fatalf("rsp ctl servers: %v\n%s", err, out)
+		}
+		for _, line := range strings.Split(out, "\n") {
+			if f := strings.Fields(line); len(f) > 2 && f[0] == "echo/s0" {
+				return f[2] // SERVER ADDR STATE ...
+			}
+		}
+		t.Fatalf("rsp ctl servers lists no echo/s0:\n%s", out)
+		return ""
+	}
+	if !eventually(5*time.Second, func() bool { return state() == "up" }) {
+		t.Fatalf("echo/s0 is %s in rsp ctl servers, want up", state())
+	}
+	if out, err := ctl("drain", "echo/s0"); err != nil {
+		t.Fatalf("rsp ctl drain echo/s0: %v\n%s", err, out)
+	}
+	if s := state(); s != "draining" {
+		t.Errorf("echo/s0 is %s after rsp ctl drain, want draining", s)
+	}
+	if in.metrics != "" {
+		if v, err := scrapeValue("http://"+in.metrics+"/metrics", "rsp_server_state",
+			map[string]string{"backend": "echo", "server": "s0", "state": "draining"}); err != nil || v != 1 {
+			t.Errorf("rsp_server_state{backend=\"echo\",server=\"s0\",state=\"draining\"} = %v (%v) after drain, want 1", v, err)
+		}
+	}
+	// The only server drains: a new client has no server to go to.
+	if err := pingOnce(in.addr, "while drained"); err == nil {
+		t.Errorf("a new connection was served while the only server was drained")
+	}
+	if out, err := ctl("ready", "echo/s0"); err != nil {
+		t.Fatalf("rsp ctl ready echo/s0: %v\n%s", err, out)
+	}
+	if s := state(); s != "up" {
+		t.Errorf("echo/s0 is %s after rsp ctl ready, want up", s)
+	}
+	mustServe(t, in)
+	if !eventually(5*time.Second, func() bool {
+		j, _ := c.run("journalctl", "-u", in.service, "--no-pager", "-o", "cat")
+		return strings.Count(j, "server state changed by rsp ctl") >= 2
+	}) {
+		t.Errorf("journal of %s lacks the changes rsp ctl made", in.service)
+	}
+}
+
+// exitCode is a command's exit status from its error: 0 for nil, -1 when
+// it did not run to an exit.
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	if e, ok := err.(*exec.ExitError); ok {
+		return e.ExitCode()
+	}
+	return -1
+}
+
+// scrapeValue returns the sum of the samples of a counter or gauge family
+// at url (rsp's /metrics) whose labels include want.
+func scrapeValue(url, family string, want map[string]string) (float64, error) {
+	body, err := fetchMetrics(url)
+	if err != nil {
+		return 0, err
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		return 0, fmt.Errorf("GET %s: %w", url, err)
+	}
+	mf, ok := fams[family]
+	if !ok {
+		return 0, fmt.Errorf("GET %s: no %s", url, family)
+	}
+	var sum float64
+	var found bool
+	for _, m := range mf.GetMetric() {
+		labels := map[string]string{}
+		for _, l := range m.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		match := true
+		for k, v := range want {
+			match = match && labels[k] == v
+		}
+		if match {
+			found = true
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	if !found {
+		return 0, fmt.Errorf("GET %s: no %s with labels %v", url, family, want)
+	}
+	return sum, nil
 }

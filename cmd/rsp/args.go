@@ -29,6 +29,10 @@ type options struct {
 	relay          splice.Mode
 	pipeSize       int
 	logLevel       slog.Level
+	metrics        string          // -metrics [HOST]:PORT
+	control        string          // -control PATH
+	connLog        string          // -conn-log all|errors|off
+	logFormat      string          // -log-format text|json
 	set            map[string]bool // flags given explicitly
 	version        bool
 	help           bool
@@ -115,6 +119,10 @@ func newFlagSet(name string, o *options) *flag.FlagSet {
 	fs.Var(modeFlag{&o.relay}, "relay", "")
 	fs.IntVar(&o.pipeSize, "pipe-size", 0, "")
 	fs.Var(levelFlag{&o.logLevel}, "log-level", "")
+	fs.StringVar(&o.metrics, "metrics", "", "")
+	fs.StringVar(&o.control, "control", "", "")
+	fs.StringVar(&o.connLog, "conn-log", config.DefaultConnLog, "")
+	fs.StringVar(&o.logFormat, "log-format", "text", "")
 	fs.BoolVar(&o.version, "version", false, "")
 	fs.BoolVar(&o.help, "h", false, "")
 	fs.BoolVar(&o.help, "help", false, "")
@@ -125,6 +133,7 @@ const usageText = `usage: rsp [flags] <listen_port> <backend_addr> <backend_port
        rsp [flags] -listen [HOST]:PORT -backend HOST:PORT
        rsp -config FILE [-log-level LEVEL]
        rsp check -config FILE
+       rsp ctl [-socket PATH] COMMAND [ARGS]   (rsp ctl help)
        rsp demo [-listen [HOST]:PORT]
 
 rsp forwards every TCP connection it accepts to a backend, moving the
@@ -164,6 +173,13 @@ flags:
   -pipe-size BYTES         capacity asked of each pipe, 4096 to 67108864;
                            0 for the default (1048576)
   -log-level LEVEL         debug, info, warn or error (default info)
+  -log-format text|json    log lines as logfmt (default) or JSON
+  -conn-log all|errors|off one log line per connection: every one, those
+                           that did not end cleanly (default), or none
+  -metrics [HOST]:PORT     serve Prometheus metrics at /metrics there
+                           (default: none)
+  -control PATH            serve 'rsp ctl' on a Unix socket at PATH
+                           (default: none)
   -version                 print the version and exit
   -h, -help                print this help and exit
 
@@ -202,7 +218,7 @@ func parseArgs(args []string) (*options, error) {
 	fs.Visit(func(f *flag.Flag) { o.set[f.Name] = true })
 	if o.config != "" {
 		for _, name := range []string{"listen", "backend", "connect-timeout", "idle-timeout", "half-close-timeout", "drain-timeout",
-			"tcp-keepalive", "tcp-user-timeout", "maxconn", "relay", "pipe-size"} {
+			"tcp-keepalive", "tcp-user-timeout", "maxconn", "relay", "pipe-size", "metrics", "control", "conn-log", "log-format"} {
 			if o.set[name] {
 				return nil, usagef("-%s cannot be combined with -config: set it in the configuration file (see rsp(8))", name)
 			}
@@ -265,6 +281,22 @@ func parseArgs(args []string) (*options, error) {
 	}
 	if o.maxConn < 0 {
 		return nil, usagef("-maxconn %d is negative: give the most concurrent connections, or 0 for no limit", o.maxConn)
+	}
+	if o.metrics != "" {
+		if err := config.CheckListen("-metrics", o.metrics); err != nil {
+			return nil, &usageError{msg: err.Error()}
+		}
+	}
+	if o.control != "" && !strings.HasPrefix(o.control, "/") {
+		return nil, usagef("-control %q is not an absolute path: give the socket's path, such as /run/rsp/rsp.ctl", o.control)
+	}
+	switch o.connLog {
+	case "all", "errors", "off":
+	default:
+		return nil, usagef("unknown -conn-log %q: use all, errors or off", o.connLog)
+	}
+	if o.logFormat != "text" && o.logFormat != "json" {
+		return nil, usagef("unknown -log-format %q: use text or json", o.logFormat)
 	}
 	return o, nil
 }

@@ -46,7 +46,7 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	o.backend = echo.Addr().String()
 	level := new(slog.LevelVar)
 	level.Set(o.logLevel)
-	return serve(o, newLogger(stderr, level), level, stderr, func(addrs []string) {
+	return serve(o, stderr, level, func(addrs []string) {
 		fmt.Fprintf(stdout, "rsp demo: forwarding %s -> built-in echo backend %s (relay=%s)\n", strings.Join(addrs, ", "), o.backend, o.relay)
 		if err := selfCheck(addrs[0]); err != nil {
 			fmt.Fprintf(stdout, "self-check through rsp FAILED: %v\n", err)

@@ -20,6 +20,8 @@ import (
 	"rsp/internal/activation"
 	"rsp/internal/balance"
 	"rsp/internal/config"
+	"rsp/internal/connlog"
+	"rsp/internal/metrics"
 	"rsp/internal/proxy"
 	"rsp/internal/splice"
 )
@@ -39,6 +41,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return runDemo(args[1:], stdout, stderr)
 		case "check":
 			return runCheck(args[1:], stdout, stderr)
+		case "ctl":
+			return runCtl(args[1:], stdout, stderr)
 		case "bench":
 			return runBench(args[1:], stdout, stderr)
 		case "bench-backend", "bench-iocopy":
@@ -60,7 +64,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	level := new(slog.LevelVar)
 	level.Set(o.logLevel)
-	return serve(o, newLogger(stderr, level), level, stderr, nil)
+	return serve(o, stderr, level, nil)
 }
 
 // printErr writes err to w, one "rsp: " line per line of it.
@@ -95,6 +99,7 @@ func loadConfig(o *options, sd []activation.Listener) (*config.Config, error) {
 	return &config.Config{
 		Path: "command line", MaxConn: o.maxConn, Relay: o.relay.String(),
 		DrainTimeout: o.drainTimeout, PipeSize: o.pipeSize,
+		Metrics: o.metrics, Control: o.control, ConnLog: o.connLog, LogFormat: o.logFormat, ConnLogSample: 1,
 		Frontends: []*config.Frontend{fe},
 		Backends: []*config.Backend{{
 			Name: "default", Balance: balance.RoundRobin, KeepAlive: ka,
@@ -103,16 +108,19 @@ func loadConfig(o *options, sd []activation.Listener) (*config.Config, error) {
 	}, nil
 }
 
-// serve runs the proxy until a signal stops it. ready, if not nil, is
-// called with the listeners' addresses once they are served.
-func serve(o *options, logger *slog.Logger, level *slog.LevelVar, stderr io.Writer, ready func([]string)) int {
-	var sd []activation.Listener
+// serve runs the proxy until a signal stops it, logging to stderr. ready,
+// if not nil, is called with the listeners' addresses once they are
+// served.
+func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]string)) int {
+	logger := newLogger(stderr, level, "text")
+	var sd, metricsSockets []activation.Listener
 	if activation.Activated() {
 		var err error
 		if sd, err = activation.FromSystemd(); err != nil {
 			printErr(stderr, err)
 			return 1
 		}
+		sd, metricsSockets = splitMetricsSockets(sd)
 		if len(sd) > 0 && len(o.listen) > 0 && o.config == "" {
 			logger.Info("socket-activated: ignoring -listen", "listen", strings.Join(o.listen, ","))
 		}
@@ -122,6 +130,14 @@ func serve(o *options, logger *slog.Logger, level *slog.LevelVar, stderr io.Writ
 		printErr(stderr, err)
 		return 2
 	}
+	if cfg.LogFormat == "json" {
+		logger = newLogger(stderr, level, cfg.LogFormat)
+	}
+	connMode, _ := connlog.ParseMode(cfg.ConnLog)
+	connLog := connlog.NewBatched(stderr, func(w connlog.Writer) slog.Handler {
+		return newHandler(w, level, cfg.LogFormat)
+	}, connMode, cfg.ConnLogSample)
+	defer connLog.Close()
 	if o.config != "" && !o.set["log-level"] {
 		level.Set(parseLevel(cfg.LogLevel))
 	}
@@ -131,7 +147,7 @@ func serve(o *options, logger *slog.Logger, level *slog.LevelVar, stderr io.Writ
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
 	mode, _ := splice.ParseMode(cfg.Relay)
-	relay := &splice.Relay{Mode: mode, MaxConn: cfg.MaxConn, PipeSize: cfg.PipeSize, Loops: eventLoops(mode), Logger: logger}
+	relay := &splice.Relay{Mode: mode, MaxConn: cfg.MaxConn, PipeSize: cfg.PipeSize, Loops: eventLoops(mode), Logger: logger, OnEnd: connLog.Log}
 	if err := relay.Start(); err != nil {
 		printErr(stderr, fmt.Errorf("start relay: %w", err))
 		return 1
@@ -147,6 +163,26 @@ func serve(o *options, logger *slog.Logger, level *slog.LevelVar, stderr io.Writ
 		return 1
 	}
 	addrs := px.Addrs()
+	reloads := &metrics.Reloads{}
+	reloads.Loaded()
+	running := &runningConfig{}
+	running.set(cfg)
+	metricsSrv, err := serveMetrics(cfg, metricsSockets, metrics.Sources{
+		Relay: relay, Servers: func() []metrics.ServerState { return serverStates(px) }, Frontends: running.frontends, MaxConn: running.maxConn,
+		Reloads: reloads, ConnLog: connLog, Version: version,
+	}, logger)
+	if err != nil {
+		relay.Shutdown(context.Background())
+		px.Close()
+		printErr(stderr, err)
+		return 2
+	}
+	if metricsSrv != nil {
+		defer metricsSrv.Close()
+	}
+	if ctl := serveControl(cfg, px, relay, logger); ctl != nil {
+		defer ctl.Close()
+	}
 	notifier := activation.NewNotifier(logger)
 	notifier.Ready()
 	started := []any{"version", version, "listen", strings.Join(addrs, ","), "relay", cfg.Relay, "socket_activated", len(sd) > 0}
@@ -175,7 +211,14 @@ func serve(o *options, logger *slog.Logger, level *slog.LevelVar, stderr io.Writ
 				logger.Warn("SIGHUP ignored: rsp runs from the command line, with no configuration file to reload (use -config)")
 				continue
 			}
-			cfg = reload(o, cfg, px, relay, notifier, logger, level)
+			var err error
+			cfg, err = reload(o, cfg, px, relay, notifier, logger, level)
+			reloads.Record(err)
+			if err == nil {
+				connMode, _ := connlog.ParseMode(cfg.ConnLog)
+				connLog.Set(connMode, cfg.ConnLogSample)
+				running.set(cfg)
+			}
 			continue
 		}
 		break
@@ -206,8 +249,8 @@ func serve(o *options, logger *slog.Logger, level *slog.LevelVar, stderr io.Writ
 // reload re-reads the configuration file and applies it; on any error
 // the running configuration keeps serving, unchanged (proxy.Apply is all
 // or nothing), and the reload is logged as refused. It returns the
-// configuration now running.
-func reload(o *options, cur *config.Config, px *proxy.Proxy, relay *splice.Relay, n *activation.Notifier, logger *slog.Logger, level *slog.LevelVar) *config.Config {
+// configuration now running, and the error that refused the new one.
+func reload(o *options, cur *config.Config, px *proxy.Proxy, relay *splice.Relay, n *activation.Notifier, logger *slog.Logger, level *slog.LevelVar) (*config.Config, error) {
 	n.Reloading()
 	defer n.Ready()
 	cfg, err := config.Load(o.config)
@@ -218,11 +261,15 @@ func reload(o *options, cur *config.Config, px *proxy.Proxy, relay *splice.Relay
 		for _, line := range strings.Split(err.Error(), "\n") {
 			logger.Error("reload refused; the running configuration keeps serving", "err", line)
 		}
-		return cur
+		return cur, err
 	}
 	if cfg.Relay != cur.Relay || cfg.PipeSize != cur.PipeSize {
 		logger.Warn("relay and pipe_size take effect at the next restart", "relay", cur.Relay, "pipe_size", cur.PipeSize)
 		cfg.Relay, cfg.PipeSize = cur.Relay, cur.PipeSize
+	}
+	if cfg.Metrics != cur.Metrics || cfg.Control != cur.Control || cfg.LogFormat != cur.LogFormat {
+		logger.Warn("metrics, control and log_format take effect at the next restart", "metrics", cur.Metrics, "control", cur.Control, "log_format", cur.LogFormat)
+		cfg.Metrics, cfg.Control, cfg.LogFormat = cur.Metrics, cur.Control, cur.LogFormat
 	}
 	relay.SetMaxConn(cfg.MaxConn)
 	if !o.set["log-level"] {
@@ -230,7 +277,7 @@ func reload(o *options, cur *config.Config, px *proxy.Proxy, relay *splice.Relay
 	}
 	logger.Info("configuration reloaded", "config", o.config, "listen", strings.Join(px.Addrs(), ","),
 		"frontends", len(cfg.Frontends), "backends", len(cfg.Backends))
-	return cfg
+	return cfg, nil
 }
 
 // runCheck is 'rsp check -config FILE': it validates without starting.
@@ -303,9 +350,15 @@ func logStats(logger *slog.Logger, s splice.Stats) {
 		"pipes", s.Pipes, "idle_pipes", s.IdlePipes, "goroutines", runtime.NumGoroutine(), "fds", fds)
 }
 
-// newLogger logs text to w; under journald (JOURNAL_STREAM set) without
-// timestamps, since the journal adds its own.
-func newLogger(w io.Writer, level slog.Leveler) *slog.Logger {
+// newLogger logs to w in format ("text" for logfmt, or "json").
+func newLogger(w io.Writer, level slog.Leveler, format string) *slog.Logger {
+	return slog.New(newHandler(w, level, format))
+}
+
+// newHandler formats log records for w: logfmt, or JSON for format
+// "json"; under journald (JOURNAL_STREAM set) without timestamps, since
+// the journal adds its own.
+func newHandler(w io.Writer, level slog.Leveler, format string) slog.Handler {
 	opts := &slog.HandlerOptions{Level: level}
 	if os.Getenv("JOURNAL_STREAM") != "" {
 		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
@@ -315,5 +368,8 @@ func newLogger(w io.Writer, level slog.Leveler) *slog.Logger {
 			return a
 		}
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	if format == "json" {
+		return slog.NewJSONHandler(w, opts)
+	}
+	return slog.NewTextHandler(w, opts)
 }

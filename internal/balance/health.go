@@ -35,10 +35,17 @@ func (s *Server) check(timeout time.Duration) error {
 	return nil
 }
 
-// checkResult counts one active check and changes s's state when Rise or
-// Fall is reached.
+// checkResult counts one active check (cumulative, for metrics, and
+// consecutive) and changes s's state when Rise or Fall is reached. It
+// runs whatever the server's Admin: a server in maintenance is still
+// checked, so its health is known when it is made ready.
 func (s *Server) checkResult(err error) {
 	h := s.pool.health
+	if err == nil {
+		s.st.checksPassed.Add(1)
+	} else {
+		s.st.checksFailed.Add(1)
+	}
 	s.st.mu.Lock()
 	if err == nil {
 		s.st.passed++

@@ -10,7 +10,12 @@
 //	... connect to s.Addr() ...
 //	s.Connected(err)       // feeds passive ejection
 //	s.Release()            // when the connection ends
+//	p.Server("a").SetAdmin(balance.Drain) // at run time (rsp ctl); also SetWeight
 //	p.Close()
+//
+// A server's live state (health, active connections, check counts and
+// the runtime settings of rsp ctl) is shared by the pools of successive
+// reloads while the server keeps its name and address (Pool.Inherit).
 //
 // The package knows addresses, weights and health; it knows nothing about
 // sockets being relayed.
@@ -142,7 +147,9 @@ type Pool struct {
 	servers []*Server
 	health  Health
 	log     *slog.Logger
-	ring    []ringPoint // Source only
+
+	ringMu sync.Mutex           // serializes ring rebuilds
+	ring   atomic.Pointer[ring] // Source only; rebuilt when a weight changes
 
 	mu   sync.Mutex    // guards the round-robin state
 	next atomic.Uint32 // LeastConn tie-break rotation
@@ -156,17 +163,19 @@ type Pool struct {
 type Server struct {
 	pool    *Pool
 	name    string // "pool/server"
+	short   string // "server"
 	addr    net.Addr
-	weight  int
+	weight  int // configured; Weight() is the effective one
 	maxConn int64
 	current int // smooth round-robin credit, guarded by pool.mu
 	st      *state
 }
 
 // state is a server's live state. It outlives the Pool across a reload
-// when the server keeps its name and address, so health and connection
-// counts carry over.
+// when the server keeps its name and address, so health, connection
+// counts and what rsp ctl set carry over.
 type state struct {
+	adminState
 	active atomic.Int64 // connections picked and not yet released
 	down   atomic.Int32 // why the server is down: up (0), byCheck or byEjection
 	fails  atomic.Int32 // consecutive failed client connects
@@ -208,16 +217,16 @@ func NewPool(name string, alg Algorithm, servers []ServerConfig, h Health, log *
 		if sc.Addr == nil {
 			return nil, fmt.Errorf("backend %s: server %s has no address", name, sc.Name)
 		}
-		if sc.Weight < 0 {
-			return nil, fmt.Errorf("backend %s: server %s: negative weight %d", name, sc.Name, sc.Weight)
+		if sc.Weight < 0 || sc.Weight > MaxWeight {
+			return nil, fmt.Errorf("backend %s: server %s: weight %d out of range: use 0 (drain) to %d", name, sc.Name, sc.Weight, MaxWeight)
 		}
 		p.servers = append(p.servers, &Server{
-			pool: p, name: name + "/" + sc.Name, addr: sc.Addr,
+			pool: p, name: name + "/" + sc.Name, short: sc.Name, addr: sc.Addr,
 			weight: sc.Weight, maxConn: int64(sc.MaxConn), st: &state{},
 		})
 	}
 	if alg == Source {
-		p.ring = buildRing(p.servers)
+		p.currentRing()
 	}
 	return p, nil
 }
@@ -225,12 +234,29 @@ func NewPool(name string, alg Algorithm, servers []ServerConfig, h Health, log *
 // Name returns the pool's name.
 func (p *Pool) Name() string { return p.name }
 
+// Algorithm returns the pool's balancing algorithm.
+func (p *Pool) Algorithm() Algorithm { return p.alg }
+
 // Servers returns the pool's servers in configuration order.
 func (p *Pool) Servers() []*Server { return p.servers }
 
-// Inherit takes over the live state (up or down, active connections) of
+// Server returns the server named short ("a" of "app/a"), or nil.
+func (p *Pool) Server(short string) *Server {
+	for _, s := range p.servers {
+		if s.short == short {
+			return s
+		}
+	}
+	return nil
+}
+
+// Inherit takes over the live state (up or down, active connections,
+// health-check counts, and what rsp ctl set: drain, maint, weight) of
 // old's servers that have the same name and address in p, so a reload
-// neither revives a dead server nor forgets connections in flight. It
+// neither revives a dead server nor forgets connections in flight nor
+// undoes an operator's runtime change. A runtime weight gives way to the
+// file's only where the file changed the server's weight since (see
+// Server.SetWeight); a server whose address changed starts afresh. It
 // changes nothing in the shared state, so old may keep serving if p is
 // never started; Start settles what p cannot keep (see Start). Call it
 // before Start.
@@ -245,10 +271,14 @@ func (p *Pool) Inherit(old *Pool) {
 			}
 		}
 	}
+	if p.alg == Source {
+		p.currentRing() // for the inherited runtime weights
+	}
 }
 
 // Start begins active health checks, one goroutine per server, if the
-// pool has a check interval. Without checks it first settles the state
+// pool has a check interval. It ends (and logs) each runtime weight that
+// the configuration overrode. Without checks it first settles the state
 // inherited from a pool that had them: a server down by health checks
 // is up again (nothing would ever check it again), and one ejected by
 // failed client connects while checks were on rests EjectTime from now,
@@ -260,6 +290,7 @@ func (p *Pool) Start() {
 	p.started = true
 	for _, s := range p.servers {
 		s.st.health.Store(&p.health)
+		s.settleWeight()
 	}
 	if p.health.Interval <= 0 {
 		for _, s := range p.servers {
@@ -306,7 +337,7 @@ var ErrNoServer = errors.New("no server available")
 
 // Pick chooses a server for a new connection from client, skipping the
 // servers in tried (which already failed this connection), those down,
-// drained (weight 0) and full. The server is counted as active until its
+// drained (weight 0 or rsp ctl drain), in maintenance and full. The server is counted as active until its
 // Release.
 func (p *Pool) Pick(client netip.AddrPort, tried []*Server) (*Server, error) {
 	// A server found full while acquiring is skipped on the next round;
@@ -337,12 +368,16 @@ func (p *Pool) Pick(client netip.AddrPort, tried []*Server) (*Server, error) {
 
 // noServer explains why no server could be picked.
 func (p *Pool) noServer(tried []*Server) error {
-	var down, full, drained, failed int
+	var down, full, drained, ctlDrained, maint, failed int
 	for _, s := range p.servers {
 		switch {
 		case contains(tried, s):
 			failed++
-		case s.weight == 0:
+		case s.Admin() == Maint:
+			maint++
+		case s.Admin() == Drain:
+			ctlDrained++
+		case s.Weight() == 0:
 			drained++
 		case s.st.down.Load() != up:
 			down++
@@ -354,7 +389,10 @@ func (p *Pool) noServer(tried []*Server) error {
 	for _, c := range []struct {
 		n    int
 		what string
-	}{{down, "down"}, {full, "full (maxconn)"}, {drained, "drained (weight 0)"}, {failed, "failed to connect"}} {
+	}{
+		{down, "down"}, {full, "full (maxconn)"}, {drained, "drained (weight 0)"},
+		{ctlDrained, "drained (rsp ctl)"}, {maint, "in maintenance"}, {failed, "failed to connect"},
+	} {
 		if c.n > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", c.n, c.what))
 		}
@@ -371,9 +409,10 @@ func contains(list []*Server, s *Server) bool {
 	return false
 }
 
-// eligible reports whether s may take a new connection now.
+// eligible reports whether s may take a new connection now: up, ready,
+// of weight above 0, not full, not skipped.
 func (s *Server) eligible(skip []*Server) bool {
-	if s.weight <= 0 || s.st.down.Load() != up {
+	if s.st.down.Load() != up || s.st.admin.Load() != int32(Ready) || s.Weight() <= 0 {
 		return false
 	}
 	if s.maxConn > 0 && s.st.active.Load() >= s.maxConn {
@@ -406,8 +445,9 @@ func (p *Pool) pickRoundRobin(skip []*Server) *Server {
 		if !s.eligible(skip) {
 			continue
 		}
-		s.current += s.weight
-		total += s.weight
+		w := s.Weight()
+		s.current += w
+		total += w
 		if best == nil || s.current > best.current {
 			best = s
 		}
@@ -421,7 +461,7 @@ func (p *Pool) pickRoundRobin(skip []*Server) *Server {
 // lighter reports whether a carries fewer active connections per unit of
 // weight than b.
 func lighter(a, b *Server) bool {
-	return a.st.active.Load()*int64(b.weight) < b.st.active.Load()*int64(a.weight)
+	return a.st.active.Load()*int64(b.Weight()) < b.st.active.Load()*int64(a.Weight())
 }
 
 // pickLeast takes the eligible server with the fewest connections per
@@ -459,27 +499,38 @@ func (p *Pool) drawWeighted(skip []*Server) *Server {
 	total := 0
 	for _, s := range p.servers {
 		if s.eligible(skip) {
-			total += s.weight
+			total += s.Weight()
 		}
 	}
 	if total == 0 {
 		return nil
 	}
 	r := rand.IntN(total)
+	// A server or weight may change between the two passes; the draw
+	// then falls to the last eligible server rather than to none.
+	var last *Server
 	for _, s := range p.servers {
 		if !s.eligible(skip) {
 			continue
 		}
-		if r < s.weight {
+		last = s
+		w := s.Weight()
+		if r < w {
 			return s
 		}
-		r -= s.weight
+		r -= w
 	}
-	return nil
+	return last
 }
 
 // Name returns the server's "pool/server" name.
 func (s *Server) Name() string { return s.name }
+
+// ShortName returns the server's name within its pool ("server").
+func (s *Server) ShortName() string { return s.short }
+
+// Pool returns the pool the server belongs to.
+func (s *Server) Pool() *Pool { return s.pool }
 
 // Addr returns the server's address.
 func (s *Server) Addr() net.Addr { return s.addr }

@@ -17,20 +17,36 @@ type ringPoint struct {
 	s    *Server
 }
 
+// ring is a consistent-hash ring and the weights it was built for.
+// A ring is never changed once built: a weight change builds a new one
+// and swaps it in (Pool.ring), so a pick reads a whole ring without a
+// lock.
+type ring struct {
+	points []ringPoint
+	// weights holds, for each of the pool's servers in order, the
+	// weight its points stand for: max(effective weight, 1).
+	weights []int
+}
+
+// ringWeight is how many weights' worth of points s puts on the ring. A
+// drained server (weight 0) keeps one weight's worth: its clients fall
+// through to the next server while it drains and return to it
+// afterwards.
+func ringWeight(s *Server) int { return max(s.Weight(), 1) }
+
 // buildRing places pointsPerWeight × weight points per server on the
 // ring, hashed from the server's name so that every process, and every
-// reload, builds the same ring. A drained server (weight 0) keeps one
-// weight's worth of points: its clients fall through to the next server
-// while it drains and return to it afterwards.
-func buildRing(servers []*Server) []ringPoint {
-	var ring []ringPoint
-	for _, s := range servers {
-		w := max(s.weight, 1)
-		for i := range w * pointsPerWeight {
-			ring = append(ring, ringPoint{hash: hashString(s.name + "#" + strconv.Itoa(i)), s: s})
+// reload, builds the same ring for the same weights.
+func buildRing(servers []*Server) *ring {
+	r := &ring{weights: make([]int, len(servers))}
+	for i, s := range servers {
+		w := ringWeight(s)
+		r.weights[i] = w
+		for k := range w * pointsPerWeight {
+			r.points = append(r.points, ringPoint{hash: hashString(s.name + "#" + strconv.Itoa(k)), s: s})
 		}
 	}
-	slices.SortFunc(ring, func(a, b ringPoint) int {
+	slices.SortFunc(r.points, func(a, b ringPoint) int {
 		switch {
 		case a.hash < b.hash:
 			return -1
@@ -39,15 +55,43 @@ func buildRing(servers []*Server) []ringPoint {
 		}
 		return 0
 	})
-	return ring
+	return r
+}
+
+// fits reports whether r was built for the servers' weights now.
+func (r *ring) fits(servers []*Server) bool {
+	for i, s := range servers {
+		if r.weights[i] != ringWeight(s) {
+			return false
+		}
+	}
+	return true
+}
+
+// currentRing returns p's ring for its servers' weights now, building
+// it first if a weight changed (at run time, or by a reload's Inherit)
+// since the last one was built.
+func (p *Pool) currentRing() *ring {
+	if r := p.ring.Load(); r != nil && r.fits(p.servers) {
+		return r
+	}
+	p.ringMu.Lock()
+	defer p.ringMu.Unlock()
+	if r := p.ring.Load(); r != nil && r.fits(p.servers) {
+		return r // built while this pick waited
+	}
+	r := buildRing(p.servers)
+	p.ring.Store(r)
+	return r
 }
 
 // pickSource walks the ring clockwise from the client's hash to the first
 // eligible server.
 func (p *Pool) pickSource(client netip.Addr, skip []*Server) *Server {
+	ring := p.currentRing().points
 	b := client.Unmap().As16()
 	h := hashBytes(b[:])
-	i, _ := slices.BinarySearchFunc(p.ring, h, func(pt ringPoint, h uint64) int {
+	i, _ := slices.BinarySearchFunc(ring, h, func(pt ringPoint, h uint64) int {
 		switch {
 		case pt.hash < h:
 			return -1
@@ -56,9 +100,9 @@ func (p *Pool) pickSource(client netip.Addr, skip []*Server) *Server {
 		}
 		return 0
 	})
-	n := len(p.ring)
+	n := len(ring)
 	for k := range n {
-		if s := p.ring[(i+k)%n].s; s.eligible(skip) {
+		if s := ring[(i+k)%n].s; s.eligible(skip) {
 			return s
 		}
 	}

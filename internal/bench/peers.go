@@ -25,6 +25,7 @@ func contenders(o *Options) []Contender {
 	cs := []Contender{
 		{Name: "direct"},
 		{Name: "rsp splice", start: rspStarter("splice")},
+		{Name: "rsp splice observed", start: rspStarter("splice", "-metrics", "127.0.0.1:0", "-conn-log", "all")},
 		{Name: "rsp copy", start: rspStarter("copy")},
 		{Name: "Go io.Copy proxy", start: startIOCopy},
 	}
@@ -67,9 +68,13 @@ var (
 	backendRE  = regexp.MustCompile(`^backend=(\S+)`)
 )
 
-func rspStarter(mode string) func(*Options, string, string) (*process, error) {
+// rspStarter runs rsp in relay mode with extra flags; "rsp splice
+// observed" serves metrics and logs every connection, to show what
+// observing costs.
+func rspStarter(mode string, extra ...string) func(*Options, string, string) (*process, error) {
 	return func(o *Options, backend, host string) (*process, error) {
 		args := []string{"-listen", host + ":0", "-backend", backend, "-relay", mode, "-idle-timeout", "0"}
+		args = append(args, extra...)
 		cmd := exec.Command(o.Rsp, append(args, o.RspArgs...)...)
 		return start(cmd, rspStartRE, true)
 	}

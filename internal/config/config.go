@@ -55,8 +55,20 @@ type Config struct {
 	DrainTimeout time.Duration
 	LogLevel     string // "debug", "info", "warn" or "error"
 	PipeSize     int
-	Frontends    []*Frontend // by name
-	Backends     []*Backend  // by name
+	// Metrics is the [HOST]:PORT of the /metrics listener; "" for none
+	// (a systemd socket named "metrics" serves it too).
+	Metrics string
+	// Control is the path of the control socket for rsp ctl; "" for none.
+	Control string
+	// LogFormat is "text" (logfmt) or "json".
+	LogFormat string
+	// ConnLog is which connections get a line: "all", "errors" or "off".
+	ConnLog string
+	// ConnLogSample is the share of clean connections logged with
+	// ConnLog "all", in (0, 1].
+	ConnLogSample float64
+	Frontends     []*Frontend // by name
+	Backends      []*Backend  // by name
 }
 
 // AnySocket as a Frontend's Socket takes every socket systemd passed,
@@ -72,6 +84,9 @@ type Frontend struct {
 	ConnectTimeout   time.Duration
 	IdleTimeout      time.Duration
 	HalfCloseTimeout time.Duration
+	// MaxConn bounds the frontend's connections at once; a client beyond
+	// it is reset at once. 0 means no limit.
+	MaxConn int
 	// KeepAlive is set on the frontend's client sockets.
 	KeepAlive splice.KeepAlive
 	// Where is "file:line" of the frontend's section, for errors found
@@ -109,11 +124,16 @@ type fileConfig struct {
 }
 
 type globalSection struct {
-	MaxConn      *int      `toml:"maxconn"`
-	Relay        *string   `toml:"relay"`
-	DrainTimeout *duration `toml:"drain_timeout"`
-	LogLevel     *string   `toml:"log_level"`
-	PipeSize     *int      `toml:"pipe_size"`
+	MaxConn       *int      `toml:"maxconn"`
+	Relay         *string   `toml:"relay"`
+	DrainTimeout  *duration `toml:"drain_timeout"`
+	LogLevel      *string   `toml:"log_level"`
+	PipeSize      *int      `toml:"pipe_size"`
+	Metrics       *string   `toml:"metrics"`
+	Control       *string   `toml:"control"`
+	LogFormat     *string   `toml:"log_format"`
+	ConnLog       *string   `toml:"conn_log"`
+	ConnLogSample *float64  `toml:"conn_log_sample"`
 }
 
 type timeoutSection struct {
@@ -140,6 +160,7 @@ type frontendSection struct {
 	Listen  *addrList `toml:"listen"`
 	Socket  *string   `toml:"socket"`
 	Backend *string   `toml:"backend"`
+	MaxConn *int      `toml:"maxconn"`
 	timeoutSection
 	keepAliveSection
 }
@@ -449,7 +470,16 @@ func (c *checker) build(f *fileConfig) *Config {
 		DrainTimeout: durOr(f.Global.DrainTimeout, DefaultDrainTimeout),
 		LogLevel:     strOr(f.Global.LogLevel, "info"),
 		PipeSize:     intOr(f.Global.PipeSize, 0),
+		Metrics:      strOr(f.Global.Metrics, ""),
+		Control:      strOr(f.Global.Control, ""),
+		LogFormat:    strOr(f.Global.LogFormat, "text"),
+		ConnLog:      strOr(f.Global.ConnLog, DefaultConnLog),
 	}
+	cfg.ConnLogSample = 1
+	if f.Global.ConnLogSample != nil {
+		cfg.ConnLogSample = *f.Global.ConnLogSample
+	}
+	c.checkObservability(cfg)
 	if cfg.MaxConn < 0 {
 		c.add([]string{"global", "maxconn"}, "maxconn %d is negative: give the most concurrent connections, or 0 for no limit", cfg.MaxConn)
 	}
@@ -493,10 +523,14 @@ func (c *checker) build(f *fileConfig) *Config {
 			ConnectTimeout:   durOr(fs.ConnectTimeout, durOr(f.Defaults.ConnectTimeout, DefaultConnectTimeout)),
 			IdleTimeout:      durOr(fs.IdleTimeout, durOr(f.Defaults.IdleTimeout, DefaultIdleTimeout)),
 			HalfCloseTimeout: durOr(fs.HalfCloseTimeout, durOr(f.Defaults.HalfCloseTimeout, 0)),
+			MaxConn:          intOr(fs.MaxConn, 0),
 			KeepAlive:        keepAlive(fs.keepAliveSection, f.Defaults.keepAliveSection),
 			Where:            c.where(key...),
 		}
 		c.checkTimeouts(key, "frontend "+name+": ", fs.timeoutSection)
+		if fe.MaxConn < 0 {
+			c.add(append(key, "maxconn"), "frontend %s: maxconn %d is negative: give the most connections at once, or 0 for no limit", name, fe.MaxConn)
+		}
 		c.checkKeepAlive(key, "frontend "+name+": ", fs.keepAliveSection)
 		if fs.Listen != nil {
 			fe.Listen = *fs.Listen

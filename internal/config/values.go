@@ -90,3 +90,33 @@ func CheckPipeSize(what string, n int) error {
 func OneLine(s string) string { return oneLine.Replace(s) }
 
 var oneLine = strings.NewReplacer("\r\n", `\r\n`, "\n", `\n`, "\r", `\r`)
+
+// DefaultConnLog is which connections the connection log records when
+// conn_log is left out: those that did not end cleanly.
+const DefaultConnLog = "errors"
+
+// checkObservability checks the [global] keys of metrics, the control
+// socket and the logs.
+func (c *checker) checkObservability(cfg *Config) {
+	if cfg.Metrics != "" {
+		if err := CheckListen("metrics", cfg.Metrics); err != nil {
+			c.add([]string{"global", "metrics"}, "%v", err)
+		}
+	}
+	if cfg.Control != "" && !strings.HasPrefix(cfg.Control, "/") {
+		c.add([]string{"global", "control"}, "control %q is not an absolute path: give the socket's path, such as \"/run/rsp/rsp.ctl\"", cfg.Control)
+	}
+	switch cfg.LogFormat {
+	case "text", "json":
+	default:
+		c.add([]string{"global", "log_format"}, "unknown log_format %q: use \"text\" (logfmt) or \"json\"", cfg.LogFormat)
+	}
+	switch cfg.ConnLog {
+	case "all", "errors", "off":
+	default:
+		c.add([]string{"global", "conn_log"}, "unknown conn_log %q: use \"all\", \"errors\" or \"off\"", cfg.ConnLog)
+	}
+	if s := cfg.ConnLogSample; !(s > 0 && s <= 1) {
+		c.add([]string{"global", "conn_log_sample"}, "conn_log_sample %v is out of range: give the share of clean connections to log, above 0 and at most 1 (0.01 logs one in a hundred)", s)
+	}
+}

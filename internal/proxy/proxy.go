@@ -20,6 +20,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"rsp/internal/activation"
 	"rsp/internal/balance"
@@ -37,10 +38,17 @@ type Proxy struct {
 	// stay open across reloads, served or not.
 	Systemd []activation.Listener
 
-	mu     sync.Mutex
-	pools  map[string]*balance.Pool
-	bound  map[string]*bound // by listenerKey
-	warned bool              // unused systemd sockets were reported
+	mu    sync.Mutex
+	pools map[string]*balance.Pool
+	bound map[string]*bound // by listenerKey
+	// limits bound each frontend's connections, by frontend name; kept
+	// across reloads so that live connections still count.
+	limits map[string]*splice.ConnLimit
+	warned bool // unused systemd sockets were reported
+
+	// running is the pools in configuration order, for Servers, Server
+	// and Pools, which read it without waiting for an Apply in progress.
+	running atomic.Pointer[[]*balance.Pool]
 }
 
 // bound is a listener being served and the frontend routing it.
@@ -74,6 +82,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 	log := p.logger()
 
 	pools := map[string]*balance.Pool{}
+	var ordered []*balance.Pool
 	closePools := func() {
 		for _, pl := range pools {
 			pl.Close()
@@ -87,10 +96,12 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		}
 		pl.Inherit(p.pools[b.Name]) // shares state, changes nothing until Start
 		pools[b.Name] = pl
+		ordered = append(ordered, pl)
 	}
 
 	var wants []want
 	taken := map[net.Listener]string{} // systemd socket → the frontend that takes it
+	limits := map[string]*splice.ConnLimit{}
 	for _, f := range cfg.Frontends {
 		pl := pools[f.Backend]
 		b := cfg.Backend(f.Backend)
@@ -98,7 +109,12 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 			closePools()
 			return fmt.Errorf("%s: frontend %s: no backend named %q", f.Where, f.Name, f.Backend)
 		}
-		rt := route(f, b, pl)
+		lim := p.limits[f.Name]
+		if lim == nil {
+			lim = &splice.ConnLimit{} // no limit until committed
+		}
+		limits[f.Name] = lim
+		rt := route(f, b, pl, lim)
 		for _, a := range f.Listen {
 			key := "listen " + a
 			if config.Ephemeral(a) {
@@ -172,6 +188,10 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 	}
 
 	// Commit: nothing below fails.
+	for _, f := range cfg.Frontends {
+		limits[f.Name].SetMax(f.MaxConn)
+	}
+	p.limits = limits
 	for _, w := range wants {
 		if b, ok := p.bound[w.key]; ok {
 			b.fe.Set(w.route)
@@ -201,6 +221,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 	for _, pl := range pools {
 		pl.Start()
 	}
+	p.running.Store(&ordered)
 	if !p.warned {
 		p.warned = true
 		for _, s := range p.Systemd {
@@ -214,11 +235,11 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 }
 
 // route is where frontend f's new connections go: to backend b's pool
-// pl, with f's timeouts and client keepalive and b's retries and server
-// keepalive.
-func route(f *config.Frontend, b *config.Backend, pl *balance.Pool) *splice.Route {
+// pl, with f's timeouts, connection limit lim and client keepalive, and
+// b's retries and server keepalive.
+func route(f *config.Frontend, b *config.Backend, pl *balance.Pool, lim *splice.ConnLimit) *splice.Route {
 	return &splice.Route{
-		Name: f.Name, Picker: picker{pl},
+		Name: f.Name, Backend: b.Name, Picker: picker{pl}, Limit: lim,
 		ConnectTimeout: f.ConnectTimeout, IdleTimeout: f.IdleTimeout,
 		HalfCloseTimeout: f.HalfCloseTimeout, Retries: b.Retries,
 		ClientKeepAlive: f.KeepAlive, ServerKeepAlive: b.KeepAlive,
@@ -265,6 +286,7 @@ func (p *Proxy) Close() {
 		}
 	}
 	p.bound, p.pools = nil, nil
+	p.running.Store(nil)
 }
 
 func (p *Proxy) logger() *slog.Logger {

@@ -38,7 +38,7 @@ server.s = { address = "127.0.0.1:9" }
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt := route(f, b, pl)
+	rt := route(f, b, pl, &splice.ConnLimit{})
 	if rt.Name != "f" || rt.ConnectTimeout != 2*time.Second || rt.IdleTimeout != time.Minute ||
 		rt.HalfCloseTimeout != 5*time.Second || rt.Retries != 3 || rt.Picker == nil {
 		t.Errorf("route %+v", rt)

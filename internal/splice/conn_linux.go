@@ -39,6 +39,7 @@ type half struct {
 	aborted bool  // src's stream ended in an error (a Unix peer closed with unread bytes)
 	oob     byte  // urgent byte read from src, not yet sent on
 	oobHeld bool  // oob holds a byte
+	sent    int64 // bytes delivered to dst
 }
 
 // conn is one relayed connection. An idle conn holds no pipe: this struct
@@ -64,6 +65,14 @@ type conn struct {
 	flushOutq  int
 	target     Target // the backend picked; nil before and after
 	prev, next *conn
+	// What metrics and the connection log report (loop clock times).
+	born        int64          // accepted
+	attemptAt   int64          // the current connect attempt began
+	connAt      int64          // the backend connect completed; 0 before
+	tries       int            // connects attempted
+	clientFirst bool           // the client's stream ended first
+	fe          *FrontendStats // the loop's counters of this frontend
+	srv         *ServerStats   // the loop's counters of the target; nil before the first connect
 }
 
 // open starts relaying a freshly accepted client socket: it picks a
@@ -71,7 +80,10 @@ type conn struct {
 func (l *loop) open(cfd int, peer netip.AddrPort, ln *listener) {
 	rt := ln.fe.Route()
 	l.nextID++
-	c := &conn{dialing: dialing{rt: rt, peer: peer}, id: l.nextID, client: sock{fd: cfd, unix: !ln.tcp}, backend: sock{fd: -1}, last: l.now}
+	c := &conn{dialing: dialing{rt: rt, peer: peer}, id: l.nextID, client: sock{fd: cfd, unix: !ln.tcp}, backend: sock{fd: -1}, last: l.now, born: l.now}
+	c.fe = l.tally.frontend(rt.Name)
+	c.fe.Accepted++
+	c.fe.Active++
 	// Small writes must leave at once: the proxy must not add Nagle delay
 	// to request/response traffic.
 	if ln.tcp && !ln.nodelay {
@@ -79,6 +91,13 @@ func (l *loop) open(cfd int, peer netip.AddrPort, ln *listener) {
 	}
 	l.link(c)
 	l.useTimeouts(rt)
+	if rt.Limit != nil {
+		if !rt.Limit.take() {
+			l.finish(c, errMaxConn, true)
+			return
+		}
+		c.limited = true
+	}
 	if err := l.register(c, cfd); err != nil {
 		l.finish(c, err, true)
 		return
@@ -169,7 +188,7 @@ func (l *loop) onEvent(c *conn, fd int, ev uint32) {
 			// A reset. A client that merely closed (FIN, or a Unix
 			// peer's hang-up) may have sent bytes that must still reach
 			// the backend.
-			l.finish(c, errors.New("client reset while backend was connecting"), true)
+			l.finish(c, &peerError{err: errors.New("client reset while backend was connecting")}, true)
 		}
 		return
 	}

@@ -25,6 +25,9 @@ type copyEngine struct {
 
 	bufs sync.Pool // *[]byte of copyBufSize, recycled between connections
 
+	tally  lockedTally
+	nextID atomic.Uint64
+
 	mu      sync.Mutex
 	lns     map[net.Listener]net.Listener // caller's listener → our duplicate
 	live    map[*copyConn]struct{}
@@ -160,46 +163,95 @@ func peerOf(c net.Conn) netip.AddrPort {
 // others while retries remain, and relays until both directions are done.
 // A client that cannot be served is reset.
 func (e *copyEngine) dialAndRelay(client net.Conn, rt *Route) {
-	d := &dialing{rt: rt, peer: peerOf(client)}
+	p := &copyConn{client: client, d: dialing{rt: rt, peer: peerOf(client)}, start: time.Now(), id: e.newID()}
+	d := &p.d
+	e.counted(func(t *tally) {
+		f := t.frontend(rt.Name)
+		f.Accepted++
+		f.Active++
+	})
+	if rt.Limit != nil {
+		if !rt.Limit.take() {
+			resetConn(client)
+			e.done(p, nil, errMaxConn)
+			return
+		}
+		d.limited = true
+	}
 	keepAlive(client, rt.ClientKeepAlive)
 	for {
 		t, err := d.pick(e.r)
 		if err != nil {
-			resetConn(client)
-			e.r.connDone(1)
+			e.fail(p)
 			return
 		}
+		p.tries++
+		e.counted(func(tl *tally) { tl.server(t.Name()).Attempts++ })
 		dl := net.Dialer{Timeout: rt.connectTimeout(), KeepAlive: -1}
+		began := time.Now()
 		backend, err := dl.DialContext(e.ctx, t.Addr().Network(), t.Addr().String())
 		if err == nil {
+			took := time.Since(began)
+			p.connect = time.Since(p.start)
+			e.counted(func(tl *tally) { tl.server(t.Name()).observeConnect(took) })
 			t.Connected(nil)
 			keepAlive(backend, rt.ServerKeepAlive)
-			e.relay(client, backend, t, d)
+			e.relay(p, backend, t)
 			return
 		}
-		if d.failed(e.r, t, err, e.ctx.Err() != nil) {
-			continue
+		retry := d.failed(e.r, t, err, e.ctx.Err() != nil)
+		e.counted(func(tl *tally) {
+			s := tl.server(t.Name())
+			s.Failures++
+			if retry {
+				s.Retries++
+			}
+		})
+		if !retry {
+			e.fail(p)
+			return
 		}
-		resetConn(client)
-		e.r.connDone(1)
-		return
 	}
 }
 
-// relay moves bytes between two connected sockets until both directions
+// fail resets a client that could not be served (d's cause says why).
+func (e *copyEngine) fail(p *copyConn) {
+	resetConn(p.client)
+	e.done(p, nil, nil)
+}
+
+// newID returns a connection ID no splice loop uses.
+func (e *copyEngine) newID() uint64 { return 1<<63 | e.nextID.Add(1) }
+
+// counted runs f on the engine's counters, under their lock.
+func (e *copyEngine) counted(f func(*tally)) {
+	e.tally.mu.Lock()
+	f(&e.tally.t)
+	e.tally.mu.Unlock()
+}
+
+// adopt relays a connection the splice engine connected but cannot
+// splice; it was accepted at start and connected after connect.
+func (e *copyEngine) adopt(client, backend net.Conn, t Target, d *dialing, start time.Time, connect time.Duration, tries int) {
+	p := &copyConn{client: client, d: *d, start: start, connect: connect, tries: tries, id: e.newID()}
+	e.counted(func(tl *tally) { tl.frontend(d.rt.Name).Active++ })
+	e.relay(p, backend, t)
+}
+
+// relay moves bytes between p's client and backend until both directions
 // have ended, then closes both. It releases t and counts the connection
 // as done.
-func (e *copyEngine) relay(client, backend net.Conn, t Target, d *dialing) {
-	defer e.r.connDone(1)
-	defer t.Release()
-	rt := d.rt
-	p := &copyConn{client: client, backend: backend, idle: rt.IdleTimeout, halfClose: rt.HalfCloseTimeout, bufs: &e.bufs}
+func (e *copyEngine) relay(p *copyConn, backend net.Conn, t Target) {
+	rt := p.d.rt
+	client := p.client
+	p.backend, p.t = backend, t
+	p.idle, p.halfClose, p.bufs = rt.IdleTimeout, rt.HalfCloseTimeout, &e.bufs
 	if !e.track(p) {
 		resetConn(client)
 		resetConn(backend)
+		e.done(p, t, errClosedByRelay)
 		return
 	}
-	defer e.untrack(p)
 	p.touch()
 	if p.idle > 0 {
 		p.timer = time.AfterFunc(p.idle, p.checkIdle)
@@ -217,7 +269,109 @@ func (e *copyEngine) relay(client, backend net.Conn, t Target, d *dialing) {
 	p.stopTimers()
 	client.Close()
 	backend.Close()
-	e.r.logEnd(d, t, p.err())
+	e.untrack(p)
+	e.done(p, t, p.err())
+}
+
+// done releases what p held (t, its frontend's slot), counts it as
+// finished, and reports its end: in that order, so that whoever reads
+// the report finds the slots free.
+func (e *copyEngine) done(p *copyConn, t Target, reason error) {
+	if t != nil {
+		t.Release()
+	}
+	if p.d.limited {
+		p.d.rt.Limit.release()
+	}
+	e.r.connDone(1)
+	e.ended(p, t, reason)
+}
+
+// ended counts p's end and its bytes, and reports it. t is the server it
+// was relayed to, or nil if none was connected; reason is nil for a
+// clean end, or one whose cause p.d holds.
+func (e *copyEngine) ended(p *copyConn, t Target, reason error) {
+	clean := reason == nil && !p.d.causeSet
+	cause := endCause(reason, &p.d, clean, p.clientFirst.Load(), e.r.drain.Load())
+	in, out := p.in.Load(), p.out.Load()
+	e.counted(func(tl *tally) {
+		f := tl.frontend(p.d.rt.Name)
+		f.Active--
+		f.Ended[cause]++
+		f.BytesIn += in
+		f.BytesOut += out
+		if t != nil {
+			s := tl.server(t.Name())
+			s.BytesIn += in
+			s.BytesOut += out
+		}
+		tl.copied += in + out
+	})
+	if e.r.OnEnd == nil && cause.Clean() {
+		return
+	}
+	ci := p.describe()
+	ci.Cause = cause
+	if !cause.Clean() {
+		ci.Err = reason
+		if reason == nil {
+			ci.Err = p.d.lastErr
+		}
+	}
+	e.r.report(&ci)
+}
+
+// describe returns what is known of p now.
+func (p *copyConn) describe() ConnInfo {
+	ci := ConnInfo{
+		ID: p.id, Frontend: p.d.rt.Name, Backend: p.d.rt.Backend, Client: p.d.peer, Start: p.start,
+		Connect: p.connect, Duration: time.Since(p.start), BytesIn: p.in.Load(),
+		BytesOut: p.out.Load(), Tries: p.tries, Relay: ModeCopy,
+	}
+	if t := lastTarget(p.t, p.d.tried); t != nil {
+		ci.Server, ci.ServerAddr = t.Name(), t.Addr().String()
+	}
+	return ci
+}
+
+// snapshot adds the engine's counters, and the bytes its live
+// connections moved so far, to snap.
+func (e *copyEngine) snapshot(snap *Snapshot, _ time.Duration) {
+	e.tally.mu.Lock()
+	e.tally.t.addTo(snap)
+	e.tally.mu.Unlock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for p := range e.live {
+		in, out := p.in.Load(), p.out.Load()
+		snap.addLive(p.d.rt.Name, p.t.Name(), in, out)
+		snap.Copied += in + out
+	}
+}
+
+func (e *copyEngine) conns(time.Duration) []ConnInfo {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]ConnInfo, 0, len(e.live))
+	for p := range e.live {
+		out = append(out, p.describe())
+	}
+	return out
+}
+
+func (e *copyEngine) kill(server string) int {
+	e.mu.Lock()
+	var hit []*copyConn
+	for p := range e.live {
+		if p.t.Name() == server {
+			hit = append(hit, p)
+		}
+	}
+	e.mu.Unlock()
+	for _, p := range hit {
+		p.abort(errKilled)
+	}
+	return len(hit)
 }
 
 func (e *copyEngine) track(p *copyConn) bool {
@@ -270,6 +424,14 @@ func (e *copyEngine) alive(time.Duration) bool { return true }
 
 // copyConn is one connection relayed by the copy engine.
 type copyConn struct {
+	d               dialing
+	t               Target // the server connected; nil before
+	id              uint64
+	start           time.Time     // accepted
+	connect         time.Duration // accept to connected
+	tries           int
+	in, out         atomic.Int64 // bytes delivered: client → server, server → client
+	clientFirst     atomic.Bool  // the client's stream ended first
 	client, backend net.Conn
 	idle            time.Duration
 	halfClose       time.Duration
@@ -335,8 +497,12 @@ func (p *copyConn) resetLost() {
 
 // halfClosed starts the half-close timer when the first direction ends.
 // It counts from the later of that moment and the last byte moved.
-func (p *copyConn) halfClosed() {
-	if p.ended.Add(1) != 1 || p.halfClose <= 0 {
+func (p *copyConn) halfClosed(src net.Conn) {
+	if p.ended.Add(1) != 1 {
+		return
+	}
+	p.clientFirst.Store(src == p.client)
+	if p.halfClose <= 0 {
 		return
 	}
 	p.mu.Lock()
@@ -391,7 +557,10 @@ func (p *copyConn) copyHalf(dst, src net.Conn) {
 	bp := p.bufs.Get().(*[]byte)
 	defer p.bufs.Put(bp)
 	buf := *bp
-	w := stallWriter{p: p, dst: dst, src: src}
+	w := stallWriter{p: p, dst: dst, src: src, sent: &p.in}
+	if src == p.backend {
+		w.sent = &p.out
+	}
 	readArmed := false
 	for {
 		if p.idle > 0 && !readArmed {
@@ -406,7 +575,7 @@ func (p *copyConn) copyHalf(dst, src net.Conn) {
 					p.lose(src)
 					return
 				}
-				p.abort(werr)
+				p.abort(p.peerErr(dst, werr))
 				return
 			}
 		}
@@ -414,7 +583,7 @@ func (p *copyConn) copyHalf(dst, src net.Conn) {
 		case err == nil:
 		case err == io.EOF:
 			closeWrite(dst)
-			p.halfClosed()
+			p.halfClosed(src)
 			p.resetLost()
 			return
 		case p.idle > 0 && errors.Is(err, os.ErrDeadlineExceeded) && p.err() == nil:
@@ -428,7 +597,7 @@ func (p *copyConn) copyHalf(dst, src net.Conn) {
 				waitFlushed(dst)
 				err = fmt.Errorf("%w: %w", errPeerAborted, err)
 			}
-			p.abort(err)
+			p.abort(p.peerErr(src, err))
 			return
 		}
 	}
@@ -439,7 +608,8 @@ func (p *copyConn) copyHalf(dst, src net.Conn) {
 type stallWriter struct {
 	p        *copyConn
 	dst, src net.Conn
-	deadline time.Time // write deadline now set on dst; zero: none
+	deadline time.Time     // write deadline now set on dst; zero: none
+	sent     *atomic.Int64 // counts the bytes written
 }
 
 // writeAll writes all of b to dst. Every stallCheck that a write stays
@@ -454,6 +624,7 @@ func (w *stallWriter) writeAll(b []byte) error {
 		}
 		n, err := w.dst.Write(b)
 		b = b[n:]
+		w.sent.Add(int64(n))
 		if err == nil {
 			continue // the read of these bytes recorded the progress
 		}
@@ -470,7 +641,7 @@ func (w *stallWriter) writeAll(b []byte) error {
 			continue
 		}
 		if serr := pendingError(w.src); serr != nil {
-			return fmt.Errorf("%s while its bytes waited: %w", w.src.RemoteAddr(), serr)
+			return w.p.peerErr(w.src, fmt.Errorf("%s while its bytes waited: %w", w.src.RemoteAddr(), serr))
 		}
 	}
 	return nil
@@ -485,6 +656,16 @@ func (p *copyConn) abort(err error) {
 		resetConn(p.client)
 		resetConn(p.backend)
 	})
+}
+
+// peerErr marks err as a failure of c's peer, unless it already names
+// one.
+func (p *copyConn) peerErr(c net.Conn, err error) error {
+	var pe *peerError
+	if errors.As(err, &pe) {
+		return err
+	}
+	return &peerError{server: c == p.backend, err: err}
 }
 
 // isUnix reports whether c is a Unix socket connection.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -21,6 +22,10 @@ func (l *loop) dial(c *conn) {
 	c.target = t
 	c.connecting = true
 	c.deadline = l.now + int64(c.rt.connectTimeout())
+	c.attemptAt = l.now
+	c.tries++
+	c.srv = l.tally.server(t.Name())
+	c.srv.Attempts++
 	sa, family, err := sockaddrOf(t.Addr())
 	if err != nil {
 		l.connectFailed(c, err)
@@ -33,8 +38,10 @@ func (l *loop) dial(c *conn) {
 			// the kernel's backlog holds them until fds free up. Not the
 			// backend's fault: no retry, no strike against it.
 			l.e.r.stats.failed.Add(1)
+			c.srv.Attempts-- // not tried after all
 			t.Release()
 			c.target = nil
+			c.setCause(CauseError, fmt.Errorf("backend socket: %w", err))
 			l.finish(c, nil, true)
 			l.pauseAccept(fmt.Errorf("backend socket for client %s: %w", c.peer, err))
 			return
@@ -87,6 +94,8 @@ func (l *loop) established(c *conn) {
 	// that accepted, wrote and closed before this event is gone.
 	c.backend.err = false
 	c.last = l.now
+	c.connAt = l.now
+	c.srv.observeConnect(time.Duration(l.now - c.attemptAt))
 	c.target.Connected(nil)
 	l.service(c)
 }
@@ -102,7 +111,9 @@ func (l *loop) connectFailed(c *conn, err error) {
 		unix.Close(fd) // also leaves the epoll set
 		c.backend = sock{fd: -1}
 	}
+	c.srv.Failures++
 	if c.failed(l.e.r, t, err, false) {
+		c.srv.Retries++
 		l.dial(c)
 		return
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -23,6 +24,7 @@ func (l *loop) finish(c *conn, reason error, reset bool) {
 	l.unlink(c)
 	l.dropPipe(&c.up)
 	l.dropPipe(&c.down)
+	clean := reason == nil && (!reset || c.up.done && c.down.done)
 	reset = reset && !(c.up.done && c.down.done)
 	for _, fd := range [2]int{c.client.fd, c.backend.fd} {
 		if fd < 0 {
@@ -38,8 +40,55 @@ func (l *loop) finish(c *conn, reason error, reset bool) {
 		t.Release()
 		c.target = nil
 	}
+	if c.limited {
+		c.rt.Limit.release()
+	}
 	l.e.r.connDone(1)
-	l.e.r.logEnd(&c.dialing, t, reason)
+	l.ended(c, t, reason, endCause(reason, &c.dialing, clean, c.clientFirst, l.e.r.drain.Load()))
+}
+
+// ended counts c's end by cause and its bytes, and reports it. t is the
+// server it was relayed to, or nil if none was connected.
+func (l *loop) ended(c *conn, t Target, reason error, cause Cause) {
+	c.fe.Active--
+	c.fe.Ended[cause]++
+	c.fe.BytesIn += c.up.sent
+	c.fe.BytesOut += c.down.sent
+	if t != nil && c.srv != nil {
+		c.srv.BytesIn += c.up.sent
+		c.srv.BytesOut += c.down.sent
+	}
+	r := l.e.r
+	if r.OnEnd == nil && cause.Clean() {
+		return // nothing to log
+	}
+	ci := &l.info
+	l.describe(c, t, ci)
+	ci.Cause = cause
+	ci.Duration = time.Duration(l.now - c.born)
+	ci.Err = nil
+	if !cause.Clean() {
+		ci.Err = reason
+		if reason == nil {
+			ci.Err = c.lastErr
+		}
+	}
+	r.report(ci)
+}
+
+// describe fills ci with what is known of c now.
+func (l *loop) describe(c *conn, t Target, ci *ConnInfo) {
+	*ci = ConnInfo{
+		ID: uint64(l.index)<<32 | uint64(c.id), Frontend: c.rt.Name, Backend: c.rt.Backend, Client: c.peer,
+		Start: l.e.start.Add(time.Duration(c.born)), Duration: time.Duration(l.now - c.born),
+		BytesIn: c.up.sent, BytesOut: c.down.sent, Tries: c.tries, Relay: ModeSplice,
+	}
+	if t := lastTarget(t, c.tried); t != nil {
+		ci.Server, ci.ServerAddr = t.Name(), t.Addr().String()
+	}
+	if c.connAt != 0 {
+		ci.Connect = time.Duration(c.connAt - c.born)
+	}
 }
 
 // handoff passes c to the copy engine because its sockets cannot splice.
@@ -58,6 +107,12 @@ func (l *loop) handoff(c *conn) {
 	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.backend.fd, nil)
 	c.closed = true
 	l.unlink(c)
+	// The copy engine counts the connection from here on.
+	c.fe.Active--
+	c.fe.BytesIn += c.up.sent
+	c.fe.BytesOut += c.down.sent
+	c.srv.BytesIn += c.up.sent
+	c.srv.BytesOut += c.down.sent
 	client, err1 := fdConn(c.client.fd)
 	backend, err2 := fdConn(c.backend.fd)
 	if err1 != nil || err2 != nil {
@@ -68,13 +123,17 @@ func (l *loop) handoff(c *conn) {
 			backend.Close()
 		}
 		c.target.Release()
+		if c.limited {
+			c.rt.Limit.release()
+		}
 		l.e.r.connDone(1)
 		l.e.r.logger().Warn("cannot hand connection to copy relay", "client", c.peer.String(), "err", errors.Join(err1, err2))
 		return
 	}
 	// The copy engine releases the target and counts the connection as
 	// done when it ends.
-	go l.e.handoff.relay(client, backend, c.target, &c.dialing)
+	start := l.e.start.Add(time.Duration(c.born))
+	go l.e.handoff.adopt(client, backend, c.target, &c.dialing, start, time.Duration(c.connAt-c.born), c.tries)
 }
 
 // fdConn wraps fd in a net.Conn, taking ownership of fd.

@@ -47,6 +47,9 @@ const (
 	cmdUnserve // stop accepting on a listener
 	cmdResume  // a connection slot freed below MaxConn
 	cmdAdopt   // relay a connection another loop accepted
+	cmdSnapshot
+	cmdConns
+	cmdKill
 )
 
 type command struct {
@@ -55,6 +58,12 @@ type command struct {
 	done chan struct{} // closed when carried out; nil if nobody waits
 	fd   int           // cmdAdopt: the accepted client socket
 	peer netip.AddrPort
+	// cmdSnapshot fills snap; cmdConns appends to conns; cmdKill resets
+	// the connections to server and counts them in killed.
+	snap   *Snapshot
+	conns  *[]ConnInfo
+	server string
+	killed *int
 }
 
 // loop is one epoll event loop. Everything it owns (connections, pipes,
@@ -89,6 +98,10 @@ type loop struct {
 	full      bool   // accepting paused at MaxConn
 	scratch   []byte // buffer for the no-pipe fallback, made on first use
 	noSplice  bool   // test hook: pretend the kernel refuses to splice
+
+	tally tally    // counters of this loop's connections
+	busy  int64    // ns spent outside epoll_wait
+	info  ConnInfo // what the ended connection reports to Relay.OnEnd
 
 	mu     sync.Mutex
 	cmds   []command
@@ -220,7 +233,9 @@ func (l *loop) run(wg *sync.WaitGroup) {
 	l.now = l.e.now()
 	l.sweep = l.now + l.tick
 	for {
-		n, err := unix.EpollWait(l.epfd, l.events, l.waitTimeout())
+		idle := l.e.now()
+		l.busy += idle - l.now
+		n, err := unix.EpollWait(l.epfd, l.events, l.waitTimeout(idle))
 		l.now = l.e.now()
 		if err != nil {
 			if err == unix.EINTR {
@@ -270,14 +285,14 @@ func (l *loop) run(wg *sync.WaitGroup) {
 // waitTimeout is the epoll_wait timeout in ms: 0 when work is queued,
 // until the next sweep when connections or a paused accept need timers,
 // forever otherwise.
-func (l *loop) waitTimeout() int {
+func (l *loop) waitTimeout(now int64) int {
 	if len(l.ready) > 0 {
 		return 0
 	}
 	if l.nlive == 0 && l.resumeAt == 0 {
 		return -1
 	}
-	d := l.sweep - l.e.now()
+	d := l.sweep - now
 	if d <= 0 {
 		return 0
 	}
@@ -309,6 +324,12 @@ func (l *loop) runCommands() bool {
 		case cmdAdopt:
 			l.load.Add(-1)
 			l.open(c.fd, c.peer, c.ln)
+		case cmdSnapshot:
+			l.fill(c.snap)
+		case cmdConns:
+			l.listConns(c.conns)
+		case cmdKill:
+			*c.killed = l.kill(c.server)
 		}
 	}
 	if exit {
@@ -374,7 +395,7 @@ func (l *loop) sweepTimeouts() {
 		switch {
 		case c.connecting:
 			if l.now >= c.deadline {
-				l.connectFailed(c, fmt.Errorf("connect timeout after %v", rt.connectTimeout()))
+				l.connectFailed(c, fmt.Errorf("%w after %v", errConnectTimeout, rt.connectTimeout()))
 			}
 		case c.flushTo != nil:
 			l.flushed(c)

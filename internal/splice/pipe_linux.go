@@ -34,6 +34,7 @@ type pipePool struct {
 	idle    atomic.Int64 // len(free), readable from other goroutines
 	created atomic.Int64 // pipes ever created (for tests and stats)
 	fail    bool         // test hook: every new pipe fails with EMFILE
+	granted int          // capacity of the last pipe made; 0 before the first
 }
 
 // defaultPipeSize is the capacity asked for each pipe when PipeSize is
@@ -75,6 +76,7 @@ func (pp *pipePool) get() (*pipe, error) {
 	} else if n, err := unix.FcntlInt(uintptr(p.w), unix.F_GETPIPE_SZ, 0); err == nil {
 		p.size = n
 	}
+	pp.granted = p.size
 	pp.open.Add(1)
 	pp.created.Add(1)
 	return p, nil

@@ -194,7 +194,7 @@ func sockErr(c *conn) error {
 			continue
 		}
 		if err := soError(s.fd); err != nil {
-			return fmt.Errorf("%s: %w", sideName(c, s), err)
+			return c.peerErr(s, "%s: %w", err)
 		}
 	}
 	return unix.ECONNRESET
@@ -206,6 +206,11 @@ func sideName(c *conn, s *sock) string {
 		return "client"
 	}
 	return "backend"
+}
+
+// peerErr is a failure of s, its text format with s's side name and err.
+func (c *conn) peerErr(s *sock, format string, err error) error {
+	return &peerError{server: s == &c.backend, err: fmt.Errorf(format, sideName(c, s), err)}
 }
 
 // errNoSplice reports that the kernel cannot splice this socket type.
@@ -261,7 +266,7 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 					// No fd for a pipe: move this chunk through the loop's
 					// buffer instead of stalling (a stalled direction could
 					// hold the pipes its peer direction waits for).
-					n, err := l.copyChunk(src, dst, h)
+					n, err := l.copyChunk(c, src, dst, h)
 					if err != nil {
 						err = l.writeFailed(h, dst, err)
 						return err == nil, err // lost: requeued to discard
@@ -270,6 +275,8 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 						return false, nil
 					}
 					moved += n
+					h.sent += int64(n)
+					l.tally.copied += int64(n)
 					c.last = l.now
 					continue
 				}
@@ -321,7 +328,7 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 				// consumed, so the relay can move on to copying.
 				return false, errNoSplice
 			default:
-				return false, fmt.Errorf("read from %s: %w", sideName(c, src), err)
+				return false, c.peerErr(src, "read from %s: %w", err)
 			}
 		}
 		if h.n > 0 && dst.writable {
@@ -329,6 +336,7 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 			switch err {
 			case nil:
 				h.n -= int(n)
+				h.sent += n
 				moved += int(n)
 				c.last = l.now
 				progress = true
@@ -337,7 +345,7 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 			case unix.EINTR:
 				progress = true
 			default:
-				err = l.writeFailed(h, dst, fmt.Errorf("write to %s: %w", sideName(c, dst), err))
+				err = l.writeFailed(h, dst, c.peerErr(dst, "write to %s: %w", err))
 				return err == nil, err // lost: requeued to discard
 			}
 		}
@@ -356,6 +364,7 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 				h.done = true
 				if c.halfAt == 0 {
 					c.halfAt = l.now
+					c.clientFirst = h == &c.up
 				}
 				if c.up.done && c.down.done {
 					// The other direction ended first: service closes both
@@ -366,7 +375,7 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 					return false, nil
 				}
 				if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
-					return false, fmt.Errorf("shutdown %s: %w", sideName(c, dst), err)
+					return false, c.peerErr(dst, "shutdown %s: %w", err)
 				}
 				return false, nil
 			}
@@ -450,7 +459,7 @@ func (l *loop) passUrgent(c *conn, h *half, src, dst *sock) (progress, blocked b
 	if !h.oobHeld {
 		at, err := unix.IoctlGetInt(src.fd, unix.SIOCATMARK)
 		if err != nil {
-			return false, false, fmt.Errorf("urgent data from %s: %w", sideName(c, src), err)
+			return false, false, c.peerErr(src, "urgent data from %s: %w", err)
 		}
 		if at == 0 {
 			return false, false, nil
@@ -467,7 +476,7 @@ func (l *loop) passUrgent(c *conn, h *half, src, dst *sock) (progress, blocked b
 			// No urgent byte to read (already read, or none): only the
 			// mark is left to pass.
 		default:
-			return false, false, fmt.Errorf("urgent data from %s: %w", sideName(c, src), err)
+			return false, false, c.peerErr(src, "urgent data from %s: %w", err)
 		}
 	}
 	if h.oobHeld {
@@ -478,11 +487,13 @@ func (l *loop) passUrgent(c *conn, h *half, src, dst *sock) (progress, blocked b
 		switch err {
 		case nil:
 			h.oobHeld = false
+			h.sent++
+			l.tally.copied++
 		case unix.EAGAIN:
 			dst.writable = false
 			return false, true, nil
 		default:
-			return false, false, l.writeFailed(h, dst, fmt.Errorf("urgent data to %s: %w", sideName(c, dst), err))
+			return false, false, l.writeFailed(h, dst, c.peerErr(dst, "urgent data to %s: %w", err))
 		}
 	}
 	if h.p == nil {
@@ -505,7 +516,7 @@ func (l *loop) passUrgent(c *conn, h *half, src, dst *sock) (progress, blocked b
 		src.readable = false
 		return true, false, nil
 	case err != nil:
-		return false, false, fmt.Errorf("read from %s: %w", sideName(c, src), err)
+		return false, false, c.peerErr(src, "read from %s: %w", err)
 	case n == 0:
 		src.urg = false
 		h.eof = true
@@ -516,6 +527,7 @@ func (l *loop) passUrgent(c *conn, h *half, src, dst *sock) (progress, blocked b
 		return false, false, fmt.Errorf("urgent data from %s: fill pipe: %w", sideName(c, src), err)
 	}
 	h.n = n
+	l.tally.copied += int64(n) // through user space into the pipe
 	c.last = l.now
 	return true, false, nil
 }
@@ -534,7 +546,7 @@ func (l *loop) dropPipe(h *half) {
 // peeks, writes what dst takes, and only then consumes that much from
 // src, so no byte waits in user space between events. It returns the
 // bytes moved; zero with no error means one side would block.
-func (l *loop) copyChunk(src, dst *sock, h *half) (int, error) {
+func (l *loop) copyChunk(c *conn, src, dst *sock, h *half) (int, error) {
 	if !dst.writable {
 		return 0, nil
 	}
@@ -547,7 +559,7 @@ func (l *loop) copyChunk(src, dst *sock, h *half) (int, error) {
 		src.readable = false
 		return 0, nil
 	case err != nil:
-		return 0, fmt.Errorf("read: %w", err)
+		return 0, c.peerErr(src, "read from %s: %w", err)
 	case n == 0:
 		h.eof = true
 		return 0, nil
@@ -558,10 +570,10 @@ func (l *loop) copyChunk(src, dst *sock, h *half) (int, error) {
 		return 0, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("write: %w", err)
+		return 0, c.peerErr(dst, "write to %s: %w", err)
 	}
 	if _, err := unix.Read(src.fd, l.scratch[:w]); err != nil {
-		return 0, fmt.Errorf("read: %w", err)
+		return 0, c.peerErr(src, "read from %s: %w", err)
 	}
 	return w, nil
 }

@@ -109,6 +109,8 @@ type Picker interface {
 type Route struct {
 	// Name names the frontend in logs.
 	Name string
+	// Backend names the pool the Picker picks from, in logs.
+	Backend string
 	// Picker chooses each connection's backend.
 	Picker Picker
 	// ConnectTimeout bounds one backend connect; zero means
@@ -124,6 +126,10 @@ type Route struct {
 	// Retries is how many more targets a connection may try after a
 	// failed connect.
 	Retries int
+	// Limit, if not nil, bounds the connections of the frontend: a client
+	// beyond it is reset at once (CauseMaxConn). Share one ConnLimit
+	// between the routes of successive reloads.
+	Limit *ConnLimit
 	// ClientKeepAlive sets TCP keepalive and TCP_USER_TIMEOUT on client
 	// sockets; ServerKeepAlive on backend sockets. The zero value turns
 	// keepalive off and keeps the kernel's user timeout.
@@ -216,6 +222,11 @@ type Relay struct {
 	MaxIdlePipes int
 	// Logger receives connection errors; nil means slog.Default().
 	Logger *slog.Logger
+	// OnEnd, if set, is called once for every connection that ends, on
+	// the goroutine that ended it (often an event loop: it must not
+	// block), with a ConnInfo valid only during the call. Without it,
+	// ends that are not clean are logged to Logger, rate limited.
+	OnEnd func(*ConnInfo)
 
 	stats counters
 	logs  logLimiter // rate limits per-connection log lines by cause
@@ -248,6 +259,14 @@ type engine interface {
 	pipes() (open, idle int64)
 	// alive reports whether every event loop answered within timeout.
 	alive(timeout time.Duration) bool
+	// snapshot adds the engine's counters to snap, waiting at most
+	// timeout for each event loop.
+	snapshot(snap *Snapshot, timeout time.Duration)
+	// conns lists the live connections.
+	conns(timeout time.Duration) []ConnInfo
+	// kill resets the live connections relayed to the target named
+	// server and returns how many.
+	kill(server string) int
 }
 
 // testHooks make a Relay pretend that the kernel refuses what tests

@@ -3,10 +3,11 @@ package splice
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -41,27 +42,46 @@ var (
 // route it was accepted under, the client, and the targets whose connect
 // failed. It is embedded in each relay's connection state.
 type dialing struct {
-	rt    *Route
-	peer  netip.AddrPort
-	tried []Target // targets whose connect failed; nil if none did
+	rt      *Route
+	peer    netip.AddrPort
+	tried   []Target // targets whose connect failed; nil if none did
+	lastErr error    // why the last connect failed, or why none could be tried
+	// cause is why the connection ends when the relay decided it before
+	// any byte moved (no server, connect failed), if causeSet.
+	cause    Cause
+	causeSet bool
+	limited  bool // counted in rt.Limit
+}
+
+// setCause records why the connection is about to end, with err saying
+// what failed.
+func (d *dialing) setCause(c Cause, err error) {
+	d.cause, d.causeSet, d.lastErr = c, true, err
 }
 
 // pick asks the route's Picker for the next target. On error the client
-// cannot be served: the failure is counted and logged, and the caller
-// resets the client.
+// cannot be served: the failure is counted, and the caller resets the
+// client.
 func (d *dialing) pick(r *Relay) (Target, error) {
 	t, err := d.rt.Picker.Pick(d.peer, d.tried)
 	if err != nil {
 		r.stats.failed.Add(1)
-		r.logs.warn(r.logger(), "no backend", "no backend for client; resetting it",
-			"frontend", d.rt.Name, "client", d.peer.String(), "err", err)
+		d.setCause(CauseNoServer, err)
+		if r.OnEnd == nil {
+			r.logs.warn(r.logger(), "no backend", "no backend for client; resetting it",
+				"frontend", d.rt.Name, "client", d.peer.String(), "err", err)
+		}
 	}
 	return t, err
 }
 
+// errConnectTimeout: a backend connect took longer than the route's
+// connect timeout.
+var errConnectTimeout = errors.New("connect timeout")
+
 // failed records that connecting to t failed with err: t is told and
 // released. It reports whether another target may be tried; if not, the
-// failure is counted and logged, and the caller resets the client.
+// failure is counted, and the caller resets the client.
 // stopping forbids a retry (the relay is shutting down).
 func (d *dialing) failed(r *Relay, t Target, err error, stopping bool) (retry bool) {
 	t.Connected(err)
@@ -73,40 +93,35 @@ func (d *dialing) failed(r *Relay, t Target, err error, stopping bool) (retry bo
 		return true
 	}
 	r.stats.failed.Add(1)
-	r.logs.warn(r.logger(), "connect failed", "backend connect failed; resetting client", "frontend", d.rt.Name,
-		"client", d.peer.String(), "server", t.Name(), "backend", t.Addr().String(), "err", err, "tries", len(d.tried))
+	cause := CauseConnectFailed
+	var ne net.Error
+	if errors.Is(err, errConnectTimeout) || errors.As(err, &ne) && ne.Timeout() {
+		cause = CauseConnectTimeout
+	}
+	d.setCause(cause, fmt.Errorf("server %s (%s): %w", t.Name(), t.Addr(), err))
+	if r.OnEnd == nil {
+		r.logs.warn(r.logger(), "connect failed", "backend connect failed; resetting client", "frontend", d.rt.Name,
+			"client", d.peer.String(), "server", t.Name(), "backend", t.Addr().String(), "err", err, "tries", len(d.tried))
+	}
 	return false
 }
 
-// logEnd logs why a connection ended, when it did not end cleanly (reason
-// nil). t is the server it was relayed to, or nil if none was connected.
-// A clean end costs nothing: addresses are formatted only for a line.
-func (r *Relay) logEnd(d *dialing, t Target, reason error) {
-	if reason == nil {
+// report tells the relay's OnEnd about a connection that ended; without
+// OnEnd, an end that is not clean is logged (rate limited by cause).
+func (r *Relay) report(ci *ConnInfo) {
+	if r.OnEnd != nil {
+		r.OnEnd(ci)
 		return
 	}
-	backend := ""
-	if t != nil {
-		backend = t.Addr().String()
+	if ci.Cause.Clean() {
+		return
 	}
-	r.logs.info(r.logger(), causeOf(reason), "connection closed", "frontend", d.rt.Name,
-		"client", d.peer.String(), "backend", backend, "reason", reason.Error())
-}
-
-// causeOf names the kind of a connection's end for the log rate limit:
-// one of the reasons above, or the system error under it. Reason texts
-// carry addresses, so they would make a cause per client.
-func causeOf(reason error) string {
-	for _, known := range []error{errClosedByRelay, errIdle, errHalfClose, errUndeliverable, errPeerAborted} {
-		if errors.Is(reason, known) {
-			return known.Error()
-		}
+	reason := ci.Cause.String()
+	if ci.Err != nil {
+		reason = ci.Err.Error()
 	}
-	var errno syscall.Errno
-	if errors.As(reason, &errno) {
-		return errno.Error()
-	}
-	return "other"
+	r.logs.info(r.logger(), ci.Cause.String(), "connection closed", "frontend", ci.Frontend,
+		"client", ci.Client.String(), "backend", ci.ServerAddr, "cause", ci.Cause.String(), "reason", reason)
 }
 
 // flushStall is how long a connection that is to be reset once the bytes
