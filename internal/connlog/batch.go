@@ -23,6 +23,7 @@ type batch struct {
 
 	mu      sync.Mutex
 	buf     []byte
+	spare   []byte // the buffer written last, reused for the next batch
 	timer   *time.Timer
 	armed   bool
 	closed  bool
@@ -62,12 +63,18 @@ func (b *batch) flush() {
 	defer b.writeMu.Unlock()
 	b.mu.Lock()
 	out := b.buf
-	b.buf = nil
+	b.buf = b.spare[:0]
+	b.spare = nil
 	b.armed = false
 	b.mu.Unlock()
 	if len(out) > 0 {
 		b.w.Write(out)
 	}
+	b.mu.Lock()
+	if b.spare == nil && cap(out) <= 2*batchMax {
+		b.spare = out[:0]
+	}
+	b.mu.Unlock()
 }
 
 // close flushes and makes later writes go straight through.

@@ -134,8 +134,8 @@ func (l *Logger) Log(ci *splice.ConnInfo) {
 	if ci.Client.IsValid() {
 		client = ci.Client.String()
 	}
-	attrs := make([]slog.Attr, 0, 16)
-	attrs = append(attrs,
+	var buf [15]slog.Attr // on the stack: no allocation per line
+	attrs := append(buf[:0],
 		slog.Uint64("id", ci.ID),
 		slog.String("client", client),
 		slog.String("frontend", ci.Frontend),
@@ -156,7 +156,16 @@ func (l *Logger) Log(ci *splice.ConnInfo) {
 	if suppressed > 0 {
 		attrs = append(attrs, slog.Int("suppressed", suppressed))
 	}
-	l.log.LogAttrs(context.Background(), level, "conn", attrs...)
+	// The handler directly, with no caller's PC: Logger.LogAttrs would
+	// walk the stack for a source position the line does not show.
+	h := l.log.Handler()
+	ctx := context.Background()
+	if !h.Enabled(ctx, level) {
+		return
+	}
+	r := slog.NewRecord(time.Now(), level, "conn", 0)
+	r.AddAttrs(attrs...)
+	h.Handle(ctx, r)
 }
 
 // sampled decides whether a clean connection is logged: a hash of its ID
