@@ -219,9 +219,10 @@ func TestMetricsAndConnLog(t *testing.T) {
 
 func testMetricsAndConnLog(t *testing.T, mode string) {
 	srv := newIDServer(t, "a")
-	down := listen(t)
-	downAddr := down.Addr().String()
+	down, down2 := listen(t), listen(t)
+	downAddr, down2Addr := down.Addr().String(), down2.Addr().String()
 	down.Close()
+	down2.Close()
 	cfg := writeConfig(t, "", fmt.Sprintf(`
 [global]
 relay = %q
@@ -242,10 +243,12 @@ backend = "gone"
 address = %q
 
 [backend.gone]
-retries = 0
+eject_after = 0
 [backend.gone.server.x]
 address = %q
-`, mode, srv.addr, downAddr))
+[backend.gone.server.y]
+address = %q
+`, mode, srv.addr, downAddr, down2Addr))
 	p := startRsp(t, "-config", cfg)
 	addrs := regexp.MustCompile(`msg=listening frontend=(\w+) listen=(\S+)`).FindAllStringSubmatch(p.stderr.String(), -1)
 	listenOf := map[string]string{}
@@ -306,10 +309,15 @@ address = %q
 	checkLine(t, "idle", connLineFrom(t, p, idleAddr), map[string]string{"level": "WARN", "cause": "idle_timeout", "bytes_out": "2"})
 	idle.Close()
 
-	// A backend that refuses.
+	// Both servers of a backend refuse: the second is tried (a retry),
+	// then no server is left; the connection ends for the refusal.
 	failedAddr := dialRefused(t, dead)
-	checkLine(t, "connect failed", connLineFrom(t, p, failedAddr), map[string]string{"level": "WARN", "cause": "connect_failed",
-		"frontend": "dead", "backend": "gone", "server": "x", "tries": "1"})
+	fl := connLineFrom(t, p, failedAddr)
+	checkLine(t, "connect failed", fl, map[string]string{"level": "WARN", "cause": "connect_failed",
+		"frontend": "dead", "backend": "gone", "tries": "2"})
+	if !strings.Contains(fl["err"], "connection refused") {
+		t.Errorf("connect failure logged without its reason: err=%q", fl["err"])
+	}
 
 	// Wait for the hold connection's end to be counted, then compare.
 	if !eventually(5*time.Second, func() bool {
@@ -335,6 +343,8 @@ address = %q
 		`rsp_server_connections_total{backend="app",server="a"}`:                       4,
 		`rsp_server_connect_failures_total{backend="gone",server="x"}`:                 1,
 		`rsp_server_connect_attempts_total{backend="gone",server="x"}`:                 1,
+		`rsp_server_connect_failures_total{backend="gone",server="y"}`:                 1,
+		`rsp_server_connect_attempts_total{backend="gone",server="y"}`:                 1,
 		`rsp_backend_connect_duration_seconds{backend="app"}_count`:                    4,
 		`rsp_frontend_connections_active{frontend="web"}`:                              0,
 	}
@@ -342,6 +352,10 @@ address = %q
 		if d := delta(t, before, after, key); d != w {
 			t.Errorf("%s moved by %v, want %v", key, d, w)
 		}
+	}
+	if r := delta(t, before, after, `rsp_server_connect_retries_total{backend="gone",server="x"}`) +
+		delta(t, before, after, `rsp_server_connect_retries_total{backend="gone",server="y"}`); r != 1 {
+		t.Errorf("retries moved by %v, want 1 (the first server failed, the second was tried)", r)
 	}
 	total := delta(t, before, after, `rsp_relayed_bytes_total{method="splice"}`) + delta(t, before, after, `rsp_relayed_bytes_total{method="copy"}`)
 	if wantTotal := float64(2*n + 3 + 2 + 5 + 2 + 2); total != wantTotal {

@@ -135,7 +135,8 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 	}
 	connMode, _ := connlog.ParseMode(cfg.ConnLog)
 	connLog := connlog.NewBatched(stderr, func(w connlog.Writer) slog.Handler {
-		return newHandler(w, level, cfg.LogFormat)
+		// Its own switch (conn_log), whatever log_level says.
+		return newHandler(w, slog.LevelInfo, cfg.LogFormat)
 	}, connMode, cfg.ConnLogSample)
 	defer connLog.Close()
 	if o.config != "" && !o.set["log-level"] {

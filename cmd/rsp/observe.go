@@ -16,7 +16,7 @@ import (
 
 // metricsSocket is the FileDescriptorName= of the systemd socket that
 // serves /metrics (rsp-metrics.socket).
-const metricsSocket = "metrics"
+const metricsSocket = config.MetricsSocket
 
 // splitMetricsSockets takes the sockets named metricsSocket out of the
 // ones systemd passed: they serve /metrics, never a frontend.

@@ -574,6 +574,8 @@ func (c *checker) build(f *fileConfig) *Config {
 		if fs.Socket != nil {
 			if fe.Socket == "" {
 				c.add(append(key, "socket"), "frontend %s: socket is empty: give the FileDescriptorName= of the socket unit", name)
+			} else if fe.Socket == MetricsSocket {
+				c.add(append(key, "socket"), "frontend %s: socket %q is reserved for the metrics listener (rsp-metrics.socket): name the frontend's socket otherwise", name, fe.Socket)
 			} else if other, ok := socketBy[fe.Socket]; ok {
 				c.add(append(key, "socket"), "frontend %s: socket %q is also frontend %s's: each socket may serve one frontend", name, fe.Socket, other)
 			}
@@ -622,6 +624,9 @@ func (c *checker) backend(name string, bs backendSection, defaults keepAliveSect
 	if name == "" {
 		c.add(key, "backend has an empty name: write [backend.NAME]")
 	}
+	if strings.Contains(name, "/") {
+		c.add(key, "backend %q: a name may not hold \"/\", which separates backend and server in rsp ctl, logs and metrics", name)
+	}
 	alg, err := balance.ParseAlgorithm(strOr(bs.Balance, "roundrobin"))
 	if err != nil {
 		c.add(at("balance"), "backend %s: %v", name, err)
@@ -662,6 +667,9 @@ func (c *checker) backend(name string, bs backendSection, defaults keepAliveSect
 	for _, sname := range sortedKeys(bs.Server) {
 		ss := bs.Server[sname]
 		sc := balance.ServerConfig{Name: sname, Weight: intOr(ss.Weight, DefaultWeight), MaxConn: intOr(ss.MaxConn, 0)}
+		if strings.Contains(sname, "/") {
+			c.add(at("server", sname), "server %q of backend %s: a name may not hold \"/\", which separates backend and server in rsp ctl, logs and metrics", sname, name)
+		}
 		if ss.Address == nil {
 			c.add(at("server", sname), "server %s/%s has no address: add address = \"HOST:PORT\", \"[IPv6]:PORT\" or \"unix:/path\"", name, sname)
 		} else if err := CheckServer("address", *ss.Address); err != nil {

@@ -120,3 +120,7 @@ func (c *checker) checkObservability(cfg *Config) {
 		c.add([]string{"global", "conn_log_sample"}, "conn_log_sample %v is out of range: give the share of clean connections to log, above 0 and at most 1 (0.01 logs one in a hundred)", s)
 	}
 }
+
+// MetricsSocket is the FileDescriptorName= of a systemd socket that
+// serves /metrics (rsp-metrics.socket); no frontend may take it.
+const MetricsSocket = "metrics"

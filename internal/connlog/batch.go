@@ -3,6 +3,7 @@ package connlog
 import (
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -12,64 +13,94 @@ type Writer = io.Writer
 const (
 	// flushEvery bounds how long a line waits in the batch.
 	flushEvery = 50 * time.Millisecond
-	// batchMax is the batch size that is written at once without waiting.
+	// batchMax is the batch size that wakes the writer at once.
 	batchMax = 64 << 10
+	// queueMax bounds what waits while the writer is blocked (journald
+	// pushing back, a pipe nobody reads): lines beyond it are dropped
+	// and counted, so that an event loop never waits for a log write.
+	queueMax = 4 << 20
 )
 
-// batch collects whole lines and writes them in one write: at batchMax,
-// or flushEvery after the first line of the batch.
+// batch collects whole lines; a goroutine of its own writes them, many
+// in one write: at batchMax, or flushEvery after the first line. Write
+// never blocks on the output.
 type batch struct {
-	w io.Writer
+	w       io.Writer
+	wake    chan struct{} // a batch is full, or Close asks for the rest
+	done    chan struct{} // the writer goroutine has exited
+	dropped atomic.Int64  // lines dropped because the queue was full
 
-	mu      sync.Mutex
-	buf     []byte
-	spare   []byte // the buffer written last, reused for the next batch
-	timer   *time.Timer
-	armed   bool
-	closed  bool
-	writeMu sync.Mutex // orders the writes of successive batches
+	mu     sync.Mutex
+	buf    []byte
+	spare  []byte // the buffer written last, reused for the next batch
+	closed bool
+	once   sync.Once
 }
 
 func newBatch(w io.Writer) *batch {
-	b := &batch{w: w}
-	b.timer = time.AfterFunc(time.Hour, b.flush)
-	b.timer.Stop()
+	b := &batch{w: w, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	go b.writeLoop()
 	return b
 }
 
-// Write buffers p, one record of a slog handler.
+// Write queues p, one record of a slog handler, or drops it if the queue
+// is full.
 func (b *batch) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
 		return b.w.Write(p)
 	}
+	if len(b.buf)+len(p) > queueMax {
+		b.mu.Unlock()
+		b.dropped.Add(1)
+		return len(p), nil
+	}
 	b.buf = append(b.buf, p...)
 	full := len(b.buf) >= batchMax
-	if !full && !b.armed {
-		b.armed = true
-		b.timer.Reset(flushEvery)
-	}
 	b.mu.Unlock()
 	if full {
-		b.flush()
+		select {
+		case b.wake <- struct{}{}:
+		default:
+		}
 	}
 	return len(p), nil
 }
 
-// flush writes out what is buffered.
+// writeLoop writes the queued lines every flushEvery, or at once when a
+// batch is full, until close.
+func (b *batch) writeLoop() {
+	defer close(b.done)
+	t := time.NewTicker(flushEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-b.wake:
+		}
+		b.mu.Lock()
+		closed := b.closed
+		b.mu.Unlock()
+		b.flush()
+		if closed {
+			return
+		}
+	}
+}
+
+// flush writes out what is queued. Only writeLoop calls it, and close
+// once writeLoop has exited.
 func (b *batch) flush() {
-	b.writeMu.Lock()
-	defer b.writeMu.Unlock()
 	b.mu.Lock()
 	out := b.buf
 	b.buf = b.spare[:0]
 	b.spare = nil
-	b.armed = false
 	b.mu.Unlock()
-	if len(out) > 0 {
-		b.w.Write(out)
+	if len(out) == 0 {
+		return
 	}
+	b.w.Write(out)
 	b.mu.Lock()
 	if b.spare == nil && cap(out) <= 2*batchMax {
 		b.spare = out[:0]
@@ -77,11 +108,18 @@ func (b *batch) flush() {
 	b.mu.Unlock()
 }
 
-// close flushes and makes later writes go straight through.
+// close writes what is queued, stops the writer, and makes later lines
+// go straight through.
 func (b *batch) close() {
-	b.mu.Lock()
-	b.closed = true
-	b.timer.Stop()
-	b.mu.Unlock()
-	b.flush()
+	b.once.Do(func() {
+		b.mu.Lock()
+		b.closed = true
+		b.mu.Unlock()
+		select {
+		case b.wake <- struct{}{}:
+		default:
+		}
+		<-b.done
+		b.flush() // anything queued between its last flush and closed
+	})
 }

@@ -14,8 +14,10 @@
 // Lines go through log/slog, so they take the logger's format (logfmt or
 // JSON). Lines of connections that did not end cleanly are rate limited
 // per cause; the next line of a cause says how many were suppressed.
-// Lines are written in batches (at most flushEvery late) so that a
-// busy proxy makes one write for many connections.
+// Lines are written in batches by a goroutine of their own (at most
+// flushEvery late), so that a busy proxy makes one write for many
+// connections and an event loop never waits on the output: if the output
+// blocks, lines queue up to a bound and are then dropped and counted.
 package connlog
 
 import (
@@ -130,9 +132,12 @@ func (l *Logger) Log(ci *splice.ConnInfo) {
 	if ci.Backend != "" {
 		backend = ci.Backend
 	}
-	client := ""
+	client, serverAddr := "", ""
 	if ci.Client.IsValid() {
 		client = ci.Client.String()
+	}
+	if ci.ServerAddr != nil {
+		serverAddr = ci.ServerAddr.String()
 	}
 	var buf [15]slog.Attr // on the stack: no allocation per line
 	attrs := append(buf[:0],
@@ -141,7 +146,7 @@ func (l *Logger) Log(ci *splice.ConnInfo) {
 		slog.String("frontend", ci.Frontend),
 		slog.String("backend", backend),
 		slog.String("server", server),
-		slog.String("server_addr", ci.ServerAddr),
+		slog.String("server_addr", serverAddr),
 		slog.Int64("bytes_in", ci.BytesIn),
 		slog.Int64("bytes_out", ci.BytesOut),
 		slog.Float64("connect_ms", ms(ci.Connect)),
@@ -211,6 +216,15 @@ func (l *Logger) Suppressed() map[splice.Cause]int64 {
 	return out
 }
 
+// Dropped returns how many lines were dropped because the output did not
+// keep up (a blocked journal): rsp never waits for it.
+func (l *Logger) Dropped() int64 {
+	if l.out == nil {
+		return 0
+	}
+	return l.out.dropped.Load()
+}
+
 // Close logs, for each cause, the lines suppressed and not yet reported,
 // and writes out what is buffered.
 func (l *Logger) Close() {
@@ -224,13 +238,6 @@ func (l *Logger) Close() {
 	l.mu.Unlock()
 	if l.out != nil {
 		l.out.close()
-	}
-}
-
-// Flush writes out what is buffered.
-func (l *Logger) Flush() {
-	if l.out != nil {
-		l.out.flush()
 	}
 }
 

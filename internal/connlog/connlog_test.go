@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"log/slog"
+	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -41,7 +42,7 @@ func newTestLogger(mode Mode, sample float64) (*Logger, *lockedBuffer) {
 
 func info(id uint64, cause splice.Cause) *splice.ConnInfo {
 	return &splice.ConnInfo{
-		ID: id, Frontend: "web", Backend: "app", Server: "app/a", ServerAddr: "127.0.0.1:9",
+		ID: id, Frontend: "web", Backend: "app", Server: "app/a", ServerAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9},
 		Client: netip.MustParseAddrPort("192.0.2.1:4000"), BytesIn: 10, BytesOut: 20,
 		Connect: 1500 * time.Microsecond, Duration: 2 * time.Second, Tries: 1, Cause: cause,
 	}
@@ -150,4 +151,33 @@ func TestBatching(t *testing.T) {
 	if !strings.Contains(out.String(), "id=500") {
 		t.Error("Close did not write the last line")
 	}
+}
+
+// blocked is an output whose writes wait until release is closed.
+type blocked struct{ release chan struct{} }
+
+func (b blocked) Write(p []byte) (int, error) { <-b.release; return len(p), nil }
+
+// TestBlockedOutput: an output that blocks never blocks Log; lines past
+// the queue bound are dropped and counted.
+func TestBlockedOutput(t *testing.T) {
+	out := blocked{release: make(chan struct{})}
+	l := NewBatched(out, func(w Writer) slog.Handler { return slog.NewTextHandler(w, nil) }, All, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 100000 {
+			l.Log(info(uint64(i), splice.CauseClientClose))
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Log blocked on an output that does not take writes")
+	}
+	if l.Dropped() == 0 {
+		t.Error("no line dropped although the output never took one")
+	}
+	close(out.release)
+	l.Close()
 }

@@ -212,6 +212,9 @@ func readRequest(r io.Reader) ([]string, error) {
 	line, err := br.ReadSlice('\n')
 	switch {
 	case errors.Is(err, bufio.ErrBufferFull):
+		// Read the rest (bounded by the connection's deadline): closing
+		// with unread bytes would reset the client before it read why.
+		io.CopyN(io.Discard, br, 1<<20)
 		return nil, fmt.Errorf("request longer than %d bytes", maxRequest)
 	case err != nil && !(errors.Is(err, io.EOF) && len(line) > 0):
 		return nil, fmt.Errorf("reading the request: %w", err)

@@ -20,6 +20,7 @@ type collector struct {
 	connectSeconds                                           *prometheus.Desc
 	active, maxConn, relayed, pipesOpen, pipesPooled, pipeSz *prometheus.Desc
 	loopBusy, reloads, reloadOK, reloadAt, suppressed, build *prometheus.Desc
+	dropped                                                  *prometheus.Desc
 }
 
 func newCollector(src Sources) *collector {
@@ -58,6 +59,7 @@ func newCollector(src Sources) *collector {
 		reloadOK:       d("rsp_config_last_reload_successful", "1 if the last reload succeeded (or none was tried), else 0.", nil...),
 		reloadAt:       d("rsp_config_last_reload_success_timestamp_seconds", "When the running configuration was loaded, in Unix time.", nil...),
 		suppressed:     d("rsp_log_lines_suppressed_total", "Connection-log error lines dropped by the rate limit, by cause.", "cause"),
+		dropped:        d("rsp_log_lines_dropped_total", "Connection-log lines dropped because the log output did not keep up.", nil...),
 		build:          d("rsp_build_info", "rsp's version and the Go that built it (always 1).", "version", "goversion"),
 	}
 }
@@ -81,6 +83,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		for cause := range splice.NumCauses {
 			counter(c.suppressed, float64(sup[cause]), cause.String())
 		}
+		counter(c.dropped, float64(cl.Dropped()))
 	}
 	if c.src.MaxConn != nil {
 		gauge(c.maxConn, float64(c.src.MaxConn()))

@@ -85,7 +85,10 @@ func Serve(ln net.Listener, reg *prometheus.Registry, log *slog.Logger) *http.Se
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorLog:      slogPrinter{log},
 		ErrorHandling: promhttp.ContinueOnError,
-		Timeout:       10 * time.Second,
+		// Each scrape asks every event loop for its counters: a flood of
+		// scrapes must not take the loops' time.
+		MaxRequestsInFlight: 2,
+		Timeout:             10 * time.Second,
 	}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/" {

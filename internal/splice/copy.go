@@ -186,7 +186,12 @@ func (e *copyEngine) dialAndRelay(client net.Conn, rt *Route) {
 			return
 		}
 		p.tries++
-		e.counted(func(tl *tally) { tl.server(t.Name()).Attempts++ })
+		e.counted(func(tl *tally) {
+			if n := len(d.tried); n > 0 {
+				tl.server(d.tried[n-1].Name()).Retries++ // it failed, and t is tried instead
+			}
+			tl.server(t.Name()).Attempts++
+		})
 		dl := net.Dialer{Timeout: rt.connectTimeout(), KeepAlive: -1}
 		began := time.Now()
 		backend, err := dl.DialContext(e.ctx, t.Addr().Network(), t.Addr().String())
@@ -200,13 +205,7 @@ func (e *copyEngine) dialAndRelay(client net.Conn, rt *Route) {
 			return
 		}
 		retry := d.failed(e.r, t, err, e.ctx.Err() != nil)
-		e.counted(func(tl *tally) {
-			s := tl.server(t.Name())
-			s.Failures++
-			if retry {
-				s.Retries++
-			}
-		})
+		e.counted(func(tl *tally) { tl.server(t.Name()).Failures++ })
 		if !retry {
 			e.fail(p)
 			return
@@ -269,8 +268,7 @@ func (e *copyEngine) relay(p *copyConn, backend net.Conn, t Target) {
 	p.stopTimers()
 	client.Close()
 	backend.Close()
-	e.untrack(p)
-	e.done(p, t, p.err())
+	e.done(p, t, p.err()) // untracks p
 }
 
 // done releases what p held (t, its frontend's slot), counts it as
@@ -294,6 +292,10 @@ func (e *copyEngine) ended(p *copyConn, t Target, reason error) {
 	clean := reason == nil && !p.d.causeSet
 	cause := endCause(reason, &p.d, clean, p.clientFirst.Load(), e.r.drain.Load())
 	in, out := p.in.Load(), p.out.Load()
+	// p leaves the live set and enters the counters at once, so that a
+	// snapshot sees its bytes once: never in both, never in neither.
+	e.mu.Lock()
+	delete(e.live, p)
 	e.counted(func(tl *tally) {
 		f := tl.frontend(p.d.rt.Name)
 		f.Active--
@@ -307,6 +309,7 @@ func (e *copyEngine) ended(p *copyConn, t Target, reason error) {
 		}
 		tl.copied += in + out
 	})
+	e.mu.Unlock()
 	if e.r.OnEnd == nil && cause.Clean() {
 		return
 	}
@@ -329,7 +332,7 @@ func (p *copyConn) describe() ConnInfo {
 		BytesOut: p.out.Load(), Tries: p.tries, Relay: ModeCopy,
 	}
 	if t := lastTarget(p.t, p.d.tried); t != nil {
-		ci.Server, ci.ServerAddr = t.Name(), t.Addr().String()
+		ci.Server, ci.ServerAddr = t.Name(), t.Addr()
 	}
 	return ci
 }
@@ -337,11 +340,11 @@ func (p *copyConn) describe() ConnInfo {
 // snapshot adds the engine's counters, and the bytes its live
 // connections moved so far, to snap.
 func (e *copyEngine) snapshot(snap *Snapshot, _ time.Duration) {
+	e.mu.Lock() // held across both reads: see ended
+	defer e.mu.Unlock()
 	e.tally.mu.Lock()
 	e.tally.t.addTo(snap)
 	e.tally.mu.Unlock()
-	e.mu.Lock()
-	defer e.mu.Unlock()
 	for p := range e.live {
 		in, out := p.in.Load(), p.out.Load()
 		snap.addLive(p.d.rt.Name, p.t.Name(), in, out)
@@ -382,12 +385,6 @@ func (e *copyEngine) track(p *copyConn) bool {
 	}
 	e.live[p] = struct{}{}
 	return true
-}
-
-func (e *copyEngine) untrack(p *copyConn) {
-	e.mu.Lock()
-	delete(e.live, p)
-	e.mu.Unlock()
 }
 
 func (e *copyEngine) stopAccepting() {

@@ -24,6 +24,9 @@ func (l *loop) dial(c *conn) {
 	c.deadline = l.now + int64(c.rt.connectTimeout())
 	c.attemptAt = l.now
 	c.tries++
+	if c.srv != nil {
+		c.srv.Retries++ // the server before failed, and this one is tried instead
+	}
 	c.srv = l.tally.server(t.Name())
 	c.srv.Attempts++
 	sa, family, err := sockaddrOf(t.Addr())
@@ -113,7 +116,6 @@ func (l *loop) connectFailed(c *conn, err error) {
 	}
 	c.srv.Failures++
 	if c.failed(l.e.r, t, err, false) {
-		c.srv.Retries++
 		l.dial(c)
 		return
 	}

@@ -4,6 +4,7 @@ package splice
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"time"
@@ -84,7 +85,7 @@ func (l *loop) describe(c *conn, t Target, ci *ConnInfo) {
 		BytesIn: c.up.sent, BytesOut: c.down.sent, Tries: c.tries, Relay: ModeSplice,
 	}
 	if t := lastTarget(t, c.tried); t != nil {
-		ci.Server, ci.ServerAddr = t.Name(), t.Addr().String()
+		ci.Server, ci.ServerAddr = t.Name(), t.Addr()
 	}
 	if c.connAt != 0 {
 		ci.Connect = time.Duration(c.connAt - c.born)
@@ -107,12 +108,6 @@ func (l *loop) handoff(c *conn) {
 	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.backend.fd, nil)
 	c.closed = true
 	l.unlink(c)
-	// The copy engine counts the connection from here on.
-	c.fe.Active--
-	c.fe.BytesIn += c.up.sent
-	c.fe.BytesOut += c.down.sent
-	c.srv.BytesIn += c.up.sent
-	c.srv.BytesOut += c.down.sent
 	client, err1 := fdConn(c.client.fd)
 	backend, err2 := fdConn(c.backend.fd)
 	if err1 != nil || err2 != nil {
@@ -122,14 +117,23 @@ func (l *loop) handoff(c *conn) {
 		if backend != nil {
 			backend.Close()
 		}
-		c.target.Release()
+		t := c.target
+		t.Release()
 		if c.limited {
 			c.rt.Limit.release()
 		}
 		l.e.r.connDone(1)
-		l.e.r.logger().Warn("cannot hand connection to copy relay", "client", c.peer.String(), "err", errors.Join(err1, err2))
+		err := errors.Join(err1, err2)
+		l.e.r.logger().Warn("cannot hand connection to copy relay", "client", c.peer.String(), "err", err)
+		l.ended(c, t, fmt.Errorf("hand-off to the copy relay: %w", err), CauseError)
 		return
 	}
+	// The copy engine counts the connection from here on.
+	c.fe.Active--
+	c.fe.BytesIn += c.up.sent
+	c.fe.BytesOut += c.down.sent
+	c.srv.BytesIn += c.up.sent
+	c.srv.BytesOut += c.down.sent
 	// The copy engine releases the target and counts the connection as
 	// done when it ends.
 	start := l.e.start.Add(time.Duration(c.born))

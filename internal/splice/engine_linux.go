@@ -25,7 +25,13 @@ type spliceEngine struct {
 	handoff *copyEngine // relays connections whose sockets cannot splice
 	// fdPause is when accepting may resume after a loop ran out of file
 	// descriptors (engine clock); every loop stops accepting until then.
-	fdPause   atomic.Int64
+	fdPause atomic.Int64
+	// lastParts is each loop's last answer to a snapshot, used when a
+	// loop does not answer in time; guarded by snapMu.
+	snapMu    sync.Mutex
+	snapSeq   uint64
+	lastParts []*Snapshot
+	lastSeq   []uint64 // the scrape each of lastParts answered
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 }

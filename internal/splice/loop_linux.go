@@ -355,6 +355,9 @@ func (l *loop) exit(reason error) {
 	l.release()
 	l.mu.Unlock()
 	for _, c := range pending {
+		if c.op == cmdSnapshot {
+			l.fill(c.snap) // the loop's final counters
+		}
 		if c.op == cmdAdopt {
 			l.dropAdopted(c.fd)
 		} else if c.ln != nil && c.ln.fd >= 0 {

@@ -2,6 +2,7 @@ package splice
 
 import (
 	"errors"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -84,7 +85,7 @@ type ConnInfo struct {
 	Backend    string         // the route's backend
 	Client     netip.AddrPort // zero for a Unix client
 	Server     string         // the target's name ("backend/server"); "" if none was connected
-	ServerAddr string         // the target's address
+	ServerAddr net.Addr       // the target's address; nil if none
 	Start      time.Time      // when it was accepted
 	Connect    time.Duration  // accept to backend connected; 0 if never connected
 	Duration   time.Duration  // accept to end; for a live connection, its age
@@ -264,8 +265,8 @@ func (snap *Snapshot) addLive(frontend, server string, in, out int64) {
 }
 
 // Snapshot returns the relay's counters now. It asks each event loop for
-// its own, waiting at most timeout for each; a loop that does not answer
-// in time is left out.
+// its own, waiting at most timeout in all; a loop that does not answer in
+// time counts with its last answer, so that no counter goes back.
 func (r *Relay) Snapshot(timeout time.Duration) *Snapshot {
 	snap := &Snapshot{}
 	r.mu.Lock()

@@ -2,7 +2,10 @@
 
 package splice
 
-import "time"
+import (
+	"slices"
+	"time"
+)
 
 // This file holds how an event loop reports its counters and
 // connections to other goroutines: each answers a command on its own
@@ -90,16 +93,34 @@ func (e *spliceEngine) ask(timeout time.Duration, mk func(i int) command, exited
 }
 
 func (e *spliceEngine) snapshot(snap *Snapshot, timeout time.Duration) {
+	e.snapMu.Lock()
+	e.snapSeq++
+	seq := e.snapSeq // orders concurrent scrapes: a loop answers in order
+	e.snapMu.Unlock()
 	parts := make([]Snapshot, len(e.loops))
 	ok := e.ask(timeout, func(i int) command {
 		return command{op: cmdSnapshot, snap: &parts[i]}
 	}, func(i int) { e.loops[i].fill(&parts[i]) })
-	snap.LoopBusy = make([]time.Duration, len(e.loops))
+	// A loop that did not answer in time counts with what it said last,
+	// so that no counter seems to go back (Prometheus reads a counter
+	// that shrinks as a restart).
+	e.snapMu.Lock()
+	if e.lastParts == nil {
+		e.lastParts = make([]*Snapshot, len(e.loops))
+		e.lastSeq = make([]uint64, len(e.loops))
+	}
 	for i := range parts {
-		if !ok[i] {
+		if ok[i] && seq > e.lastSeq[i] {
+			e.lastParts[i], e.lastSeq[i] = &parts[i], seq
+		}
+	}
+	last := slices.Clone(e.lastParts)
+	e.snapMu.Unlock()
+	snap.LoopBusy = make([]time.Duration, len(e.loops))
+	for i, p := range last {
+		if p == nil {
 			continue
 		}
-		p := &parts[i]
 		for name, f := range p.Frontends {
 			snap.frontend(name).add(f)
 		}
@@ -133,7 +154,7 @@ func (e *spliceEngine) conns(timeout time.Duration) []ConnInfo {
 
 func (e *spliceEngine) kill(server string) int {
 	counts := make([]int, len(e.loops))
-	ok := e.ask(5*time.Second, func(i int) command {
+	ok := e.ask(3*time.Second, func(i int) command { // within rsp ctl's 5 s
 		return command{op: cmdKill, server: server, killed: &counts[i]}
 	}, nil)
 	n := 0

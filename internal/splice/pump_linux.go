@@ -197,7 +197,12 @@ func sockErr(c *conn) error {
 			return c.peerErr(s, "%s: %w", err)
 		}
 	}
-	return unix.ECONNRESET
+	// No pending error left to read: the side that reported one failed.
+	s := &c.client
+	if !c.client.err && (c.backend.err || c.backend.hup) {
+		s = &c.backend
+	}
+	return c.peerErr(s, "%s: %w", unix.ECONNRESET)
 }
 
 // sideName names s as "client" or "backend" in a reason.

@@ -50,7 +50,10 @@ type dialing struct {
 	// any byte moved (no server, connect failed), if causeSet.
 	cause    Cause
 	causeSet bool
-	limited  bool // counted in rt.Limit
+	// connectCause is how the last failed connect failed
+	// (CauseConnectFailed or CauseConnectTimeout).
+	connectCause Cause
+	limited      bool // counted in rt.Limit
 }
 
 // setCause records why the connection is about to end, with err saying
@@ -61,12 +64,17 @@ func (d *dialing) setCause(c Cause, err error) {
 
 // pick asks the route's Picker for the next target. On error the client
 // cannot be served: the failure is counted, and the caller resets the
-// client.
+// client. A connection whose connect failed and found no other server to
+// retry on ends for that connect's failure, not for want of a server.
 func (d *dialing) pick(r *Relay) (Target, error) {
 	t, err := d.rt.Picker.Pick(d.peer, d.tried)
 	if err != nil {
 		r.stats.failed.Add(1)
-		d.setCause(CauseNoServer, err)
+		if len(d.tried) > 0 {
+			d.setCause(d.connectCause, fmt.Errorf("%w; no other server to retry on: %w", d.lastErr, err))
+		} else {
+			d.setCause(CauseNoServer, err)
+		}
 		if r.OnEnd == nil {
 			r.logs.warn(r.logger(), "no backend", "no backend for client; resetting it",
 				"frontend", d.rt.Name, "client", d.peer.String(), "err", err)
@@ -87,18 +95,20 @@ func (d *dialing) failed(r *Relay, t Target, err error, stopping bool) (retry bo
 	t.Connected(err)
 	t.Release()
 	d.tried = append(d.tried, t)
+	cause := CauseConnectFailed
+	var ne net.Error
+	if errors.Is(err, errConnectTimeout) || errors.As(err, &ne) && ne.Timeout() {
+		cause = CauseConnectTimeout
+	}
+	d.connectCause = cause
+	d.lastErr = fmt.Errorf("server %s (%s): %w", t.Name(), t.Addr(), err)
 	if len(d.tried) <= d.rt.Retries && !stopping {
 		r.logger().Debug("backend connect failed; retrying on another server", "frontend", d.rt.Name,
 			"client", d.peer.String(), "server", t.Name(), "backend", t.Addr().String(), "err", err)
 		return true
 	}
 	r.stats.failed.Add(1)
-	cause := CauseConnectFailed
-	var ne net.Error
-	if errors.Is(err, errConnectTimeout) || errors.As(err, &ne) && ne.Timeout() {
-		cause = CauseConnectTimeout
-	}
-	d.setCause(cause, fmt.Errorf("server %s (%s): %w", t.Name(), t.Addr(), err))
+	d.setCause(cause, d.lastErr)
 	if r.OnEnd == nil {
 		r.logs.warn(r.logger(), "connect failed", "backend connect failed; resetting client", "frontend", d.rt.Name,
 			"client", d.peer.String(), "server", t.Name(), "backend", t.Addr().String(), "err", err, "tries", len(d.tried))
@@ -120,8 +130,12 @@ func (r *Relay) report(ci *ConnInfo) {
 	if ci.Err != nil {
 		reason = ci.Err.Error()
 	}
+	backend := ""
+	if ci.ServerAddr != nil {
+		backend = ci.ServerAddr.String()
+	}
 	r.logs.info(r.logger(), ci.Cause.String(), "connection closed", "frontend", ci.Frontend,
-		"client", ci.Client.String(), "backend", ci.ServerAddr, "cause", ci.Cause.String(), "reason", reason)
+		"client", ci.Client.String(), "backend", backend, "cause", ci.Cause.String(), "reason", reason)
 }
 
 // flushStall is how long a connection that is to be reset once the bytes
