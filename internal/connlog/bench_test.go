@@ -19,3 +19,17 @@ func BenchmarkLog(b *testing.B) {
 	}
 	l.Close()
 }
+
+// BenchmarkLogParallel is BenchmarkLog from every P at once, as event
+// loops log.
+func BenchmarkLogParallel(b *testing.B) {
+	l := NewBatched(io.Discard, func(w Writer) slog.Handler { return slog.NewTextHandler(w, nil) }, All, 1)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		ci := info(1, splice.CauseClientClose)
+		for pb.Next() {
+			l.Log(ci)
+		}
+	})
+	l.Close()
+}
