@@ -305,10 +305,13 @@ func readUrgent(c net.Conn, deadline time.Time) urgentObs {
 			rerr error
 		)
 		raw.Control(func(fd uintptr) {
-			mark, err := unix.IoctlGetInt(int(fd), unix.SIOCATMARK)
 			var b [1]byte
 			k, _, err2 := unix.Recvfrom(int(fd), b[:], unix.MSG_OOB|unix.MSG_DONTWAIT)
 			if err2 == nil && k == 1 {
+				// The mark is asked after the urgent byte is read (reading
+				// it leaves the mark where it is): asked before, an urgent
+				// byte arriving in between was seen off its mark.
+				mark, err := unix.IoctlGetInt(int(fd), unix.SIOCATMARK)
 				obs = urgentObs{seen: true, b: b[0], atMark: err == nil && mark == 1}
 			}
 			rerr = err2

@@ -19,6 +19,8 @@ const (
 	// pushing back, a pipe nobody reads): lines beyond it are dropped
 	// and counted, so that an event loop never waits for a log write.
 	queueMax = 4 << 20
+	// closeWait bounds how long close waits for the last write.
+	closeWait = 2 * time.Second
 )
 
 // batch collects whole lines; a goroutine of its own writes them, many
@@ -94,12 +96,13 @@ func (b *batch) writeLoop() {
 func (b *batch) flush() {
 	b.mu.Lock()
 	out := b.buf
+	if len(out) == 0 {
+		b.mu.Unlock()
+		return
+	}
 	b.buf = b.spare[:0]
 	b.spare = nil
 	b.mu.Unlock()
-	if len(out) == 0 {
-		return
-	}
 	b.w.Write(out)
 	b.mu.Lock()
 	if b.spare == nil && cap(out) <= 2*batchMax {
@@ -119,7 +122,11 @@ func (b *batch) close() {
 		case b.wake <- struct{}{}:
 		default:
 		}
-		<-b.done
-		b.flush() // anything queued between its last flush and closed
+		// A writer stuck on a blocked output must not hold up the exit.
+		select {
+		case <-b.done:
+			b.flush() // anything queued between its last flush and closed
+		case <-time.After(closeWait):
+		}
 	})
 }

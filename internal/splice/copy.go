@@ -271,9 +271,9 @@ func (e *copyEngine) relay(p *copyConn, backend net.Conn, t Target) {
 	e.done(p, t, p.err()) // untracks p
 }
 
-// done releases what p held (t, its frontend's slot), counts it as
-// finished, and reports its end: in that order, so that whoever reads
-// the report finds the slots free.
+// done releases what p held (t, its frontend's slot), reports its end,
+// and counts it as finished: in that order, so that whoever reads the
+// report finds the slots free, and a shutdown waits for the report.
 func (e *copyEngine) done(p *copyConn, t Target, reason error) {
 	if t != nil {
 		t.Release()
@@ -281,8 +281,8 @@ func (e *copyEngine) done(p *copyConn, t Target, reason error) {
 	if p.d.limited {
 		p.d.rt.Limit.release()
 	}
-	e.r.connDone(1)
 	e.ended(p, t, reason)
+	e.r.connDone(1)
 }
 
 // ended counts p's end and its bytes, and reports it. t is the server it

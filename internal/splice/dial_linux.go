@@ -24,8 +24,9 @@ func (l *loop) dial(c *conn) {
 	c.deadline = l.now + int64(c.rt.connectTimeout())
 	c.attemptAt = l.now
 	c.tries++
-	if c.srv != nil {
-		c.srv.Retries++ // the server before failed, and this one is tried instead
+	prev := c.srv
+	if prev != nil {
+		prev.Retries++ // the server before failed, and this one is tried instead
 	}
 	c.srv = l.tally.server(t.Name())
 	c.srv.Attempts++
@@ -42,6 +43,9 @@ func (l *loop) dial(c *conn) {
 			// backend's fault: no retry, no strike against it.
 			l.e.r.stats.failed.Add(1)
 			c.srv.Attempts-- // not tried after all
+			if prev != nil {
+				prev.Retries--
+			}
 			t.Release()
 			c.target = nil
 			c.setCause(CauseError, fmt.Errorf("backend socket: %w", err))

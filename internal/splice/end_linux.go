@@ -124,7 +124,7 @@ func (l *loop) handoff(c *conn) {
 		}
 		l.e.r.connDone(1)
 		err := errors.Join(err1, err2)
-		l.e.r.logger().Warn("cannot hand connection to copy relay", "client", c.peer.String(), "err", err)
+		l.e.r.logs.warn(l.e.r.logger(), "handoff", "cannot hand connection to copy relay", "client", c.peer.String(), "err", err)
 		l.ended(c, t, fmt.Errorf("hand-off to the copy relay: %w", err), CauseError)
 		return
 	}

@@ -29,9 +29,7 @@ type spliceEngine struct {
 	// lastParts is each loop's last answer to a snapshot, used when a
 	// loop does not answer in time; guarded by snapMu.
 	snapMu    sync.Mutex
-	snapSeq   uint64
 	lastParts []*Snapshot
-	lastSeq   []uint64 // the scrape each of lastParts answered
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 }

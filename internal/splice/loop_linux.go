@@ -99,9 +99,10 @@ type loop struct {
 	scratch   []byte // buffer for the no-pipe fallback, made on first use
 	noSplice  bool   // test hook: pretend the kernel refuses to splice
 
-	tally tally    // counters of this loop's connections
-	busy  int64    // ns spent outside epoll_wait
-	info  ConnInfo // what the ended connection reports to Relay.OnEnd
+	tally   tally    // counters of this loop's connections
+	busy    int64    // ns spent outside epoll_wait
+	answers uint64   // snapshots answered: orders them
+	info    ConnInfo // what the ended connection reports to Relay.OnEnd
 
 	mu     sync.Mutex
 	cmds   []command

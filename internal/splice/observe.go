@@ -144,6 +144,8 @@ type Snapshot struct {
 	Pipes     int64                     // pipes open (each two fds)
 	IdlePipes int64                     // of those, pipes waiting empty in pools
 	PipeSize  int                       // capacity the kernel granted each pipe; 0 before the first
+
+	stamp uint64 // one loop's part: its answer number
 }
 
 // tally is the counters one event loop, or the copy engine, keeps. An

@@ -14,6 +14,8 @@ import (
 // fill adds the loop's counters, and the bytes its live connections have
 // moved so far, to snap.
 func (l *loop) fill(snap *Snapshot) {
+	l.answers++
+	snap.stamp = l.answers
 	l.tally.addTo(snap)
 	for c := l.live.next; c != &l.live; c = c.next {
 		server := ""
@@ -93,10 +95,6 @@ func (e *spliceEngine) ask(timeout time.Duration, mk func(i int) command, exited
 }
 
 func (e *spliceEngine) snapshot(snap *Snapshot, timeout time.Duration) {
-	e.snapMu.Lock()
-	e.snapSeq++
-	seq := e.snapSeq // orders concurrent scrapes: a loop answers in order
-	e.snapMu.Unlock()
 	parts := make([]Snapshot, len(e.loops))
 	ok := e.ask(timeout, func(i int) command {
 		return command{op: cmdSnapshot, snap: &parts[i]}
@@ -107,11 +105,12 @@ func (e *spliceEngine) snapshot(snap *Snapshot, timeout time.Duration) {
 	e.snapMu.Lock()
 	if e.lastParts == nil {
 		e.lastParts = make([]*Snapshot, len(e.loops))
-		e.lastSeq = make([]uint64, len(e.loops))
 	}
 	for i := range parts {
-		if ok[i] && seq > e.lastSeq[i] {
-			e.lastParts[i], e.lastSeq[i] = &parts[i], seq
+		// Concurrent scrapes may reach a loop in either order: keep the
+		// answer the loop gave last.
+		if ok[i] && (e.lastParts[i] == nil || parts[i].stamp > e.lastParts[i].stamp) {
+			e.lastParts[i] = &parts[i]
 		}
 	}
 	last := slices.Clone(e.lastParts)

@@ -198,8 +198,14 @@ func sockErr(c *conn) error {
 		}
 	}
 	// No pending error left to read: the side that reported one failed.
+	// A TCP socket's error (what made service end it) comes first; a
+	// Unix peer's error only says it closed with bytes unread.
 	s := &c.client
-	if !c.client.err && (c.backend.err || c.backend.hup) {
+	switch {
+	case c.backend.err && !c.backend.unix:
+		s = &c.backend
+	case c.client.err && !c.client.unix:
+	case c.backend.err || c.backend.hup:
 		s = &c.backend
 	}
 	return c.peerErr(s, "%s: %w", unix.ECONNRESET)
