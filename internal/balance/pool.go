@@ -79,6 +79,9 @@ type ServerConfig struct {
 	Addr    net.Addr // *net.TCPAddr or *net.UnixAddr
 	Weight  int      // share of new connections; 0 drains the server
 	MaxConn int      // most concurrent connections; 0 means no limit
+	// Backup servers take connections only while no other server of the
+	// pool can (all down, drained, in maintenance or full).
+	Backup bool
 }
 
 // Defaults of Health's fields left zero.

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"reflect"
 	"slices"
@@ -87,6 +88,10 @@ type Frontend struct {
 	// MaxConn bounds the frontend's connections at once; a client beyond
 	// it is reset at once. 0 means no limit.
 	MaxConn int
+	// Allow and Deny are the client prefixes let in and kept out: a
+	// client in Deny, or outside a non-empty Allow, is refused before
+	// any server is dialed.
+	Allow, Deny []netip.Prefix
 	// KeepAlive is set on the frontend's client sockets.
 	KeepAlive splice.KeepAlive
 	// Where is "file:line" of the frontend's section, for errors found
@@ -103,6 +108,9 @@ type Backend struct {
 	Servers []balance.ServerConfig
 	// KeepAlive is set on the sockets connected to the servers.
 	KeepAlive splice.KeepAlive
+	// Source is the local address of connections to the servers; zero
+	// lets the kernel choose.
+	Source netip.Addr
 }
 
 // Backend returns the backend named name, or nil.
@@ -161,6 +169,8 @@ type frontendSection struct {
 	Socket  *string   `toml:"socket"`
 	Backend *string   `toml:"backend"`
 	MaxConn *int      `toml:"maxconn"`
+	Allow   *addrList `toml:"allow"`
+	Deny    *addrList `toml:"deny"`
 	timeoutSection
 	keepAliveSection
 }
@@ -172,6 +182,7 @@ type backendSection struct {
 	EjectTime  *duration                `toml:"eject_time"`
 	Health     *healthSection           `toml:"health"`
 	Server     map[string]serverSection `toml:"server"`
+	Source     *string                  `toml:"source"`
 	keepAliveSection
 }
 
@@ -186,6 +197,7 @@ type serverSection struct {
 	Address *string `toml:"address"`
 	Weight  *int    `toml:"weight"`
 	MaxConn *int    `toml:"maxconn"`
+	Backup  *bool   `toml:"backup"`
 }
 
 // duration is a TOML string such as "5s" or "2m30s".
@@ -528,6 +540,8 @@ func (c *checker) build(f *fileConfig) *Config {
 			Where:            c.where(key...),
 		}
 		c.checkTimeouts(key, "frontend "+name+": ", fs.timeoutSection)
+		fe.Allow = c.prefixes(append(key, "allow"), "frontend "+name+": allow", fs.Allow)
+		fe.Deny = c.prefixes(append(key, "deny"), "frontend "+name+": deny", fs.Deny)
 		if fe.MaxConn < 0 {
 			c.add(append(key, "maxconn"), "frontend %s: maxconn %d is negative: give the most connections at once, or 0 for no limit", name, fe.MaxConn)
 		}
@@ -620,6 +634,14 @@ func (c *checker) backend(name string, bs backendSection, defaults keepAliveSect
 		KeepAlive: keepAlive(bs.keepAliveSection, defaults),
 	}
 	c.checkKeepAlive(key, "backend "+name+": ", bs.keepAliveSection)
+	if bs.Source != nil {
+		src, err := netip.ParseAddr(*bs.Source)
+		if err != nil || src.Zone() != "" {
+			c.add(at("source"), "backend %s: source %q is not an IP address: give the local address for connections to the servers, such as \"10.0.0.2\" or \"2001:db8::2\"", name, *bs.Source)
+		} else {
+			b.Source = src.Unmap()
+		}
+	}
 	c.checkDuration(at("eject_time"), "backend "+name+": ", bs.EjectTime, CheckDuration)
 	if name == "" {
 		c.add(key, "backend has an empty name: write [backend.NAME]")
@@ -666,7 +688,7 @@ func (c *checker) backend(name string, bs backendSection, defaults keepAliveSect
 	}
 	for _, sname := range sortedKeys(bs.Server) {
 		ss := bs.Server[sname]
-		sc := balance.ServerConfig{Name: sname, Weight: intOr(ss.Weight, DefaultWeight), MaxConn: intOr(ss.MaxConn, 0)}
+		sc := balance.ServerConfig{Name: sname, Weight: intOr(ss.Weight, DefaultWeight), MaxConn: intOr(ss.MaxConn, 0), Backup: ss.Backup != nil && *ss.Backup}
 		if strings.Contains(sname, "/") {
 			c.add(at("server", sname), "server %q of backend %s: a name may not hold \"/\", which separates backend and server in rsp ctl, logs and metrics", sname, name)
 		}

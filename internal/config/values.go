@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 )
@@ -124,3 +125,42 @@ func (c *checker) checkObservability(cfg *Config) {
 // MetricsSocket is the FileDescriptorName= of a systemd socket that
 // serves /metrics (rsp-metrics.socket); no frontend may take it.
 const MetricsSocket = "metrics"
+
+// prefixes reads a list of CIDR prefixes ("10.0.0.0/8", "2001:db8::/32")
+// or single addresses (a /32 or /128).
+func (c *checker) prefixes(key []string, what string, list *addrList) []netip.Prefix {
+	if list == nil {
+		return nil
+	}
+	var out []netip.Prefix
+	for _, s := range *list {
+		p, err := ParsePrefix(s)
+		if err != nil {
+			c.add(key, "%s: %v", what, err)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// ParsePrefix reads a CIDR prefix or a single IP address, IPv4 or IPv6,
+// masked to its prefix.
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not a CIDR prefix: write it as 10.0.0.0/8 or 2001:db8::/32", s)
+		}
+		if p.Addr().Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("%q is not an IP address or CIDR prefix: write it as 192.0.2.1, 10.0.0.0/8 or 2001:db8::/32", s)
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
