@@ -701,6 +701,11 @@ func (c *checker) backend(name string, bs backendSection, defaults keepAliveSect
 		} else {
 			sc.Addr = addr
 		}
+		if b.Source.IsValid() && sc.Addr != nil {
+			if ta, ok := sc.Addr.(*net.TCPAddr); !ok || (ta.IP.To4() != nil) != b.Source.Is4() {
+				c.add(at("server", sname, "address"), "server %s/%s: address %s cannot be reached from the backend's source %s: source and servers must be TCP of one family (IPv4 or IPv6)", name, sname, sc.Addr, b.Source)
+			}
+		}
 		if sc.Weight < 0 || sc.Weight > MaxWeight {
 			c.add(at("server", sname, "weight"), "server %s/%s: weight %d out of range: use 0 (drain) to %d", name, sname, sc.Weight, MaxWeight)
 		}

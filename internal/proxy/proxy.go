@@ -238,12 +238,17 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 // pl, with f's timeouts, connection limit lim and client keepalive, and
 // b's retries and server keepalive.
 func route(f *config.Frontend, b *config.Backend, pl *balance.Pool, lim *splice.ConnLimit) *splice.Route {
-	return &splice.Route{
+	rt := &splice.Route{
 		Name: f.Name, Backend: b.Name, Picker: picker{pl}, Limit: lim,
 		ConnectTimeout: f.ConnectTimeout, IdleTimeout: f.IdleTimeout,
 		HalfCloseTimeout: f.HalfCloseTimeout, Retries: b.Retries,
 		ClientKeepAlive: f.KeepAlive, ServerKeepAlive: b.KeepAlive,
+		Source: b.Source,
 	}
+	if len(f.Allow) > 0 || len(f.Deny) > 0 {
+		rt.ACL = &splice.ACL{Allow: f.Allow, Deny: f.Deny} // nil costs nothing per connection
+	}
+	return rt
 }
 
 // missingSocket explains a frontend naming a socket systemd did not pass.

@@ -91,6 +91,10 @@ func (l *loop) open(cfd int, peer netip.AddrPort, ln *listener) {
 	}
 	l.link(c)
 	l.useTimeouts(rt)
+	if rt.ACL != nil && !rt.ACL.Allows(peer.Addr()) {
+		l.finish(c, errDenied, true)
+		return
+	}
 	if rt.Limit != nil {
 		if !rt.Limit.take() {
 			l.finish(c, errMaxConn, true)

@@ -170,6 +170,11 @@ func (e *copyEngine) dialAndRelay(client net.Conn, rt *Route) {
 		f.Accepted++
 		f.Active++
 	})
+	if rt.ACL != nil && !rt.ACL.Allows(d.peer.Addr()) {
+		resetConn(client)
+		e.done(p, nil, errDenied)
+		return
+	}
 	if rt.Limit != nil {
 		if !rt.Limit.take() {
 			resetConn(client)
@@ -193,6 +198,10 @@ func (e *copyEngine) dialAndRelay(client net.Conn, rt *Route) {
 			tl.server(t.Name()).Attempts++
 		})
 		dl := net.Dialer{Timeout: rt.connectTimeout(), KeepAlive: -1}
+		if rt.Source.IsValid() && t.Addr().Network() == "tcp" {
+			dl.LocalAddr = &net.TCPAddr{IP: rt.Source.AsSlice()}
+			dl.Control = bindNoPort
+		}
 		began := time.Now()
 		backend, err := dl.DialContext(e.ctx, t.Addr().Network(), t.Addr().String())
 		if err == nil {

@@ -5,6 +5,7 @@ package splice
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"time"
 
@@ -64,6 +65,12 @@ func (l *loop) dial(c *conn) {
 		if ka := c.rt.ServerKeepAlive; ka != (KeepAlive{}) {
 			setKeepAlive(bfd, ka, false) // a new socket has the defaults
 		}
+		if c.rt.Source.IsValid() {
+			if err := bindSource(bfd, family, c.rt.Source); err != nil {
+				l.connectFailed(c, err)
+				return
+			}
+		}
 	}
 	switch err := unix.Connect(bfd, sa); err {
 	case nil, unix.EINPROGRESS:
@@ -75,6 +82,28 @@ func (l *loop) dial(c *conn) {
 		l.connectFailed(c, err)
 	}
 	// Completion (even immediate, on loopback) is reported by EPOLLOUT.
+}
+
+// bindSource binds socket fd of family to the local address src before
+// its connect. IP_BIND_ADDRESS_NO_PORT defers the choice of port to the
+// connect, which then picks one free for that destination: without it,
+// bind reserves a port for every destination, and one source address
+// carries at most the ephemeral range's ~28,000 connections in all.
+func bindSource(fd, family int, src netip.Addr) error {
+	var sa unix.Sockaddr
+	switch {
+	case family == unix.AF_INET && src.Is4():
+		sa = &unix.SockaddrInet4{Addr: src.As4()}
+	case family == unix.AF_INET6 && src.Is6():
+		sa = &unix.SockaddrInet6{Addr: src.As16()}
+	default:
+		return fmt.Errorf("source %s: not the server's address family", src)
+	}
+	unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+	if err := unix.Bind(fd, sa); err != nil {
+		return fmt.Errorf("bind source %s: %w", src, err)
+	}
+	return nil
 }
 
 // outOfFDs reports whether err says the process or system ran out of file

@@ -51,6 +51,9 @@ const (
 	CauseUndeliverable
 	// CauseError: anything else (an internal failure, out of fds).
 	CauseError
+	// CauseDenied: the client's address is refused by the frontend's
+	// access list.
+	CauseDenied
 	// NumCauses is the number of causes.
 	NumCauses
 )
@@ -62,7 +65,7 @@ var causeNames = [NumCauses]string{
 	CauseHalfCloseTimeout: "half_close_timeout", CauseConnectFailed: "connect_failed",
 	CauseNoServer: "no_server", CauseMaxConn: "maxconn", CauseDrained: "drained",
 	CauseDrainTimeout: "drain_timeout", CauseKilled: "killed",
-	CauseUndeliverable: "undeliverable", CauseError: "error",
+	CauseUndeliverable: "undeliverable", CauseError: "error", CauseDenied: "denied",
 }
 
 // String returns the cause's name in metrics and logs ("client_close").
@@ -330,6 +333,9 @@ var errKilled = errors.New("reset on request (server put in maintenance with -ki
 // errMaxConn: a connection refused at its frontend's maxconn.
 var errMaxConn = errors.New("frontend maxconn reached")
 
+// errDenied: a connection refused by its frontend's access list.
+var errDenied = errors.New("client address refused by the frontend's allow/deny list")
+
 // ConnLimit bounds the connections of one frontend across all its
 // listeners. It is shared by the routes of successive reloads, so that
 // connections accepted before a reload still count. The zero value has
@@ -399,6 +405,8 @@ func endCause(reason error, d *dialing, clean, clientFirst, draining bool) Cause
 		return CauseKilled
 	case errors.Is(reason, errMaxConn):
 		return CauseMaxConn
+	case errors.Is(reason, errDenied):
+		return CauseDenied
 	case errors.Is(reason, errUndeliverable), errors.Is(reason, errPeerAborted):
 		return CauseUndeliverable
 	case errors.As(reason, &pe):

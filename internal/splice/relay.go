@@ -126,6 +126,12 @@ type Route struct {
 	// Retries is how many more targets a connection may try after a
 	// failed connect.
 	Retries int
+	// ACL, if not nil, says which client addresses may connect; one it
+	// refuses is reset at once, before any backend is dialed
+	// (CauseDenied). Unix clients have no address and are not checked.
+	ACL *ACL
+	// Source, if valid, is the local address of backend connections.
+	Source netip.Addr
 	// Limit, if not nil, bounds the connections of the frontend: a client
 	// beyond it is reset at once (CauseMaxConn). Share one ConnLimit
 	// between the routes of successive reloads.
