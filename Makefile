@@ -56,6 +56,7 @@ FUZZTIME ?= 300000x
 fuzz:
 	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/config/
 	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzParseArgs$$' -fuzztime $(FUZZTIME) ./cmd/rsp/
+	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/proxyproto/
 
 test-unit:
 	$(GO) test -count=1 -race -timeout 10m ./internal/... ./cmd/...

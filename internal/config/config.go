@@ -24,6 +24,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"rsp/internal/balance"
+	"rsp/internal/proxyproto"
 	"rsp/internal/splice"
 )
 
@@ -111,6 +112,9 @@ type Backend struct {
 	// Source is the local address of connections to the servers; zero
 	// lets the kernel choose.
 	Source netip.Addr
+	// SendProxy is the PROXY protocol version sent to the servers before
+	// a connection's bytes; 0 sends none.
+	SendProxy proxyproto.Version
 }
 
 // Backend returns the backend named name, or nil.
@@ -183,6 +187,7 @@ type backendSection struct {
 	Health     *healthSection           `toml:"health"`
 	Server     map[string]serverSection `toml:"server"`
 	Source     *string                  `toml:"source"`
+	SendProxy  *string                  `toml:"send_proxy"`
 	keepAliveSection
 }
 
@@ -634,6 +639,13 @@ func (c *checker) backend(name string, bs backendSection, defaults keepAliveSect
 		KeepAlive: keepAlive(bs.keepAliveSection, defaults),
 	}
 	c.checkKeepAlive(key, "backend "+name+": ", bs.keepAliveSection)
+	if bs.SendProxy != nil {
+		v, err := proxyproto.ParseVersion(*bs.SendProxy)
+		if err != nil {
+			c.add(at("send_proxy"), "backend %s: %v", name, err)
+		}
+		b.SendProxy = v
+	}
 	if bs.Source != nil {
 		src, err := netip.ParseAddr(*bs.Source)
 		if err != nil || src.Zone() != "" {

@@ -25,6 +25,7 @@ import (
 	"rsp/internal/activation"
 	"rsp/internal/balance"
 	"rsp/internal/config"
+	"rsp/internal/proxyproto"
 	"rsp/internal/splice"
 )
 
@@ -244,6 +245,9 @@ func route(f *config.Frontend, b *config.Backend, pl *balance.Pool, lim *splice.
 		HalfCloseTimeout: f.HalfCloseTimeout, Retries: b.Retries,
 		ClientKeepAlive: f.KeepAlive, ServerKeepAlive: b.KeepAlive,
 		Source: b.Source,
+	}
+	if v := b.SendProxy; v != 0 {
+		rt.Preamble = func(client, local netip.AddrPort) []byte { return proxyproto.Append(nil, v, client, local) }
 	}
 	if len(f.Allow) > 0 || len(f.Deny) > 0 {
 		rt.ACL = &splice.ACL{Allow: f.Allow, Deny: f.Deny} // nil costs nothing per connection

@@ -210,6 +210,23 @@ func (e *copyEngine) dialAndRelay(client net.Conn, rt *Route) {
 			e.counted(func(tl *tally) { tl.server(t.Name()).observeConnect(took) })
 			t.Connected(nil)
 			keepAlive(backend, rt.ServerKeepAlive)
+			if rt.Preamble != nil {
+				var local netip.AddrPort
+				if a, ok := client.LocalAddr().(*net.TCPAddr); ok {
+					local = a.AddrPort()
+				}
+				backend.SetWriteDeadline(time.Now().Add(rt.connectTimeout()))
+				_, err := backend.Write(rt.Preamble(d.peer, local))
+				backend.SetWriteDeadline(time.Time{})
+				if err != nil {
+					resetConn(backend)
+					t.Release()
+					p.t = t
+					p.d.setCause(CauseServerReset, fmt.Errorf("write PROXY header to backend: %w", err))
+					e.fail(p)
+					return
+				}
+			}
 			e.relay(p, backend, t)
 			return
 		}

@@ -84,6 +84,36 @@ func (l *loop) dial(c *conn) {
 	// Completion (even immediate, on loopback) is reported by EPOLLOUT.
 }
 
+// sendPreamble writes the route's preamble to c's fresh backend socket.
+// Its send queue is empty and the preamble small (a PROXY header, at most
+// a few hundred bytes), so one write takes all of it or fails.
+func sendPreamble(c *conn) error {
+	var local netip.AddrPort
+	if sa, err := unix.Getsockname(c.client.fd); err == nil {
+		local = addrPortOfSockaddr(sa)
+	}
+	b := c.rt.Preamble(c.peer, local)
+	n, err := unix.Write(c.backend.fd, b)
+	switch {
+	case err != nil:
+		return c.peerErr(&c.backend, "write PROXY header to %s: %w", err)
+	case n < len(b):
+		return c.peerErr(&c.backend, "write PROXY header to %s: %w", fmt.Errorf("short write of %d of %d bytes", n, len(b)))
+	}
+	return nil
+}
+
+// addrPortOfSockaddr converts an IP socket address; others give zero.
+func addrPortOfSockaddr(sa unix.Sockaddr) netip.AddrPort {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
+	}
+	return netip.AddrPort{}
+}
+
 // bindSource binds socket fd of family to the local address src before
 // its connect. IP_BIND_ADDRESS_NO_PORT defers the choice of port to the
 // connect, which then picks one free for that destination: without it,
@@ -133,6 +163,12 @@ func (l *loop) established(c *conn) {
 	c.connAt = l.now
 	c.srv.observeConnect(time.Duration(l.now - c.attemptAt))
 	c.target.Connected(nil)
+	if c.rt.Preamble != nil {
+		if err := sendPreamble(c); err != nil {
+			l.finish(c, err, true)
+			return
+		}
+	}
 	l.service(c)
 }
 

@@ -132,6 +132,11 @@ type Route struct {
 	ACL *ACL
 	// Source, if valid, is the local address of backend connections.
 	Source netip.Addr
+	// Preamble, if set, returns bytes sent to the server once connected,
+	// before any byte of the client's (a PROXY protocol header), given
+	// the client's address and the address it connected to (zero for a
+	// Unix socket).
+	Preamble func(client, local netip.AddrPort) []byte
 	// Limit, if not nil, bounds the connections of the frontend: a client
 	// beyond it is reset at once (CauseMaxConn). Share one ConnLimit
 	// between the routes of successive reloads.
