@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -118,5 +120,112 @@ address = %q
 				}
 			})
 		}
+	}
+}
+
+// TestAcceptProxy: a frontend with accept_proxy_from takes the client's
+// address from the PROXY header of a trusted proxy (v1 and v2) and uses
+// it for the access list, the server's own header and the log; the
+// header itself is not forwarded. An untrusted sender, a malformed,
+// missing, truncated or late header: reset, cause bad_header, nothing
+// forwarded. Both relays.
+func TestAcceptProxy(t *testing.T) {
+	srv := proxyServer(t, "tcp4", "127.0.0.1:0")
+	for _, mode := range relayModes {
+		t.Run(mode, func(t *testing.T) {
+			cfg := writeConfig(t, "", fmt.Sprintf(`
+[global]
+relay = %q
+conn_log = "all"
+[frontend.edge]
+listen = "127.0.0.1:0"
+backend = "app"
+accept_proxy_from = ["127.0.0.2", "::1"]
+allow = ["192.0.2.0/24"]
+connect_timeout = "500ms"
+[backend.app]
+send_proxy = "v2"
+[backend.app.server.a]
+address = %q
+`, mode, srv))
+			p := startRsp(t, "-config", cfg)
+			from := func(ip string) net.Conn {
+				d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+				c, err := d.Dial("tcp", p.addr)
+				if err != nil {
+					if isReset(err) {
+						return nil // refused before the dial returned
+					}
+					t.Fatal(err)
+				}
+				return c
+			}
+			dst := netip.MustParseAddrPort(p.addr)
+			for _, v := range []proxyproto.Version{proxyproto.V1, proxyproto.V2} {
+				c := from("127.0.0.2")
+				client := netip.MustParseAddrPort(fmt.Sprintf("192.0.2.%d:4%d000", v, v))
+				c.Write(proxyproto.Append(nil, v, client, dst))
+				line, err := readLine(c, 5*time.Second)
+				if want := fmt.Sprintf("%s %s v2\n", client, dst); err != nil || line != want {
+					t.Errorf("v%d: the server was told %q (%v), want %q", v, line, err, want)
+				}
+				got := make(chan digest, 1)
+				go func() { d, _ := receive(c); got <- d }()
+				sent, _ := send(c, uint64(v), 256<<10)
+				c.(*net.TCPConn).CloseWrite()
+				if d := <-got; d != sent {
+					t.Errorf("v%d: bytes after the header: got %v, sent %v", v, d, sent)
+				}
+				c.Close()
+				l := connLineFrom(t, p, client.String())
+				if l["cause"] != "client_close" || l["bytes_in"] != strconv.Itoa(256<<10) {
+					t.Errorf("v%d: log line %v", v, l)
+				}
+			}
+			refused := func(what string, c net.Conn, write []byte, closeWrite bool) {
+				t.Helper()
+				if c == nil {
+					return
+				}
+				if write != nil {
+					c.Write(write)
+				}
+				if closeWrite {
+					c.(*net.TCPConn).CloseWrite()
+				}
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				n, err := c.Read(make([]byte, 64))
+				if n != 0 || !isReset(err) {
+					t.Errorf("%s: read %d bytes, %v; want a reset and nothing forwarded", what, n, err)
+				}
+				c.Close()
+			}
+			refused("a header naming a client outside allow", from("127.0.0.2"),
+				proxyproto.Append(nil, proxyproto.V2, netip.MustParseAddrPort("[2001:db8::1]:5"), dst), false)
+			refused("a malformed header", from("127.0.0.2"), []byte("PROXY TCP4 nonsense\r\n"), false)
+			refused("no header", from("127.0.0.2"), []byte("GET / HTTP/1.0\r\n\r\n"), false)
+			refused("a truncated header", from("127.0.0.2"), []byte("PROXY TCP4 192.0.2.1"), true)
+			refused("an untrusted sender", from("127.0.0.3"),
+				proxyproto.Append(nil, proxyproto.V1, netip.MustParseAddrPort("192.0.2.9:5"), dst), false)
+			start := time.Now()
+			refused("a header that never comes", from("127.0.0.2"), nil, false)
+			if d := time.Since(start); d < 400*time.Millisecond || d > 3*time.Second {
+				t.Errorf("a silent client was reset after %v, want the connect timeout (500ms)", d)
+			}
+			if !eventually(5*time.Second, func() bool {
+				n := 0
+				for _, l := range connLines(t, p) {
+					if l["cause"] == "bad_header" {
+						n++
+					}
+				}
+				return n == 5
+			}) {
+				t.Errorf("want 5 connections ended with cause bad_header:\n%s", p.stderr.String())
+			}
+			if !strings.Contains(p.stderr.String(), "cause=denied") {
+				t.Errorf("the header's client outside allow was not denied")
+			}
+		})
 	}
 }

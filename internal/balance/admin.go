@@ -127,7 +127,7 @@ func (s *Server) SetWeight(n int, logAttrs ...any) (was int, err error) {
 		s.logChange("weight", was, n, logAttrs)
 	}
 	if s.pool.alg == Source {
-		s.pool.currentRing() // now, rather than on the next pick
+		s.pool.tierOf(s).currentRing() // now, rather than on the next pick
 	}
 	return was, nil
 }

@@ -1,6 +1,8 @@
 // Package balance chooses a backend server for each new connection: the
 // balancing algorithms, server weights and connection limits, and the
-// health state that active checks and passive ejection keep.
+// health state that active checks and passive ejection keep. Backup
+// servers (ServerConfig.Backup) take new connections only while no other
+// server of the pool can.
 //
 // Typical usage:
 //
@@ -79,8 +81,10 @@ type ServerConfig struct {
 	Addr    net.Addr // *net.TCPAddr or *net.UnixAddr
 	Weight  int      // share of new connections; 0 drains the server
 	MaxConn int      // most concurrent connections; 0 means no limit
-	// Backup servers take connections only while no other server of the
-	// pool can (all down, drained, in maintenance or full).
+	// Backup servers take new connections only while no other server of
+	// the pool can (all down, drained, in maintenance, of weight 0, full,
+	// or already tried by the connection); among the backups the pool's
+	// algorithm applies.
 	Backup bool
 }
 
@@ -151,15 +155,32 @@ type Pool struct {
 	health  Health
 	log     *slog.Logger
 
-	ringMu sync.Mutex           // serializes ring rebuilds
-	ring   atomic.Pointer[ring] // Source only; rebuilt when a weight changes
+	// primary holds the servers that are not backups, backup the
+	// others, each in configuration order; servers holds both.
+	primary, backup tier
+	// onBackups is set while the pool sends new connections to its
+	// backups because no primary is in rotation; it only decides what is
+	// logged (see Pick).
+	onBackups atomic.Bool
 
-	mu   sync.Mutex    // guards the round-robin state
-	next atomic.Uint32 // LeastConn tie-break rotation
+	mu sync.Mutex // guards the round-robin state
 
 	stop    chan struct{}
 	wg      sync.WaitGroup
 	started bool
+}
+
+// tier is servers of a pool that are picked from together: the
+// primaries, or the backups while no primary can take a connection.
+type tier struct {
+	servers []*Server
+	ringMu  sync.Mutex           // serializes ring rebuilds
+	ring    atomic.Pointer[ring] // Source only; rebuilt when a weight changes
+	// next is LeastConn's tie-break rotation. It is the tier's own: a
+	// count shared by both tiers would step twice for each pick that
+	// falls through to the backups, and with two of them always land on
+	// the same one.
+	next atomic.Uint32
 }
 
 // Server is one backend server of a pool.
@@ -170,6 +191,7 @@ type Server struct {
 	addr    net.Addr
 	weight  int // configured; Weight() is the effective one
 	maxConn int64
+	backup  bool
 	current int // smooth round-robin credit, guarded by pool.mu
 	st      *state
 }
@@ -223,15 +245,27 @@ func NewPool(name string, alg Algorithm, servers []ServerConfig, h Health, log *
 		if sc.Weight < 0 || sc.Weight > MaxWeight {
 			return nil, fmt.Errorf("backend %s: server %s: weight %d out of range: use 0 (drain) to %d", name, sc.Name, sc.Weight, MaxWeight)
 		}
-		p.servers = append(p.servers, &Server{
+		s := &Server{
 			pool: p, name: name + "/" + sc.Name, short: sc.Name, addr: sc.Addr,
-			weight: sc.Weight, maxConn: int64(sc.MaxConn), st: &state{},
-		})
+			weight: sc.Weight, maxConn: int64(sc.MaxConn), backup: sc.Backup, st: &state{},
+		}
+		p.servers = append(p.servers, s)
+		t := p.tierOf(s)
+		t.servers = append(t.servers, s)
 	}
 	if alg == Source {
-		p.currentRing()
+		p.primary.currentRing()
+		p.backup.currentRing()
 	}
 	return p, nil
+}
+
+// tierOf returns the tier s belongs to.
+func (p *Pool) tierOf(s *Server) *tier {
+	if s.backup {
+		return &p.backup
+	}
+	return &p.primary
 }
 
 // Name returns the pool's name.
@@ -259,10 +293,11 @@ func (p *Pool) Server(short string) *Server {
 // neither revives a dead server nor forgets connections in flight nor
 // undoes an operator's runtime change. A runtime weight gives way to the
 // file's only where the file changed the server's weight since (see
-// Server.SetWeight); a server whose address changed starts afresh. It
-// changes nothing in the shared state, so old may keep serving if p is
-// never started; Start settles what p cannot keep (see Start). Call it
-// before Start.
+// Server.SetWeight); a server whose address changed starts afresh.
+// Whether the pool is on its backups carries over too, so a reload logs
+// no switch of its own. It changes nothing in the shared state, so old
+// may keep serving if p is never started; Start settles what p cannot
+// keep (see Start). Call it before Start.
 func (p *Pool) Inherit(old *Pool) {
 	if old == nil {
 		return
@@ -274,8 +309,10 @@ func (p *Pool) Inherit(old *Pool) {
 			}
 		}
 	}
+	p.onBackups.Store(old.onBackups.Load())
 	if p.alg == Source {
-		p.currentRing() // for the inherited runtime weights
+		p.primary.currentRing() // for the inherited runtime weights
+		p.backup.currentRing()
 	}
 }
 
@@ -340,39 +377,88 @@ var ErrNoServer = errors.New("no server available")
 
 // Pick chooses a server for a new connection from client, skipping the
 // servers in tried (which already failed this connection), those down,
-// drained (weight 0 or rsp ctl drain), in maintenance and full. The server is counted as active until its
+// drained (weight 0 or rsp ctl drain), in maintenance and full. It picks
+// among the primary servers, and among the backups only when no primary
+// can take the connection. The server is counted as active until its
 // Release.
+//
+// The pool logs, once each way, when it turns to its backups because no
+// primary is in rotation (up, ready, of weight above 0), and when a
+// primary takes a connection again. Backups that take the overflow of
+// full primaries, or the retry of a connection that tried every
+// primary, are no such switch and log nothing.
 func (p *Pool) Pick(client netip.AddrPort, tried []*Server) (*Server, error) {
-	// A server found full while acquiring is skipped on the next round;
-	// the rounds are bounded by the number of servers.
-	skip := tried
-	for range len(p.servers) + 1 {
-		var s *Server
-		switch p.alg {
-		case LeastConn:
-			s = p.pickLeast(skip)
-		case Random:
-			s = p.pickRandom(skip)
-		case Source:
-			s = p.pickSource(client.Addr(), skip)
-		default:
-			s = p.pickRoundRobin(skip)
+	if s := p.pickFrom(&p.primary, client, tried); s != nil {
+		if p.onBackups.Load() && p.onBackups.CompareAndSwap(true, false) {
+			p.log.Info("primary servers available again", "backend", p.name, "server", s.name)
 		}
-		if s == nil {
-			break
+		return s, nil
+	}
+	if s := p.pickFrom(&p.backup, client, tried); s != nil {
+		if !p.onBackups.Load() && !p.primary.anyInRotation() && p.onBackups.CompareAndSwap(false, true) {
+			p.log.Info("all primary servers unavailable; using backup servers",
+				"backend", p.name, "primaries", p.primary.why(nil), "server", s.name)
 		}
-		if s.acquire() {
-			return s, nil
-		}
-		skip = append(skip[:len(skip):len(skip)], s)
+		return s, nil
 	}
 	return nil, p.noServer(tried)
 }
 
-// noServer explains why no server could be picked.
+// pickFrom chooses a server of t by the pool's algorithm and counts the
+// connection on it; nil when none of t can take it.
+func (p *Pool) pickFrom(t *tier, client netip.AddrPort, tried []*Server) *Server {
+	if len(t.servers) == 0 {
+		return nil
+	}
+	// A server found full while acquiring is skipped on the next round;
+	// the rounds are bounded by the number of servers.
+	skip := tried
+	for range len(t.servers) + 1 {
+		var s *Server
+		switch p.alg {
+		case LeastConn:
+			s = pickLeast(t, skip)
+		case Random:
+			s = pickRandom(t, skip)
+		case Source:
+			s = t.pickSource(client.Addr(), skip)
+		default:
+			s = p.pickRoundRobin(t, skip)
+		}
+		if s == nil {
+			return nil
+		}
+		if s.acquire() {
+			return s
+		}
+		skip = append(skip[:len(skip):len(skip)], s)
+	}
+	return nil
+}
+
+// noServer explains why no server could be picked: why no primary
+// could, then, if the pool has backups, why no backup could.
 func (p *Pool) noServer(tried []*Server) error {
+	var why string
+	switch {
+	case len(p.backup.servers) == 0:
+		why = p.primary.why(tried)
+	case len(p.primary.servers) == 0:
+		why = "backup servers: " + p.backup.why(tried)
+	default:
+		why = p.primary.why(tried) + "; backup servers: " + p.backup.why(tried)
+	}
+	return fmt.Errorf("backend %s: %w: %s", p.name, ErrNoServer, why)
+}
+
+// why counts t's servers by the first reason each cannot take a new
+// connection: "2 down, 1 in maintenance".
+func (t *tier) why(tried []*Server) string {
+	if len(t.servers) == 0 {
+		return "none configured"
+	}
 	var down, full, drained, ctlDrained, maint, failed int
-	for _, s := range p.servers {
+	for _, s := range t.servers {
 		switch {
 		case contains(tried, s):
 			failed++
@@ -400,7 +486,18 @@ func (p *Pool) noServer(tried []*Server) error {
 			parts = append(parts, fmt.Sprintf("%d %s", c.n, c.what))
 		}
 	}
-	return fmt.Errorf("backend %s: %w: %s", p.name, ErrNoServer, strings.Join(parts, ", "))
+	return strings.Join(parts, ", ")
+}
+
+// anyInRotation reports whether a server of t is up, ready and of
+// weight above 0, full or not.
+func (t *tier) anyInRotation() bool {
+	for _, s := range t.servers {
+		if s.inRotation() {
+			return true
+		}
+	}
+	return false
 }
 
 func contains(list []*Server, s *Server) bool {
@@ -412,10 +509,15 @@ func contains(list []*Server, s *Server) bool {
 	return false
 }
 
-// eligible reports whether s may take a new connection now: up, ready,
-// of weight above 0, not full, not skipped.
+// inRotation reports whether s is up, ready and of weight above 0.
+func (s *Server) inRotation() bool {
+	return s.st.down.Load() == up && s.st.admin.Load() == int32(Ready) && s.Weight() > 0
+}
+
+// eligible reports whether s may take a new connection now: in rotation,
+// not full, not skipped.
 func (s *Server) eligible(skip []*Server) bool {
-	if s.st.down.Load() != up || s.st.admin.Load() != int32(Ready) || s.Weight() <= 0 {
+	if !s.inRotation() {
 		return false
 	}
 	if s.maxConn > 0 && s.st.active.Load() >= s.maxConn {
@@ -437,14 +539,14 @@ func (s *Server) acquire() bool {
 	}
 }
 
-// pickRoundRobin is smooth weighted round robin: every eligible server
-// gains its weight in credit, the richest wins and pays the total.
-func (p *Pool) pickRoundRobin(skip []*Server) *Server {
+// pickRoundRobin is smooth weighted round robin over t: every eligible
+// server gains its weight in credit, the richest wins and pays the total.
+func (p *Pool) pickRoundRobin(t *tier, skip []*Server) *Server {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var best *Server
 	total := 0
-	for _, s := range p.servers {
+	for _, s := range t.servers {
 		if !s.eligible(skip) {
 			continue
 		}
@@ -467,14 +569,14 @@ func lighter(a, b *Server) bool {
 	return a.st.active.Load()*int64(b.Weight()) < b.st.active.Load()*int64(a.Weight())
 }
 
-// pickLeast takes the eligible server with the fewest connections per
-// weight; ties go round the pool in turn.
-func (p *Pool) pickLeast(skip []*Server) *Server {
-	n := len(p.servers)
-	start := int(p.next.Add(1) % uint32(n))
+// pickLeast takes the eligible server of t with the fewest connections
+// per weight; ties go round the tier in turn. t has servers.
+func pickLeast(t *tier, skip []*Server) *Server {
+	n := len(t.servers)
+	start := int(t.next.Add(1) % uint32(n))
 	var best *Server
 	for i := range n {
-		s := p.servers[(start+i)%n]
+		s := t.servers[(start+i)%n]
 		if s.eligible(skip) && (best == nil || lighter(s, best)) {
 			best = s
 		}
@@ -482,25 +584,25 @@ func (p *Pool) pickLeast(skip []*Server) *Server {
 	return best
 }
 
-// pickRandom is "power of two choices": two servers drawn at random in
-// proportion to their weights; the lighter one wins.
-func (p *Pool) pickRandom(skip []*Server) *Server {
-	a := p.drawWeighted(skip)
+// pickRandom is "power of two choices": two servers of t drawn at random
+// in proportion to their weights; the lighter one wins.
+func pickRandom(t *tier, skip []*Server) *Server {
+	a := t.drawWeighted(skip)
 	if a == nil {
 		return nil
 	}
-	b := p.drawWeighted(skip)
+	b := t.drawWeighted(skip)
 	if b != nil && lighter(b, a) {
 		return b
 	}
 	return a
 }
 
-// drawWeighted draws one eligible server with probability proportional to
-// its weight.
-func (p *Pool) drawWeighted(skip []*Server) *Server {
+// drawWeighted draws one eligible server of t with probability
+// proportional to its weight.
+func (t *tier) drawWeighted(skip []*Server) *Server {
 	total := 0
-	for _, s := range p.servers {
+	for _, s := range t.servers {
 		if s.eligible(skip) {
 			total += s.Weight()
 		}
@@ -512,7 +614,7 @@ func (p *Pool) drawWeighted(skip []*Server) *Server {
 	// A server or weight may change between the two passes; the draw
 	// then falls to the last eligible server rather than to none.
 	var last *Server
-	for _, s := range p.servers {
+	for _, s := range t.servers {
 		if !s.eligible(skip) {
 			continue
 		}
@@ -540,6 +642,10 @@ func (s *Server) Addr() net.Addr { return s.addr }
 
 // Active returns the server's connections picked and not yet released.
 func (s *Server) Active() int64 { return s.st.active.Load() }
+
+// Backup reports whether the server is a backup: it takes new
+// connections only while no other server of its pool can.
+func (s *Server) Backup() bool { return s.backup }
 
 // Up reports whether the server is considered healthy.
 func (s *Server) Up() bool { return s.st.down.Load() == up }

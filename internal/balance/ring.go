@@ -17,13 +17,13 @@ type ringPoint struct {
 	s    *Server
 }
 
-// ring is a consistent-hash ring and the weights it was built for.
-// A ring is never changed once built: a weight change builds a new one
-// and swaps it in (Pool.ring), so a pick reads a whole ring without a
-// lock.
+// ring is a consistent-hash ring of a tier's servers (a pool's
+// primaries, or its backups) and the weights it was built for. A ring is
+// never changed once built: a weight change builds a new one and swaps
+// it in (tier.ring), so a pick reads a whole ring without a lock.
 type ring struct {
 	points []ringPoint
-	// weights holds, for each of the pool's servers in order, the
+	// weights holds, for each of the tier's servers in order, the
 	// weight its points stand for: max(effective weight, 1).
 	weights []int
 }
@@ -68,27 +68,27 @@ func (r *ring) fits(servers []*Server) bool {
 	return true
 }
 
-// currentRing returns p's ring for its servers' weights now, building
+// currentRing returns t's ring for its servers' weights now, building
 // it first if a weight changed (at run time, or by a reload's Inherit)
 // since the last one was built.
-func (p *Pool) currentRing() *ring {
-	if r := p.ring.Load(); r != nil && r.fits(p.servers) {
+func (t *tier) currentRing() *ring {
+	if r := t.ring.Load(); r != nil && r.fits(t.servers) {
 		return r
 	}
-	p.ringMu.Lock()
-	defer p.ringMu.Unlock()
-	if r := p.ring.Load(); r != nil && r.fits(p.servers) {
+	t.ringMu.Lock()
+	defer t.ringMu.Unlock()
+	if r := t.ring.Load(); r != nil && r.fits(t.servers) {
 		return r // built while this pick waited
 	}
-	r := buildRing(p.servers)
-	p.ring.Store(r)
+	r := buildRing(t.servers)
+	t.ring.Store(r)
 	return r
 }
 
-// pickSource walks the ring clockwise from the client's hash to the first
-// eligible server.
-func (p *Pool) pickSource(client netip.Addr, skip []*Server) *Server {
-	ring := p.currentRing().points
+// pickSource walks t's ring clockwise from the client's hash to the
+// first eligible server.
+func (t *tier) pickSource(client netip.Addr, skip []*Server) *Server {
+	ring := t.currentRing().points
 	b := client.Unmap().As16()
 	h := hashBytes(b[:])
 	i, _ := slices.BinarySearchFunc(ring, h, func(pt ringPoint, h uint64) int {

@@ -93,6 +93,10 @@ type Frontend struct {
 	// client in Deny, or outside a non-empty Allow, is refused before
 	// any server is dialed.
 	Allow, Deny []netip.Prefix
+	// AcceptProxyFrom, if not empty, makes the frontend take a PROXY
+	// protocol header (v1 or v2) from each client, which must be in one
+	// of these prefixes.
+	AcceptProxyFrom []netip.Prefix
 	// KeepAlive is set on the frontend's client sockets.
 	KeepAlive splice.KeepAlive
 	// Where is "file:line" of the frontend's section, for errors found
@@ -174,7 +178,10 @@ type frontendSection struct {
 	Backend *string   `toml:"backend"`
 	MaxConn *int      `toml:"maxconn"`
 	Allow   *addrList `toml:"allow"`
-	Deny    *addrList `toml:"deny"`
+	// AcceptProxyFrom lists the proxies in front trusted to send a
+	// PROXY header.
+	AcceptProxyFrom *addrList `toml:"accept_proxy_from"`
+	Deny            *addrList `toml:"deny"`
 	timeoutSection
 	keepAliveSection
 }
@@ -547,6 +554,10 @@ func (c *checker) build(f *fileConfig) *Config {
 		c.checkTimeouts(key, "frontend "+name+": ", fs.timeoutSection)
 		fe.Allow = c.prefixes(append(key, "allow"), "frontend "+name+": allow", fs.Allow)
 		fe.Deny = c.prefixes(append(key, "deny"), "frontend "+name+": deny", fs.Deny)
+		fe.AcceptProxyFrom = c.prefixes(append(key, "accept_proxy_from"), "frontend "+name+": accept_proxy_from", fs.AcceptProxyFrom)
+		if fs.AcceptProxyFrom != nil && len(fe.AcceptProxyFrom) == 0 && len(*fs.AcceptProxyFrom) == 0 {
+			c.add(append(key, "accept_proxy_from"), "frontend %s: accept_proxy_from is empty: list the proxies in front (CIDR prefixes), or remove the key", name)
+		}
 		if fe.MaxConn < 0 {
 			c.add(append(key, "maxconn"), "frontend %s: maxconn %d is negative: give the most connections at once, or 0 for no limit", name, fe.MaxConn)
 		}

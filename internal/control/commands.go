@@ -67,7 +67,7 @@ type command struct {
 // commands lists rsp ctl's commands, in the order help shows them.
 func commands() []command {
 	return []command{
-		{"servers", "", "list every server: state, weight, connections, check results", noArgs, (*Commands).servers},
+		{"servers", "", "list every server: state, weight, connections, check results, and which are backups", noArgs, (*Commands).servers},
 		{"conns", "", "list the live connections", noArgs, (*Commands).conns},
 		{"drain", "B/S", "send no new connections to server S of backend B; live ones carry on", serverArg, (*Commands).drain},
 		{"maint", "B/S [-kill]", "take B/S out of rotation (health checks go on); -kill also resets its connections", maintArgs, (*Commands).maint},
@@ -221,14 +221,34 @@ func (k call) who() []any {
 	return []any{"command", strings.Join(k.args, " "), "uid", k.peer.UID}
 }
 
+// servers lists the servers. A last column, BACKUP (yes or no), is
+// there only when some server is a backup, so a configuration without
+// backups lists what it always did.
 func (c *Commands) servers(k call) error {
+	views := c.Runtime.Servers()
+	backups := slices.ContainsFunc(views, func(v proxy.ServerView) bool { return v.Backup })
 	tw := tabwriter.NewWriter(k.out, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVER\tADDR\tSTATE\tWEIGHT\tACTIVE\tCHECKS_PASSED\tCHECKS_FAILED")
-	for _, v := range c.Runtime.Servers() {
-		fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%d\t%d\t%d\t%d\n",
+	fmt.Fprint(tw, "SERVER\tADDR\tSTATE\tWEIGHT\tACTIVE\tCHECKS_PASSED\tCHECKS_FAILED")
+	if backups {
+		fmt.Fprint(tw, "\tBACKUP")
+	}
+	fmt.Fprintln(tw)
+	for _, v := range views {
+		fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%d\t%d\t%d\t%d",
 			v.Backend, v.Server, v.Addr, v.State, v.Weight, v.Active, v.ChecksPassed, v.ChecksFailed)
+		if backups {
+			fmt.Fprint(tw, "\t", yesNo(v.Backup))
+		}
+		fmt.Fprintln(tw)
 	}
 	return tw.Flush()
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
 }
 
 func (c *Commands) conns(k call) error {

@@ -13,6 +13,7 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -249,10 +250,39 @@ func route(f *config.Frontend, b *config.Backend, pl *balance.Pool, lim *splice.
 	if v := b.SendProxy; v != 0 {
 		rt.Preamble = func(client, local netip.AddrPort) []byte { return proxyproto.Append(nil, v, client, local) }
 	}
+	if from := f.AcceptProxyFrom; len(from) > 0 {
+		rt.Header = &splice.HeaderRule{
+			Trusted: func(a netip.Addr) bool {
+				a = a.Unmap()
+				for _, p := range from {
+					if p.Contains(a) {
+						return true
+					}
+				}
+				return false
+			},
+			Parse:  parseProxyHeader,
+			MaxLen: proxyproto.MaxLen,
+		}
+	}
 	if len(f.Allow) > 0 || len(f.Deny) > 0 {
 		rt.ACL = &splice.ACL{Allow: f.Allow, Deny: f.Deny} // nil costs nothing per connection
 	}
 	return rt
+}
+
+// parseProxyHeader reads a PROXY protocol header for the relay.
+func parseProxyHeader(b []byte) (netip.AddrPort, int, error) {
+	h, n, err := proxyproto.Parse(b)
+	switch {
+	case errors.Is(err, proxyproto.ErrIncomplete):
+		return netip.AddrPort{}, 0, splice.ErrHeaderIncomplete
+	case err != nil:
+		return netip.AddrPort{}, 0, err
+	case h.Local:
+		return netip.AddrPort{}, n, nil
+	}
+	return h.Source, n, nil
 }
 
 // missingSocket explains a frontend naming a socket systemd did not pass.

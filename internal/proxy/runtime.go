@@ -18,6 +18,7 @@ type ServerView struct {
 	Active       int64  // connections picked and not yet ended
 	ChecksPassed uint64 // active health checks passed, ever
 	ChecksFailed uint64 // active health checks failed, ever
+	Backup       bool   // a backup server: used only while no other server can be
 }
 
 // Pools returns the running configuration's server pools, in
@@ -41,7 +42,7 @@ func (p *Proxy) Servers() []ServerView {
 			out = append(out, ServerView{
 				Backend: pl.Name(), Server: s.ShortName(), Addr: s.Addr().String(),
 				State: s.State(), Weight: s.Weight(), Active: s.Active(),
-				ChecksPassed: pass, ChecksFailed: fail,
+				ChecksPassed: pass, ChecksFailed: fail, Backup: s.Backup(),
 			})
 		}
 	}

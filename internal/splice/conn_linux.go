@@ -48,6 +48,7 @@ type conn struct {
 	dialing
 	id         uint32
 	connecting bool
+	header     bool // waiting for the client's PROXY header; deadline bounds it
 	closed     bool
 	queued     bool // in loop.ready
 	client     sock
@@ -91,7 +92,29 @@ func (l *loop) open(cfd int, peer netip.AddrPort, ln *listener) {
 	}
 	l.link(c)
 	l.useTimeouts(rt)
-	if rt.ACL != nil && !rt.ACL.Allows(peer.Addr()) {
+	if h := rt.Header; h != nil {
+		if !h.Trusted(peer.Addr()) {
+			l.finish(c, errUntrusted, true)
+			return
+		}
+		if err := l.register(c, cfd); err != nil {
+			l.finish(c, err, true)
+			return
+		}
+		c.header = true
+		c.deadline = l.now + int64(rt.connectTimeout())
+		l.readHeader(c) // it may be here already
+		return
+	}
+	l.admit(c, false)
+}
+
+// admit checks c's client against the route's access list and limit,
+// then dials its backend. registered says whether the client socket is
+// in the epoll set already.
+func (l *loop) admit(c *conn, registered bool) {
+	rt := c.rt
+	if rt.ACL != nil && !rt.ACL.Allows(c.peer.Addr()) {
 		l.finish(c, errDenied, true)
 		return
 	}
@@ -102,11 +125,50 @@ func (l *loop) open(cfd int, peer netip.AddrPort, ln *listener) {
 		}
 		c.limited = true
 	}
-	if err := l.register(c, cfd); err != nil {
-		l.finish(c, err, true)
-		return
+	if !registered {
+		if err := l.register(c, c.client.fd); err != nil {
+			l.finish(c, err, true)
+			return
+		}
 	}
 	l.dial(c)
+}
+
+// readHeader reads the header the client sends before its bytes: it
+// peeks, and consumes exactly the header once it is whole, so that no
+// byte after it is taken from the stream.
+func (l *loop) readHeader(c *conn) {
+	h := c.rt.Header
+	if l.scratch == nil {
+		l.scratch = make([]byte, scratchSize)
+	}
+	buf := l.scratch[:min(h.MaxLen, len(l.scratch))]
+	n, _, err := unix.Recvfrom(c.client.fd, buf, unix.MSG_PEEK)
+	switch {
+	case err == unix.EAGAIN || err == unix.EINTR:
+		return
+	case err != nil:
+		l.finish(c, c.peerErr(&c.client, "read PROXY header from %s: %w", err), true)
+		return
+	}
+	client, size, done, err := parseHeader(h, buf[:n], n == 0)
+	switch {
+	case err != nil:
+		l.finish(c, err, true)
+		return
+	case !done:
+		return // the next bytes raise a new edge
+	}
+	if _, err := unix.Read(c.client.fd, buf[:size]); err != nil {
+		l.finish(c, c.peerErr(&c.client, "read PROXY header from %s: %w", err), true)
+		return
+	}
+	c.header = false
+	if client.IsValid() {
+		c.peer = client
+	}
+	c.last = l.now
+	l.admit(c, true)
 }
 
 // link adds c to the live list and its client socket to the fd table.
@@ -179,6 +241,10 @@ func (l *loop) onEvent(c *conn, fd int, ev uint32) {
 	}
 	if ev&unix.EPOLLHUP != 0 {
 		s.hup = true
+	}
+	if c.header {
+		l.readHeader(c)
+		return
 	}
 	if c.connecting {
 		switch {

@@ -170,6 +170,22 @@ func (e *copyEngine) dialAndRelay(client net.Conn, rt *Route) {
 		f.Accepted++
 		f.Active++
 	})
+	if h := rt.Header; h != nil {
+		if !h.Trusted(d.peer.Addr()) {
+			resetConn(client)
+			e.done(p, nil, errUntrusted)
+			return
+		}
+		named, err := readHeaderConn(client, h, time.Now().Add(rt.connectTimeout()))
+		if err != nil {
+			resetConn(client)
+			e.done(p, nil, err)
+			return
+		}
+		if named.IsValid() {
+			d.peer = named
+		}
+	}
 	if rt.ACL != nil && !rt.ACL.Allows(d.peer.Addr()) {
 		resetConn(client)
 		e.done(p, nil, errDenied)

@@ -397,6 +397,10 @@ func (l *loop) sweepTimeouts() {
 		next := c.next
 		rt := c.rt
 		switch {
+		case c.header:
+			if l.now >= c.deadline {
+				l.finish(c, wrapHeader(fmt.Sprintf("none came within %v (the connect timeout)", rt.connectTimeout())), true)
+			}
 		case c.connecting:
 			if l.now >= c.deadline {
 				l.connectFailed(c, fmt.Errorf("%w after %v", errConnectTimeout, rt.connectTimeout()))

@@ -54,6 +54,9 @@ const (
 	// CauseDenied: the client's address is refused by the frontend's
 	// access list.
 	CauseDenied
+	// CauseBadHeader: the client's PROXY header was refused: from a
+	// client not trusted to send one, missing, malformed, or too late.
+	CauseBadHeader
 	// NumCauses is the number of causes.
 	NumCauses
 )
@@ -66,6 +69,7 @@ var causeNames = [NumCauses]string{
 	CauseNoServer: "no_server", CauseMaxConn: "maxconn", CauseDrained: "drained",
 	CauseDrainTimeout: "drain_timeout", CauseKilled: "killed",
 	CauseUndeliverable: "undeliverable", CauseError: "error", CauseDenied: "denied",
+	CauseBadHeader: "bad_header",
 }
 
 // String returns the cause's name in metrics and logs ("client_close").
@@ -407,6 +411,8 @@ func endCause(reason error, d *dialing, clean, clientFirst, draining bool) Cause
 		return CauseMaxConn
 	case errors.Is(reason, errDenied):
 		return CauseDenied
+	case errors.Is(reason, errBadHeader):
+		return CauseBadHeader
 	case errors.Is(reason, errUndeliverable), errors.Is(reason, errPeerAborted):
 		return CauseUndeliverable
 	case errors.As(reason, &pe):

@@ -132,6 +132,12 @@ type Route struct {
 	ACL *ACL
 	// Source, if valid, is the local address of backend connections.
 	Source netip.Addr
+	// Header, if set, makes clients send a header (the PROXY protocol)
+	// before their bytes, naming the client the route then uses for its
+	// ACL, limits, picking and logs. Clients it does not trust are
+	// refused; one whose header is missing, malformed or later than the
+	// connect timeout is reset. The header is never forwarded.
+	Header *HeaderRule
 	// Preamble, if set, returns bytes sent to the server once connected,
 	// before any byte of the client's (a PROXY protocol header), given
 	// the client's address and the address it connected to (zero for a
