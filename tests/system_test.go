@@ -75,6 +75,7 @@ var (
 		"/usr/lib/systemd/system/rsp.socket",
 		"/usr/lib/systemd/system/rsp@.service",
 		"/usr/lib/systemd/system/rsp@.socket",
+		"/usr/lib/sysusers.d/rsp.conf",
 		"/usr/share/doc/rsp/README.md",
 		"/usr/share/doc/rsp/examples/rsp-alerts.yml",
 		"/usr/share/doc/rsp/examples/rsp-dashboard.json",
@@ -140,7 +141,7 @@ func TestPackageFiles(t *testing.T) {
 		}
 		scripts := output(t, "rpm", "-qp", "--scripts", rpm)
 		for _, w := range []string{
-			"postinstall scriptlet", "systemctl --no-reload preset rsp.socket",
+			"postinstall scriptlet", "systemd-sysusers rsp.conf", "systemctl --no-reload preset rsp.socket",
 			"systemctl start rsp-metrics.socket",
 			"preuninstall scriptlet", "systemctl --no-reload disable --now rsp.socket rsp.service",
 			"systemctl stop rsp-metrics.socket",
@@ -401,6 +402,10 @@ func TestSystemd(t *testing.T) {
 		if s := c.prop(t, "rsp-metrics.socket", "ActiveState"); s != "active" {
 			t.Errorf("rsp-metrics.socket is %s after install, want active (wanted by rsp.socket)", s)
 		}
+		// The group of rsp@NAME.socket's Unix sockets, from sysusers.d.
+		if out, err := c.run("getent", "group", "rsp-clients"); err != nil {
+			t.Errorf("no group rsp-clients after install (%v): %s", err, out)
+		}
 		if out := c.must(t, "rsp", "check", "-config", "/etc/rsp/rsp.conf"); !strings.Contains(out, "configuration OK") {
 			t.Errorf("shipped config: %s", out)
 		}
@@ -433,6 +438,7 @@ func TestSystemd(t *testing.T) {
 		if err := echoThrough(demoUnix, 77, 1<<20); err != nil {
 			t.Errorf("through rsp@demo's unix socket: %v", err)
 		}
+		unixSocketAccess(t, c, "/run/rsp-demo.sock")
 	})
 
 	t.Run("upgrade", func(t *testing.T) {
@@ -496,6 +502,10 @@ func TestSystemd(t *testing.T) {
 		if out, err := c.run("getent", "passwd", "rsp"); err == nil {
 			t.Errorf("user rsp left behind: %s", out)
 		}
+		// The group stays, as Debian leaves system groups (postrm).
+		if out, err := c.run("getent", "group", "rsp-clients"); err != nil {
+			t.Errorf("purge removed the group rsp-clients (%v): %s", err, out)
+		}
 		for _, addr := range []string{main.addr, demo.addr, statsAddr} {
 			if conn, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 				conn.Close()
@@ -536,7 +546,8 @@ func exercise(t *testing.T, c *container, in instance, second string) {
 		t.Errorf("through %s: %v", in.addr, err)
 	}
 	if s := c.prop(t, in.service, "ActiveState"); s != "active" {
-		t.Fatalf("%s is %s after clients connected, want active", in.service, s)
+		j, _ := c.run("journalctl", "-u", in.service, "--no-pager", "-o", "cat")
+		t.Fatalf("%s is %s after clients connected, want active; journal:\n%s", in.service, s, j)
 	}
 
 	status, _ := c.run("systemctl", "status", "--no-pager", "--lines=0", in.service)
@@ -615,6 +626,31 @@ func exercise(t *testing.T, c *container, in instance, second string) {
 	t.Logf("systemd-analyze security %s: %s", in.service, strings.TrimSpace(out[strings.LastIndex(out, "\n→")+1:]))
 	if score > maxScore {
 		t.Errorf("%s exposure %.1f, want at most %.1f:\n%s", in.service, score, maxScore, out)
+	}
+}
+
+// unixSocketAccess checks an instance's Unix socket as rsp@.socket makes
+// it: root's and the group rsp-clients', mode 0660; a user outside the group is
+// refused, a member is served. The client is perl's IO::Socket::UNIX
+// (perl-base is essential in Debian): the container needs nothing more.
+func unixSocketAccess(t *testing.T, c *container, path string) {
+	t.Helper()
+	if got := strings.TrimSpace(c.must(t, "stat", "-c", "%a %U %G %F", path)); got != "660 root rsp-clients socket" {
+		t.Errorf("%s: mode, owner, group and type %q, want \"660 root rsp-clients socket\"", path, got)
+	}
+	group := strings.Split(strings.TrimSpace(c.must(t, "getent", "group", "rsp-clients")), ":")
+	if len(group) < 3 {
+		t.Fatalf("getent group rsp-clients: %q", group)
+	}
+	ping := func(groups string) (string, error) {
+		return c.run("setpriv", "--reuid=65534", "--regid=65534", groups, "perl", "-MIO::Socket::UNIX", "-e",
+			`alarm 10; $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die "connect: $!\n"; print $s "ping\n"; print scalar <$s>;`, path)
+	}
+	if out, err := ping("--clear-groups"); err == nil || !strings.Contains(out, "Permission denied") {
+		t.Errorf("nobody, outside the group rsp-clients, through %s: %v %q, want connect: Permission denied", path, err, out)
+	}
+	if out, err := ping("--groups=" + group[2]); err != nil || out != "ping\n" {
+		t.Errorf("nobody in the group rsp-clients (gid %s) through %s: %v %q, want the line echoed", group[2], path, err, out)
 	}
 }
 
