@@ -26,6 +26,7 @@ func contenders(o *Options) []Contender {
 		{Name: "direct"},
 		{Name: "rsp splice", start: rspStarter("splice")},
 		{Name: "rsp splice observed", start: rspStarter("splice", "-metrics", "127.0.0.1:0", "-conn-log", "all")},
+		{Name: "rsp splice edge", start: startRspEdge},
 		{Name: "rsp copy", start: rspStarter("copy")},
 		{Name: "Go io.Copy proxy", start: startIOCopy},
 	}
@@ -78,6 +79,34 @@ func rspStarter(mode string, extra ...string) func(*Options, string, string) (*p
 		cmd := exec.Command(o.Rsp, append(args, o.RspArgs...)...)
 		return start(cmd, rspStartRE, true)
 	}
+}
+
+// startRspEdge runs rsp splice with the checks of issue 17 on every
+// connection: an allow and a deny list and a frontend maxconn, none of
+// which refuses the benchmark's clients, so that "rsp splice edge" beside
+// "rsp splice" is what checking costs.
+func startRspEdge(o *Options, backend, host string) (*process, error) {
+	addr, err := freeAddr(host)
+	if err != nil {
+		return nil, err
+	}
+	config := func(string) string {
+		return fmt.Sprintf(`[global]
+relay = "splice"
+[frontend.bench]
+listen = %q
+backend = "bench"
+idle_timeout = "0s"
+maxconn = 1000000
+allow = ["127.0.0.0/8", "::1", "10.0.0.0/8", "192.168.0.0/16"]
+deny = ["192.0.2.0/24", "198.51.100.0/24", "2001:db8::/32"]
+[backend.bench.server.s]
+address = %q
+`, addr, backend)
+	}
+	return startConfigured("rsp-edge", config, addr, func(_, cfg string) *exec.Cmd {
+		return exec.Command(o.Rsp, "-config", cfg) // -rsp-args are flags that -config refuses
+	})
 }
 
 func startIOCopy(o *Options, backend, host string) (*process, error) {
