@@ -97,11 +97,25 @@ type Frontend struct {
 	// protocol header (v1 or v2) from each client, which must be in one
 	// of these prefixes.
 	AcceptProxyFrom []netip.Prefix
+	// SNI routes by TLS server name: exact names, then "*." wildcards of
+	// one label; what matches none goes to Backend, or is closed with
+	// SNIFallback "close" (so are clients that are not TLS, send no name
+	// or take longer than SNITimeout).
+	SNI         []SNIRoute
+	SNIFallback string
+	SNITimeout  time.Duration
 	// KeepAlive is set on the frontend's client sockets.
 	KeepAlive splice.KeepAlive
 	// Where is "file:line" of the frontend's section, for errors found
 	// at run time (a socket systemd did not pass).
 	Where string
+}
+
+// SNIRoute sends connections whose TLS server name matches Pattern to
+// Backend.
+type SNIRoute struct {
+	Pattern string // a host name, or "*." and a domain
+	Backend string
 }
 
 // Backend is a pool of servers and how to balance and check them.
@@ -173,15 +187,20 @@ type defaultsSection struct {
 }
 
 type frontendSection struct {
-	Listen  *addrList `toml:"listen"`
-	Socket  *string   `toml:"socket"`
-	Backend *string   `toml:"backend"`
-	MaxConn *int      `toml:"maxconn"`
-	Allow   *addrList `toml:"allow"`
+	Listen  *addrList   `toml:"listen"`
+	Socket  *string     `toml:"socket"`
+	Backend *string     `toml:"backend"`
+	MaxConn *int        `toml:"maxconn"`
+	Allow   *prefixList `toml:"allow"`
 	// AcceptProxyFrom lists the proxies in front trusted to send a
 	// PROXY header.
-	AcceptProxyFrom *addrList `toml:"accept_proxy_from"`
-	Deny            *addrList `toml:"deny"`
+	AcceptProxyFrom *prefixList `toml:"accept_proxy_from"`
+	// SNI maps TLS server names ("api.example.com", "*.example.com") to
+	// backends.
+	SNI         map[string]string `toml:"sni"`
+	SNIFallback *string           `toml:"sni_fallback"`
+	SNITimeout  *duration         `toml:"sni_timeout"`
+	Deny        *prefixList       `toml:"deny"`
 	timeoutSection
 	keepAliveSection
 }
@@ -233,6 +252,29 @@ func (d *duration) UnmarshalTOML(v any) error {
 
 // addrList is one address or a list of them.
 type addrList []string
+
+// prefixList is a string or a list of strings: CIDR prefixes or
+// addresses (allow, deny, accept_proxy_from). An empty list is allowed.
+type prefixList []string
+
+func (l *prefixList) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case string:
+		*l = prefixList{v}
+		return nil
+	case []any:
+		*l = prefixList{}
+		for _, e := range v {
+			s, ok := e.(string)
+			if !ok {
+				return fmt.Errorf("allow, deny and accept_proxy_from take a CIDR prefix string (\"10.0.0.0/8\") or a list of them; found %v", e)
+			}
+			*l = append(*l, s)
+		}
+		return nil
+	}
+	return fmt.Errorf("allow, deny and accept_proxy_from take a CIDR prefix string (\"10.0.0.0/8\") or a list of them, not %v", v)
+}
 
 func (l *addrList) UnmarshalTOML(v any) error {
 	switch v := v.(type) {
@@ -558,6 +600,7 @@ func (c *checker) build(f *fileConfig) *Config {
 		if fs.AcceptProxyFrom != nil && len(fe.AcceptProxyFrom) == 0 && len(*fs.AcceptProxyFrom) == 0 {
 			c.add(append(key, "accept_proxy_from"), "frontend %s: accept_proxy_from is empty: list the proxies in front (CIDR prefixes), or remove the key", name)
 		}
+		c.sni(key, name, fe, fs, f.Backend)
 		if fe.MaxConn < 0 {
 			c.add(append(key, "maxconn"), "frontend %s: maxconn %d is negative: give the most connections at once, or 0 for no limit", name, fe.MaxConn)
 		}

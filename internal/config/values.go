@@ -128,7 +128,7 @@ const MetricsSocket = "metrics"
 
 // prefixes reads a list of CIDR prefixes ("10.0.0.0/8", "2001:db8::/32")
 // or single addresses (a /32 or /128).
-func (c *checker) prefixes(key []string, what string, list *addrList) []netip.Prefix {
+func (c *checker) prefixes(key []string, what string, list *prefixList) []netip.Prefix {
 	if list == nil {
 		return nil
 	}
@@ -163,4 +163,71 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 	}
 	a = a.Unmap()
 	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// DefaultSNITimeout bounds the wait for a client's ClientHello.
+const DefaultSNITimeout = 5 * time.Second
+
+// sni checks a frontend's routes by TLS server name.
+func (c *checker) sni(key []string, name string, fe *Frontend, fs frontendSection, backends map[string]backendSection) {
+	fe.SNIFallback = strOr(fs.SNIFallback, "default")
+	fe.SNITimeout = durOr(fs.SNITimeout, DefaultSNITimeout)
+	if fs.SNI == nil {
+		if fs.SNIFallback != nil || fs.SNITimeout != nil {
+			c.add(key, "frontend %s: sni_fallback and sni_timeout need a [frontend.%s.sni] table of server names", name, name)
+		}
+		return
+	}
+	switch fe.SNIFallback {
+	case "default", "close":
+	default:
+		c.add(append(key, "sni_fallback"), "frontend %s: unknown sni_fallback %q: use \"default\" (the frontend's backend) or \"close\"", name, fe.SNIFallback)
+	}
+	c.checkDuration(append(key, "sni_timeout"), "frontend "+name+": ", fs.SNITimeout, CheckConnectTimeout)
+	if len(fs.SNI) == 0 {
+		c.add(append(key, "sni"), "frontend %s: the sni table is empty: map server names to backends, or remove it", name)
+	}
+	for _, pattern := range sortedKeys(fs.SNI) {
+		backend := fs.SNI[pattern]
+		if err := CheckSNIPattern(pattern); err != nil {
+			c.add(append(key, "sni", pattern), "frontend %s: %v", name, err)
+			continue
+		}
+		if _, ok := backends[backend]; !ok {
+			c.add(append(key, "sni", pattern), "frontend %s: server name %q: no backend named %q", name, pattern, backend)
+			continue
+		}
+		fe.SNI = append(fe.SNI, SNIRoute{Pattern: strings.ToLower(pattern), Backend: backend})
+	}
+}
+
+// CheckSNIPattern accepts a DNS host name or "*." followed by one.
+func CheckSNIPattern(p string) error {
+	host := strings.TrimPrefix(p, "*.")
+	if strings.Contains(host, "*") || !validHostName(host) {
+		return fmt.Errorf("server name %q: write a host name (api.example.com) or a wildcard of one label (*.example.com)", p)
+	}
+	return nil
+}
+
+// validHostName reports whether s is a DNS host name of letters, digits
+// and hyphens, in labels of 1-63, at most 253 in all, not an IP address.
+func validHostName(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	if _, err := netip.ParseAddr(s); err == nil {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }

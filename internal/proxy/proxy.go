@@ -117,6 +117,9 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		}
 		limits[f.Name] = lim
 		rt := route(f, b, pl, lim)
+		if len(f.SNI) > 0 {
+			rt.Hello = helloRule(f, pl, pools)
+		}
 		for _, a := range f.Listen {
 			key := "listen " + a
 			if config.Ephemeral(a) {

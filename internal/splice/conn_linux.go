@@ -49,6 +49,7 @@ type conn struct {
 	id         uint32
 	connecting bool
 	header     bool // waiting for the client's PROXY header; deadline bounds it
+	hello      bool // waiting for the client's TLS ClientHello; deadline bounds it
 	closed     bool
 	queued     bool // in loop.ready
 	client     sock
@@ -106,7 +107,58 @@ func (l *loop) open(cfd int, peer netip.AddrPort, ln *listener) {
 		l.readHeader(c) // it may be here already
 		return
 	}
+	if rt.Hello != nil {
+		if err := l.register(c, cfd); err != nil {
+			l.finish(c, err, true)
+			return
+		}
+		l.startHello(c)
+		return
+	}
 	l.admit(c, false)
+}
+
+// startHello begins waiting for c's TLS ClientHello, which routes it.
+func (l *loop) startHello(c *conn) {
+	c.hello = true
+	c.deadline = l.now + int64(c.rt.Hello.timeout())
+	l.readHello(c) // it may be here already
+}
+
+// readHello peeks at what the client sent so far; once it holds a whole
+// ClientHello (or cannot become one), the connection is routed by its
+// server name and dialed. Nothing is consumed: the hello reaches the
+// server as it came.
+func (l *loop) readHello(c *conn) {
+	h := c.rt.Hello
+	if l.scratch == nil {
+		l.scratch = make([]byte, scratchSize)
+	}
+	buf := l.scratch[:min(h.MaxLen, len(l.scratch))]
+	n, _, err := unix.Recvfrom(c.client.fd, buf, unix.MSG_PEEK)
+	switch {
+	case err == unix.EAGAIN || err == unix.EINTR:
+		return
+	case err != nil:
+		l.finish(c, c.peerErr(&c.client, "read ClientHello from %s: %w", err), true)
+		return
+	}
+	name, why, done := parseHello(h, buf[:n], n == 0)
+	if !done {
+		return // the next bytes raise a new edge
+	}
+	l.routed(c, name, why)
+}
+
+// routed ends c's wait for its ClientHello: it dials the backend the
+// server name (or the reason there is none) leads to, or closes c.
+func (l *loop) routed(c *conn, name, why string) {
+	c.hello = false
+	if err := routeHello(l.e.r, c.rt.Hello, &c.dialing, name, why); err != nil {
+		l.finish(c, err, true)
+		return
+	}
+	l.admit(c, true)
 }
 
 // admit checks c's client against the route's access list and limit,
@@ -168,6 +220,10 @@ func (l *loop) readHeader(c *conn) {
 		c.peer = client
 	}
 	c.last = l.now
+	if c.rt.Hello != nil {
+		l.startHello(c)
+		return
+	}
 	l.admit(c, true)
 }
 
@@ -244,6 +300,10 @@ func (l *loop) onEvent(c *conn, fd int, ev uint32) {
 	}
 	if c.header {
 		l.readHeader(c)
+		return
+	}
+	if c.hello {
+		l.readHello(c)
 		return
 	}
 	if c.connecting {

@@ -186,6 +186,13 @@ func (e *copyEngine) dialAndRelay(client net.Conn, rt *Route) {
 			d.peer = named
 		}
 	}
+	if h := rt.Hello; h != nil {
+		if err := readHelloConn(e.r, client, h, d); err != nil {
+			resetConn(client)
+			e.done(p, nil, err)
+			return
+		}
+	}
 	if rt.ACL != nil && !rt.ACL.Allows(d.peer.Addr()) {
 		resetConn(client)
 		e.done(p, nil, errDenied)
@@ -369,7 +376,7 @@ func (e *copyEngine) ended(p *copyConn, t Target, reason error) {
 // describe returns what is known of p now.
 func (p *copyConn) describe() ConnInfo {
 	ci := ConnInfo{
-		ID: p.id, Frontend: p.d.rt.Name, Backend: p.d.rt.Backend, Client: p.d.peer, Start: p.start,
+		ID: p.id, Frontend: p.d.rt.Name, Backend: p.d.backendName(), Client: p.d.peer, Start: p.start,
 		Connect: p.connect, Duration: time.Since(p.start), BytesIn: p.in.Load(),
 		BytesOut: p.out.Load(), Tries: p.tries, Relay: ModeCopy,
 	}

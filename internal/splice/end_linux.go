@@ -80,7 +80,7 @@ func (l *loop) ended(c *conn, t Target, reason error, cause Cause) {
 // describe fills ci with what is known of c now.
 func (l *loop) describe(c *conn, t Target, ci *ConnInfo) {
 	*ci = ConnInfo{
-		ID: uint64(l.index)<<32 | uint64(c.id), Frontend: c.rt.Name, Backend: c.rt.Backend, Client: c.peer,
+		ID: uint64(l.index)<<32 | uint64(c.id), Frontend: c.rt.Name, Backend: c.backendName(), Client: c.peer,
 		Start: l.e.start.Add(time.Duration(c.born)), Duration: time.Duration(l.now - c.born),
 		BytesIn: c.up.sent, BytesOut: c.down.sent, Tries: c.tries, Relay: ModeSplice,
 	}

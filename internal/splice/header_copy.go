@@ -11,26 +11,28 @@ import (
 	"time"
 )
 
-// headerPoll is how often the copy relay looks again at a header that
-// came in part.
-const headerPoll = 5 * time.Millisecond
+// peekPoll is how often the copy relay looks again at a client's first
+// bytes that came in part.
+const peekPoll = 5 * time.Millisecond
 
-// readHeaderConn reads, for the copy relay, the header a client sends
-// before its bytes: it peeks until the header is whole (at most until
-// deadline), then consumes exactly its length. It returns the client the
-// header names (invalid: keep the connection's own).
-func readHeaderConn(c net.Conn, h *HeaderRule, deadline time.Time) (netip.AddrPort, error) {
+// errPeekTimeout: the bytes looked for did not come by the deadline.
+var errPeekTimeout = errors.New("deadline passed")
+
+// peekUntil peeks, for the copy relay, at up to max of the first bytes c
+// sends, until look says it has seen enough (look's eof: no more will
+// come), or deadline passes (errPeekTimeout). Nothing is consumed.
+func peekUntil(c net.Conn, max int, deadline time.Time, look func(b []byte, eof bool) bool) error {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
-		return netip.AddrPort{}, wrapHeader("the client socket cannot be peeked")
+		return fmt.Errorf("%T cannot be peeked", c)
 	}
 	raw, err := sc.SyscallConn()
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("%w: %w", errBadHeader, err)
+		return err
 	}
 	c.SetReadDeadline(deadline)
 	defer c.SetReadDeadline(time.Time{})
-	buf := make([]byte, h.MaxLen)
+	buf := make([]byte, max)
 	for {
 		var (
 			n    int
@@ -43,28 +45,68 @@ func readHeaderConn(c net.Conn, h *HeaderRule, deadline time.Time) (netip.AddrPo
 		if err == nil {
 			err = rerr
 		}
-		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return netip.AddrPort{}, wrapHeader("none came within the connect timeout")
-			}
-			return netip.AddrPort{}, &peerError{err: fmt.Errorf("read PROXY header from client: %w", err)}
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return errPeekTimeout
+		case err != nil:
+			return &peerError{err: fmt.Errorf("read from client: %w", err)}
 		}
-		client, size, done, perr := parseHeader(h, buf[:n], n == 0)
-		if perr != nil {
-			return client, perr
+		if look(buf[:n], n == 0) {
+			return nil
 		}
-		if done {
-			if _, err := io.ReadFull(c, buf[:size]); err != nil {
-				return client, &peerError{err: fmt.Errorf("read PROXY header from client: %w", err)}
-			}
-			return client, nil
-		}
-		// Part of a header: the socket stays readable (a peek consumes
-		// nothing), so the poller cannot wait for the rest; look again
-		// shortly. A header rarely comes in pieces.
+		// Part of what is looked for: the socket stays readable (a peek
+		// consumes nothing), so the poller cannot wait for the rest;
+		// look again shortly. It rarely comes in pieces.
 		if time.Now().After(deadline) {
-			return netip.AddrPort{}, wrapHeader("none came within the connect timeout")
+			return errPeekTimeout
 		}
-		time.Sleep(headerPoll)
+		time.Sleep(peekPoll)
 	}
+}
+
+// readHeaderConn reads, for the copy relay, the header a client sends
+// before its bytes: it peeks until the header is whole (at most until
+// deadline), then consumes exactly its length. It returns the client the
+// header names (invalid: keep the connection's own).
+func readHeaderConn(c net.Conn, h *HeaderRule, deadline time.Time) (netip.AddrPort, error) {
+	var (
+		client netip.AddrPort
+		size   int
+		perr   error
+	)
+	err := peekUntil(c, h.MaxLen, deadline, func(b []byte, eof bool) bool {
+		var done bool
+		client, size, done, perr = parseHeader(h, b, eof)
+		return done || perr != nil
+	})
+	switch {
+	case errors.Is(err, errPeekTimeout):
+		return netip.AddrPort{}, wrapHeader("none came within the connect timeout")
+	case err != nil:
+		return netip.AddrPort{}, err
+	case perr != nil:
+		return netip.AddrPort{}, perr
+	}
+	if _, err := io.ReadFull(c, make([]byte, size)); err != nil {
+		return client, &peerError{err: fmt.Errorf("read PROXY header from client: %w", err)}
+	}
+	return client, nil
+}
+
+// readHelloConn routes d, for the copy relay, by the TLS ClientHello the
+// client starts with, peeked and left in place.
+func readHelloConn(r *Relay, c net.Conn, h *HelloRule, d *dialing) error {
+	var name, why string
+	err := peekUntil(c, h.MaxLen, time.Now().Add(h.timeout()), func(b []byte, eof bool) bool {
+		var done bool
+		name, why, done = parseHello(h, b, eof)
+		return done
+	})
+	switch {
+	case errors.Is(err, errPeekTimeout):
+		name, why = "", fmt.Sprintf("no whole ClientHello within %v", h.timeout())
+	case err != nil:
+		return err
+	}
+	return routeHello(r, h, d, name, why)
 }

@@ -397,6 +397,10 @@ func (l *loop) sweepTimeouts() {
 		next := c.next
 		rt := c.rt
 		switch {
+		case c.hello:
+			if l.now >= c.deadline {
+				l.routed(c, "", fmt.Sprintf("no whole ClientHello within %v", rt.Hello.timeout()))
+			}
 		case c.header:
 			if l.now >= c.deadline {
 				l.finish(c, wrapHeader(fmt.Sprintf("none came within %v (the connect timeout)", rt.connectTimeout())), true)

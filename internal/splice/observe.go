@@ -57,6 +57,10 @@ const (
 	// CauseBadHeader: the client's PROXY header was refused: from a
 	// client not trusted to send one, missing, malformed, or too late.
 	CauseBadHeader
+	// CauseNoRoute: the frontend routes by TLS server name, and the
+	// client's (none, not TLS, too late, or a name no route takes) is
+	// refused by its configuration.
+	CauseNoRoute
 	// NumCauses is the number of causes.
 	NumCauses
 )
@@ -69,7 +73,7 @@ var causeNames = [NumCauses]string{
 	CauseNoServer: "no_server", CauseMaxConn: "maxconn", CauseDrained: "drained",
 	CauseDrainTimeout: "drain_timeout", CauseKilled: "killed",
 	CauseUndeliverable: "undeliverable", CauseError: "error", CauseDenied: "denied",
-	CauseBadHeader: "bad_header",
+	CauseBadHeader: "bad_header", CauseNoRoute: "no_route",
 }
 
 // String returns the cause's name in metrics and logs ("client_close").
@@ -413,6 +417,8 @@ func endCause(reason error, d *dialing, clean, clientFirst, draining bool) Cause
 		return CauseDenied
 	case errors.Is(reason, errBadHeader):
 		return CauseBadHeader
+	case errors.Is(reason, errNoRoute):
+		return CauseNoRoute
 	case errors.Is(reason, errUndeliverable), errors.Is(reason, errPeerAborted):
 		return CauseUndeliverable
 	case errors.As(reason, &pe):

@@ -138,6 +138,10 @@ type Route struct {
 	// refused; one whose header is missing, malformed or later than the
 	// connect timeout is reset. The header is never forwarded.
 	Header *HeaderRule
+	// Hello, if set, routes each connection by the server name of the
+	// TLS ClientHello it starts with, read without consuming it: the
+	// bytes go to the server as they came.
+	Hello *HelloRule
 	// Preamble, if set, returns bytes sent to the server once connected,
 	// before any byte of the client's (a PROXY protocol header), given
 	// the client's address and the address it connected to (zero for a
@@ -188,7 +192,11 @@ func (rt *Route) connectTimeout() time.Duration {
 // shortestTimeout is the smallest timeout of rt that is set.
 func (rt *Route) shortestTimeout() time.Duration {
 	t := rt.connectTimeout()
-	for _, d := range []time.Duration{rt.IdleTimeout, rt.HalfCloseTimeout} {
+	ds := []time.Duration{rt.IdleTimeout, rt.HalfCloseTimeout}
+	if rt.Hello != nil {
+		ds = append(ds, rt.Hello.timeout())
+	}
+	for _, d := range ds {
 		if d > 0 && d < t {
 			t = d
 		}

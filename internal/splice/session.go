@@ -54,6 +54,18 @@ type dialing struct {
 	// (CauseConnectFailed or CauseConnectTimeout).
 	connectCause Cause
 	limited      bool // counted in rt.Limit
+	// picker and backend, when set, replace the route's: the backend the
+	// TLS server name chose (Route.Hello).
+	picker  Picker
+	backend string
+}
+
+// backendName is the backend the connection goes to, for logs.
+func (d *dialing) backendName() string {
+	if d.backend != "" {
+		return d.backend
+	}
+	return d.rt.Backend
 }
 
 // setCause records why the connection is about to end, with err saying
@@ -67,7 +79,11 @@ func (d *dialing) setCause(c Cause, err error) {
 // client. A connection whose connect failed and found no other server to
 // retry on ends for that connect's failure, not for want of a server.
 func (d *dialing) pick(r *Relay) (Target, error) {
-	t, err := d.rt.Picker.Pick(d.peer, d.tried)
+	picker := d.rt.Picker
+	if d.picker != nil {
+		picker = d.picker
+	}
+	t, err := picker.Pick(d.peer, d.tried)
 	if err != nil {
 		r.stats.failed.Add(1)
 		if len(d.tried) > 0 {
