@@ -5,7 +5,7 @@
 //
 // Typical usage:
 //
-//	n, _ := unix.Recvfrom(fd, buf[:tlshello.MaxLen], unix.MSG_PEEK) // nothing consumed
+//	n, _, err := unix.Recvfrom(fd, buf[:tlshello.MaxLen], unix.MSG_PEEK) // nothing consumed
 //	h, err := tlshello.Parse(buf[:n])
 //	switch {
 //	case err == tlshello.ErrIncomplete: // wait for more bytes, peek again (with a deadline)

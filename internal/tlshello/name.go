@@ -20,7 +20,7 @@ func checkHost(s *stream, n int) error {
 	label := 0           // bytes of the current label so far
 	numeric := true      // the current label is digits only
 	lastNumeric := false // the last complete label was
-	var prev byte        // the byte before c
+	prev := 0            // the byte before c
 	for range n {
 		c, err := s.u8()
 		if err != nil {
@@ -35,7 +35,7 @@ func checkHost(s *stream, n int) error {
 				return errNameHyphen
 			}
 			lastNumeric = numeric
-			label, numeric, prev = 0, true, byte(c)
+			label, numeric, prev = 0, true, c
 			continue
 		case c == '-':
 			if label == 0 {
@@ -52,7 +52,7 @@ func checkHost(s *stream, n int) error {
 		if label > 63 {
 			return errNameLabel
 		}
-		prev = byte(c)
+		prev = c
 	}
 	if label > 0 { // no trailing dot: the last label ends here
 		if n > 253 {
