@@ -82,8 +82,9 @@ func rspStarter(mode string, extra ...string) func(*Options, string, string) (*p
 }
 
 // startRspEdge runs rsp splice with the checks of issue 17 on every
-// connection: an allow and a deny list and a frontend maxconn, none of
-// which refuses the benchmark's clients, so that "rsp splice edge" beside
+// connection: an allow and a deny list, a frontend maxconn and per-source
+// connection and rate limits, none of which refuses the benchmark's
+// clients, so that "rsp splice edge" beside
 // "rsp splice" is what checking costs.
 func startRspEdge(o *Options, backend, host string) (*process, error) {
 	addr, err := freeAddr(host)
@@ -100,6 +101,9 @@ idle_timeout = "0s"
 maxconn = 1000000
 allow = ["127.0.0.0/8", "::1", "10.0.0.0/8", "192.168.0.0/16"]
 deny = ["192.0.2.0/24", "198.51.100.0/24", "2001:db8::/32"]
+per_source_maxconn = 100000
+per_prefix_maxconn = 100000
+per_source_rate = 1000000
 [backend.bench.server.s]
 address = %q
 `, addr, backend)

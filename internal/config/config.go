@@ -104,12 +104,28 @@ type Frontend struct {
 	SNI         []SNIRoute
 	SNIFallback string
 	SNITimeout  time.Duration
+	// Sources bounds what each client address may take.
+	Sources SourceLimits
 	// KeepAlive is set on the frontend's client sockets.
 	KeepAlive splice.KeepAlive
 	// Where is "file:line" of the frontend's section, for errors found
 	// at run time (a socket systemd did not pass).
 	Where string
 }
+
+// SourceLimits bound what each client address of a frontend may take;
+// zero values mean no limit.
+type SourceLimits struct {
+	PerSource int     // connections at once per client address
+	PerPrefix int     // connections at once per prefix of PrefixV4 / PrefixV6 bits
+	PrefixV4  int     // 24 by default
+	PrefixV6  int     // 64 by default
+	Rate      float64 // new connections per second per address
+	Burst     int     // token bucket size; 0: the rate rounded up, at least 1
+}
+
+// Enabled reports whether any limit is set.
+func (s SourceLimits) Enabled() bool { return s.PerSource > 0 || s.PerPrefix > 0 || s.Rate > 0 }
 
 // SNIRoute sends connections whose TLS server name matches Pattern to
 // Backend.
@@ -199,8 +215,15 @@ type frontendSection struct {
 	// backends.
 	SNI         map[string]string `toml:"sni"`
 	SNIFallback *string           `toml:"sni_fallback"`
-	SNITimeout  *duration         `toml:"sni_timeout"`
-	Deny        *prefixList       `toml:"deny"`
+	// Per-source limits.
+	PerSourceMaxConn *int        `toml:"per_source_maxconn"`
+	PerPrefixMaxConn *int        `toml:"per_prefix_maxconn"`
+	SourcePrefixV4   *int        `toml:"source_prefix_v4"`
+	SourcePrefixV6   *int        `toml:"source_prefix_v6"`
+	PerSourceRate    *float64    `toml:"per_source_rate"`
+	PerSourceBurst   *int        `toml:"per_source_burst"`
+	SNITimeout       *duration   `toml:"sni_timeout"`
+	Deny             *prefixList `toml:"deny"`
 	timeoutSection
 	keepAliveSection
 }
@@ -601,6 +624,7 @@ func (c *checker) build(f *fileConfig) *Config {
 			c.add(append(key, "accept_proxy_from"), "frontend %s: accept_proxy_from is empty: list the proxies in front (CIDR prefixes), or remove the key", name)
 		}
 		c.sni(key, name, fe, fs, f.Backend)
+		c.sourceLimits(key, name, fe, fs)
 		if fe.MaxConn < 0 {
 			c.add(append(key, "maxconn"), "frontend %s: maxconn %d is negative: give the most connections at once, or 0 for no limit", name, fe.MaxConn)
 		}

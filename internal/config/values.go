@@ -231,3 +231,36 @@ func validHostName(s string) bool {
 	}
 	return true
 }
+
+// sourceLimits checks a frontend's per-source limits.
+func (c *checker) sourceLimits(key []string, name string, fe *Frontend, fs frontendSection) {
+	s := SourceLimits{
+		PerSource: intOr(fs.PerSourceMaxConn, 0), PerPrefix: intOr(fs.PerPrefixMaxConn, 0),
+		PrefixV4: intOr(fs.SourcePrefixV4, 24), PrefixV6: intOr(fs.SourcePrefixV6, 64),
+		Burst: intOr(fs.PerSourceBurst, 0),
+	}
+	if fs.PerSourceRate != nil {
+		s.Rate = *fs.PerSourceRate
+	}
+	for _, v := range []struct {
+		k  string
+		n  int
+		lo int
+		hi int
+	}{
+		{"per_source_maxconn", s.PerSource, 0, 1 << 30}, {"per_prefix_maxconn", s.PerPrefix, 0, 1 << 30},
+		{"source_prefix_v4", s.PrefixV4, 1, 32}, {"source_prefix_v6", s.PrefixV6, 1, 128},
+		{"per_source_burst", s.Burst, 0, 1 << 30},
+	} {
+		if v.n < v.lo || v.n > v.hi {
+			c.add(append(key, v.k), "frontend %s: %s %d out of range: give %d to %d (0: no limit, where allowed)", name, v.k, v.n, v.lo, v.hi)
+		}
+	}
+	if s.Rate < 0 || s.Rate > 1e9 || s.Rate != s.Rate {
+		c.add(append(key, "per_source_rate"), "frontend %s: per_source_rate %v: give new connections per second per client address, or 0 for no limit", name, s.Rate)
+	}
+	if s.Burst > 0 && s.Rate == 0 {
+		c.add(append(key, "per_source_burst"), "frontend %s: per_source_burst needs per_source_rate", name)
+	}
+	fe.Sources = s
+}

@@ -46,6 +46,11 @@ type Proxy struct {
 	// limits bound each frontend's connections, by frontend name; kept
 	// across reloads so that live connections still count.
 	limits map[string]*splice.ConnLimit
+	// sources are the frontends' per-source limiters, by frontend name;
+	// one whose limits a reload leaves as they were is kept, counts and
+	// all.
+	sources map[string]*sourceLimiter
+	sweeper sweeper // drops the limiters' idle entries while no client comes
 	warned bool // unused systemd sockets were reported
 
 	// running is the pools in configuration order, for Servers, Server
@@ -104,6 +109,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 	var wants []want
 	taken := map[net.Listener]string{} // systemd socket → the frontend that takes it
 	limits := map[string]*splice.ConnLimit{}
+	sources := map[string]*sourceLimiter{}
 	for _, f := range cfg.Frontends {
 		pl := pools[f.Backend]
 		b := cfg.Backend(f.Backend)
@@ -119,6 +125,14 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		rt := route(f, b, pl, lim)
 		if len(f.SNI) > 0 {
 			rt.Hello = helloRule(f, pl, pools)
+		}
+		if f.Sources.Enabled() {
+			sl := p.sources[f.Name]
+			if sl == nil || sl.cfg != f.Sources {
+				sl = newSourceLimiter(f.Sources)
+			}
+			sources[f.Name] = sl
+			rt.Sources = sl.l
 		}
 		for _, a := range f.Listen {
 			key := "listen " + a
@@ -197,6 +211,8 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		limits[f.Name].SetMax(f.MaxConn)
 	}
 	p.limits = limits
+	p.sources = sources
+	p.sweeper.set(sources, p.Relay)
 	for _, w := range wants {
 		if b, ok := p.bound[w.key]; ok {
 			b.fe.Set(w.route)
@@ -329,6 +345,7 @@ func (p *Proxy) Close() {
 	}
 	p.bound, p.pools = nil, nil
 	p.running.Store(nil)
+	p.sweeper.stop()
 }
 
 func (p *Proxy) logger() *slog.Logger {

@@ -170,6 +170,10 @@ func (l *loop) admit(c *conn, registered bool) {
 		l.finish(c, errDenied, true)
 		return
 	}
+	if err := c.takeSource(l.now); err != nil {
+		l.finish(c, err, true)
+		return
+	}
 	if rt.Limit != nil {
 		if !rt.Limit.take() {
 			l.finish(c, errMaxConn, true)

@@ -198,6 +198,11 @@ func (e *copyEngine) dialAndRelay(client net.Conn, rt *Route) {
 		e.done(p, nil, errDenied)
 		return
 	}
+	if err := d.takeSource(e.r.Clock()); err != nil {
+		resetConn(client)
+		e.done(p, nil, err)
+		return
+	}
 	if rt.Limit != nil {
 		if !rt.Limit.take() {
 			resetConn(client)
@@ -330,6 +335,7 @@ func (e *copyEngine) done(p *copyConn, t Target, reason error) {
 	if p.d.limited {
 		p.d.rt.Limit.release()
 	}
+	p.d.releaseSource()
 	e.ended(p, t, reason)
 	e.r.connDone(1)
 }

@@ -44,6 +44,7 @@ func (l *loop) finish(c *conn, reason error, reset bool) {
 	if c.limited {
 		c.rt.Limit.release()
 	}
+	c.releaseSource()
 	l.e.r.connDone(1)
 	l.ended(c, t, reason, endCause(reason, &c.dialing, clean, c.clientFirst, l.e.r.drain.Load()))
 }
@@ -122,6 +123,7 @@ func (l *loop) handoff(c *conn) {
 		if c.limited {
 			c.rt.Limit.release()
 		}
+		c.releaseSource()
 		l.e.r.connDone(1)
 		err := errors.Join(err1, err2)
 		l.e.r.logs.warn(l.e.r.logger(), "handoff", "cannot hand connection to copy relay", "client", c.peer.String(), "err", err)

@@ -66,7 +66,7 @@ func startSplice(r *Relay) (engine, error) {
 	}
 	e := &spliceEngine{
 		r:       r,
-		start:   time.Now(),
+		start:   r.epoch, // the relay's Clock
 		handoff: newCopyEngine(r),
 	}
 	for i := 0; i < n; i++ {

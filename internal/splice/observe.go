@@ -61,6 +61,9 @@ const (
 	// client's (none, not TLS, too late, or a name no route takes) is
 	// refused by its configuration.
 	CauseNoRoute
+	// CauseSourceLimit: the client's address (or its prefix) is at its
+	// per-source limit: connections at once, or new ones per second.
+	CauseSourceLimit
 	// NumCauses is the number of causes.
 	NumCauses
 )
@@ -73,7 +76,7 @@ var causeNames = [NumCauses]string{
 	CauseNoServer: "no_server", CauseMaxConn: "maxconn", CauseDrained: "drained",
 	CauseDrainTimeout: "drain_timeout", CauseKilled: "killed",
 	CauseUndeliverable: "undeliverable", CauseError: "error", CauseDenied: "denied",
-	CauseBadHeader: "bad_header", CauseNoRoute: "no_route",
+	CauseBadHeader: "bad_header", CauseNoRoute: "no_route", CauseSourceLimit: "source_limit",
 }
 
 // String returns the cause's name in metrics and logs ("client_close").
@@ -341,6 +344,9 @@ var errKilled = errors.New("reset on request (server put in maintenance with -ki
 // errMaxConn: a connection refused at its frontend's maxconn.
 var errMaxConn = errors.New("frontend maxconn reached")
 
+// errSourceLimit: a connection refused at its client's per-source limit.
+var errSourceLimit = errors.New("per-source limit")
+
 // errDenied: a connection refused by its frontend's access list.
 var errDenied = errors.New("client address refused by the frontend's allow/deny list")
 
@@ -419,6 +425,8 @@ func endCause(reason error, d *dialing, clean, clientFirst, draining bool) Cause
 		return CauseBadHeader
 	case errors.Is(reason, errNoRoute):
 		return CauseNoRoute
+	case errors.Is(reason, errSourceLimit):
+		return CauseSourceLimit
 	case errors.Is(reason, errUndeliverable), errors.Is(reason, errPeerAborted):
 		return CauseUndeliverable
 	case errors.As(reason, &pe):

@@ -130,6 +130,10 @@ type Route struct {
 	// refuses is reset at once, before any backend is dialed
 	// (CauseDenied). Unix clients have no address and are not checked.
 	ACL *ACL
+	// Sources, if not nil, bounds what each client address may take
+	// (connections at once, new ones per second); a client beyond it is
+	// reset at once (CauseSourceLimit). Checked after ACL.
+	Sources SourceLimiter
 	// Source, if valid, is the local address of backend connections.
 	Source netip.Addr
 	// Header, if set, makes clients send a header (the PROXY protocol)
@@ -155,6 +159,16 @@ type Route struct {
 	// sockets; ServerKeepAlive on backend sockets. The zero value turns
 	// keepalive off and keeps the kernel's user timeout.
 	ClientKeepAlive, ServerKeepAlive KeepAlive
+}
+
+// SourceLimiter bounds what each client address may take. Event loops
+// call it concurrently.
+type SourceLimiter interface {
+	// Take counts a new connection from addr at now (a monotonic clock in
+	// ns); an error refuses it, saying which limit.
+	Take(addr netip.Addr, now int64) error
+	// Release ends a connection counted by a successful Take.
+	Release(addr netip.Addr)
 }
 
 // KeepAlive configures how a TCP socket notices a peer that vanished: TCP
@@ -257,6 +271,8 @@ type Relay struct {
 	logs  logLimiter // rate limits per-connection log lines by cause
 	test  testHooks  // set by this package's tests only
 
+	epoch time.Time // zero of the engines' clocks (Clock)
+
 	mu      sync.Mutex
 	started bool
 	impl    engine
@@ -330,6 +346,7 @@ func (r *Relay) Start() error {
 		return ErrStarted
 	}
 	r.zero = make(chan struct{})
+	r.epoch = time.Now()
 	r.maxConn.Store(int64(max(r.MaxConn, 0)))
 	var (
 		e   engine
@@ -413,6 +430,11 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 	r.logs.flush(r.logger())
 	return err
 }
+
+// Clock returns the relay's monotonic clock in ns, the one its engines
+// pass to a SourceLimiter: a sweep of the limiter's idle entries must use
+// it too.
+func (r *Relay) Clock() int64 { return int64(time.Since(r.epoch)) }
 
 // Stats returns the relay's current counters.
 func (r *Relay) Stats() Stats {

@@ -54,10 +54,34 @@ type dialing struct {
 	// (CauseConnectFailed or CauseConnectTimeout).
 	connectCause Cause
 	limited      bool // counted in rt.Limit
+	// sources is the limiter that counted the connection; nil if none.
+	sources SourceLimiter
 	// picker and backend, when set, replace the route's: the backend the
 	// TLS server name chose (Route.Hello).
 	picker  Picker
 	backend string
+}
+
+// takeSource counts the connection against the route's per-source
+// limits; an error refuses it.
+func (d *dialing) takeSource(now int64) error {
+	s := d.rt.Sources
+	if s == nil || !d.peer.IsValid() {
+		return nil
+	}
+	if err := s.Take(d.peer.Addr(), now); err != nil {
+		return fmt.Errorf("%w: %w", errSourceLimit, err)
+	}
+	d.sources = s
+	return nil
+}
+
+// releaseSource gives back what takeSource counted.
+func (d *dialing) releaseSource() {
+	if d.sources != nil {
+		d.sources.Release(d.peer.Addr())
+		d.sources = nil
+	}
 }
 
 // backendName is the backend the connection goes to, for logs.
