@@ -51,7 +51,7 @@ type Proxy struct {
 	// all.
 	sources map[string]*sourceLimiter
 	sweeper sweeper // drops the limiters' idle entries while no client comes
-	warned bool // unused systemd sockets were reported
+	warned  bool    // unused systemd sockets were reported
 
 	// running is the pools in configuration order, for Servers, Server
 	// and Pools, which read it without waiting for an Apply in progress.
