@@ -188,7 +188,10 @@ address = %q
 					return
 				}
 				if write != nil {
-					c.Write(write)
+					if _, err := c.Write(write); isReset(err) {
+						c.Close() // reset already: the write took the error a read would see
+						return
+					}
 				}
 				if closeWrite {
 					c.(*net.TCPConn).CloseWrite()

@@ -245,3 +245,113 @@ address = %q
 		t.Errorf("openssl s_client through rsp: %v\n%.500s", err, out)
 	}
 }
+
+// clientHello returns the first flight crypto/tls sends for serverName.
+func clientHello(t *testing.T, serverName string) []byte {
+	t.Helper()
+	a, b := net.Pipe()
+	defer a.Close()
+	go tls.Client(b, &tls.Config{ServerName: serverName, InsecureSkipVerify: true}).Handshake()
+	buf := make([]byte, 64<<10)
+	a.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := a.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	return buf[:n]
+}
+
+// firstLine is a server that answers each connection with the first
+// line it received, then closes.
+func firstLine(t *testing.T) string {
+	t.Helper()
+	ln := listen(t)
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func(c net.Conn) {
+				defer c.Close()
+				line, _ := readLine(c, 5*time.Second)
+				io.WriteString(c, line)
+			}(c)
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// TestSNIRouteSettings: a server name routed to a backend gets that
+// backend's own settings (here its PROXY header and source address), not
+// the default backend's; and a frontend's access list refuses a client
+// at once, before any wait for its hello. Both relays.
+func TestSNIRouteSettings(t *testing.T) {
+	plain, pp := firstLine(t), firstLine(t)
+	for _, mode := range relayModes {
+		t.Run(mode, func(t *testing.T) {
+			cfg := writeConfig(t, "", fmt.Sprintf(`
+[global]
+relay = %q
+conn_log = "all"
+[frontend.tls]
+listen = "127.0.0.1:0"
+backend = "plain"
+[frontend.tls.sni]
+"pp.example.com" = "pp"
+[frontend.guarded]
+listen = "127.0.0.1:0"
+backend = "plain"
+deny = ["127.0.0.0/8"]
+sni_timeout = "10s"
+[frontend.guarded.sni]
+"pp.example.com" = "pp"
+[backend.plain.server.a]
+address = %q
+[backend.pp]
+send_proxy = "v1"
+source = "127.0.0.9"
+[backend.pp.server.a]
+address = %q
+`, mode, plain, pp))
+			p := startRsp(t, "-config", cfg)
+			listen := map[string]string{}
+			for _, m := range listeningRE.FindAllStringSubmatch(p.stderr.String(), -1) {
+				listen[m[1]] = m[2]
+			}
+			for _, c := range []struct{ name, want string }{
+				{"pp.example.com", "PROXY TCP4 127.0.0.1 "},
+				{"other.example.com", "\x16\x03"},
+			} {
+				conn := dial(t, listen["tls"])
+				conn.Write(clientHello(t, c.name))
+				conn.Write([]byte("\n"))
+				line, err := readLine(conn, 5*time.Second)
+				conn.Close()
+				if err != nil || !strings.HasPrefix(line, c.want) {
+					t.Errorf("%s: the server's first line %q (%v), want it to begin %q", c.name, line, err, c.want)
+				}
+			}
+			if !eventually(5*time.Second, func() bool {
+				for _, l := range connLines(t, p) {
+					if l["backend"] == "pp" && strings.HasPrefix(l["server_addr"], "127.0.0.1:") {
+						return true
+					}
+				}
+				return false
+			}) {
+				t.Errorf("no connection logged to backend pp")
+			}
+			start := time.Now()
+			conn := dial(t, listen["guarded"])
+			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_, err := conn.Read(make([]byte, 1))
+			conn.Close()
+			if !isReset(err) || time.Since(start) > 2*time.Second {
+				t.Errorf("a denied client of an SNI frontend: %v after %v, want a reset at once", err, time.Since(start))
+			}
+		})
+	}
+}

@@ -123,9 +123,6 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		}
 		limits[f.Name] = lim
 		rt := route(f, b, pl, lim)
-		if len(f.SNI) > 0 {
-			rt.Hello = helloRule(f, pl, pools)
-		}
 		if f.Sources.Enabled() {
 			sl := p.sources[f.Name]
 			if sl == nil || sl.cfg != f.Sources {
@@ -133,6 +130,9 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 			}
 			sources[f.Name] = sl
 			rt.Sources = sl.l
+		}
+		if len(f.SNI) > 0 {
+			rt.Hello = helloRule(f, rt, cfg, pools) // after every setting it copies
 		}
 		for _, a := range f.Listen {
 			key := "listen " + a

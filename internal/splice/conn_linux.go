@@ -107,15 +107,18 @@ func (l *loop) open(cfd int, peer netip.AddrPort, ln *listener) {
 		l.readHeader(c) // it may be here already
 		return
 	}
+	if !l.gate(c) {
+		return
+	}
+	if err := l.register(c, cfd); err != nil {
+		l.finish(c, err, true)
+		return
+	}
 	if rt.Hello != nil {
-		if err := l.register(c, cfd); err != nil {
-			l.finish(c, err, true)
-			return
-		}
 		l.startHello(c)
 		return
 	}
-	l.admit(c, false)
+	l.dial(c)
 }
 
 // startHello begins waiting for c's TLS ClientHello, which routes it.
@@ -143,7 +146,7 @@ func (l *loop) readHello(c *conn) {
 		l.finish(c, c.peerErr(&c.client, "read ClientHello from %s: %w", err), true)
 		return
 	}
-	name, why, done := parseHello(h, buf[:n], n == 0)
+	name, why, done := parseHello(h, buf[:n], n == 0 || c.client.rdhup)
 	if !done {
 		return // the next bytes raise a new edge
 	}
@@ -158,36 +161,30 @@ func (l *loop) routed(c *conn, name, why string) {
 		l.finish(c, err, true)
 		return
 	}
-	l.admit(c, true)
+	l.dial(c)
 }
 
-// admit checks c's client against the route's access list and limit,
-// then dials its backend. registered says whether the client socket is
-// in the epoll set already.
-func (l *loop) admit(c *conn, registered bool) {
+// gate checks c's client (the one a PROXY header named, if any) against
+// the route's access list and limits, before anything waits on it; it
+// reports false if c was refused and ended.
+func (l *loop) gate(c *conn) bool {
 	rt := c.rt
 	if rt.ACL != nil && !rt.ACL.Allows(c.peer.Addr()) {
 		l.finish(c, errDenied, true)
-		return
+		return false
 	}
 	if err := c.takeSource(l.now); err != nil {
 		l.finish(c, err, true)
-		return
+		return false
 	}
 	if rt.Limit != nil {
 		if !rt.Limit.take() {
 			l.finish(c, errMaxConn, true)
-			return
+			return false
 		}
 		c.limited = true
 	}
-	if !registered {
-		if err := l.register(c, c.client.fd); err != nil {
-			l.finish(c, err, true)
-			return
-		}
-	}
-	l.dial(c)
+	return true
 }
 
 // readHeader reads the header the client sends before its bytes: it
@@ -207,7 +204,8 @@ func (l *loop) readHeader(c *conn) {
 		l.finish(c, c.peerErr(&c.client, "read PROXY header from %s: %w", err), true)
 		return
 	}
-	client, size, done, err := parseHeader(h, buf[:n], n == 0)
+	// A FIN after a part: all the client sent is here to peek.
+	client, size, done, err := parseHeader(h, buf[:n], n == 0 || c.client.rdhup)
 	switch {
 	case err != nil:
 		l.finish(c, err, true)
@@ -224,11 +222,14 @@ func (l *loop) readHeader(c *conn) {
 		c.peer = client
 	}
 	c.last = l.now
+	if !l.gate(c) {
+		return
+	}
 	if c.rt.Hello != nil {
 		l.startHello(c)
 		return
 	}
-	l.admit(c, true)
+	l.dial(c)
 }
 
 // link adds c to the live list and its client socket to the fd table.

@@ -186,13 +186,6 @@ func (e *copyEngine) dialAndRelay(client net.Conn, rt *Route) {
 			d.peer = named
 		}
 	}
-	if h := rt.Hello; h != nil {
-		if err := readHelloConn(e.r, client, h, d); err != nil {
-			resetConn(client)
-			e.done(p, nil, err)
-			return
-		}
-	}
 	if rt.ACL != nil && !rt.ACL.Allows(d.peer.Addr()) {
 		resetConn(client)
 		e.done(p, nil, errDenied)
@@ -210,6 +203,14 @@ func (e *copyEngine) dialAndRelay(client net.Conn, rt *Route) {
 			return
 		}
 		d.limited = true
+	}
+	if h := rt.Hello; h != nil {
+		if err := readHelloConn(e.r, client, h, d); err != nil {
+			resetConn(client)
+			e.done(p, nil, err)
+			return
+		}
+		rt = d.rt // the route the server name chose
 	}
 	keepAlive(client, rt.ClientKeepAlive)
 	for {

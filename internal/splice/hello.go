@@ -15,11 +15,13 @@ type HelloRule struct {
 	// beginning of one; any other error if b is not TLS or not a valid
 	// ClientHello.
 	Parse func(b []byte) (name string, err error)
-	// Route returns the picker and backend for a connection whose hello
-	// named name; why says what went wrong instead ("" when a hello
-	// named it; "no server name", "not TLS: ...", "no ClientHello within
-	// 5s"), and name is "" then. ok false closes the connection.
-	Route func(name, why string) (picker Picker, backend string, ok bool)
+	// Route returns the route of a connection whose hello named name:
+	// its backend's picker, retries, source, preamble and server
+	// keepalive, and the frontend's own settings. why says what went
+	// wrong instead ("" when a hello named it; "no server name", "not
+	// TLS: ...", "no ClientHello within 5s"), and name is "" then. ok
+	// false closes the connection.
+	Route func(name, why string) (rt *Route, ok bool)
 	// MaxLen is the most bytes a ClientHello may take.
 	MaxLen int
 	// Timeout bounds the wait for a whole ClientHello; zero means
@@ -69,7 +71,7 @@ func parseHello(h *HelloRule, b []byte, eof bool) (name, why string, done bool) 
 // connection is to be closed instead. A connection sent to a default for
 // want of a server name is logged (rate limited) with the reason.
 func routeHello(r *Relay, h *HelloRule, d *dialing, name, why string) error {
-	picker, backend, ok := h.Route(name, why)
+	rt, ok := h.Route(name, why)
 	if !ok {
 		if why == "" {
 			why = fmt.Sprintf("server name %q matches no route", name)
@@ -78,8 +80,8 @@ func routeHello(r *Relay, h *HelloRule, d *dialing, name, why string) error {
 	}
 	if why != "" {
 		r.logs.info(r.logger(), "sni default", "TLS server name missing; connection sent to the frontend's backend",
-			"frontend", d.rt.Name, "client", d.peer.String(), "backend", backend, "reason", why)
+			"frontend", d.rt.Name, "client", d.peer.String(), "backend", rt.Backend, "reason", why)
 	}
-	d.picker, d.backend = picker, backend
+	d.rt = rt
 	return nil
 }

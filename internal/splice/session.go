@@ -56,10 +56,7 @@ type dialing struct {
 	limited      bool // counted in rt.Limit
 	// sources is the limiter that counted the connection; nil if none.
 	sources SourceLimiter
-	// picker and backend, when set, replace the route's: the backend the
-	// TLS server name chose (Route.Hello).
-	picker  Picker
-	backend string
+
 }
 
 // takeSource counts the connection against the route's per-source
@@ -85,12 +82,7 @@ func (d *dialing) releaseSource() {
 }
 
 // backendName is the backend the connection goes to, for logs.
-func (d *dialing) backendName() string {
-	if d.backend != "" {
-		return d.backend
-	}
-	return d.rt.Backend
-}
+func (d *dialing) backendName() string { return d.rt.Backend }
 
 // setCause records why the connection is about to end, with err saying
 // what failed.
@@ -103,11 +95,7 @@ func (d *dialing) setCause(c Cause, err error) {
 // client. A connection whose connect failed and found no other server to
 // retry on ends for that connect's failure, not for want of a server.
 func (d *dialing) pick(r *Relay) (Target, error) {
-	picker := d.rt.Picker
-	if d.picker != nil {
-		picker = d.picker
-	}
-	t, err := picker.Pick(d.peer, d.tried)
+	t, err := d.rt.Picker.Pick(d.peer, d.tried)
 	if err != nil {
 		r.stats.failed.Add(1)
 		if len(d.tried) > 0 {
