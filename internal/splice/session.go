@@ -56,7 +56,6 @@ type dialing struct {
 	limited      bool // counted in rt.Limit
 	// sources is the limiter that counted the connection; nil if none.
 	sources SourceLimiter
-
 }
 
 // takeSource counts the connection against the route's per-source
