@@ -134,19 +134,11 @@ func (l *loop) startHello(c *conn) {
 // server as it came.
 func (l *loop) readHello(c *conn) {
 	h := c.rt.Hello
-	if l.scratch == nil {
-		l.scratch = make([]byte, scratchSize)
-	}
-	buf := l.scratch[:min(h.MaxLen, len(l.scratch))]
-	n, _, err := unix.Recvfrom(c.client.fd, buf, unix.MSG_PEEK)
-	switch {
-	case err == unix.EAGAIN || err == unix.EINTR:
-		return
-	case err != nil:
-		l.finish(c, c.peerErr(&c.client, "read ClientHello from %s: %w", err), true)
+	b, eof, ok := l.peek(c, h.MaxLen, "ClientHello")
+	if !ok {
 		return
 	}
-	name, why, done := parseHello(h, buf[:n], n == 0 || c.client.rdhup)
+	name, why, done := parseHello(h, b, eof)
 	if !done {
 		return // the next bytes raise a new edge
 	}
@@ -187,25 +179,36 @@ func (l *loop) gate(c *conn) bool {
 	return true
 }
 
+// peek returns, without consuming them, up to max of the bytes c's
+// client sent so far, and whether no more will come (a FIN after them:
+// all it sent is here). ok is false if there is nothing to look at yet,
+// or the read failed and c was ended; what names the bytes looked for.
+func (l *loop) peek(c *conn, max int, what string) (b []byte, eof, ok bool) {
+	if l.scratch == nil {
+		l.scratch = make([]byte, scratchSize)
+	}
+	buf := l.scratch[:min(max, len(l.scratch))]
+	n, _, err := unix.Recvfrom(c.client.fd, buf, unix.MSG_PEEK)
+	switch {
+	case err == unix.EAGAIN || err == unix.EINTR:
+		return nil, false, false
+	case err != nil:
+		l.finish(c, c.peerErr(&c.client, "read "+what+" from %s: %w", err), true)
+		return nil, false, false
+	}
+	return buf[:n], n == 0 || c.client.rdhup, true
+}
+
 // readHeader reads the header the client sends before its bytes: it
 // peeks, and consumes exactly the header once it is whole, so that no
 // byte after it is taken from the stream.
 func (l *loop) readHeader(c *conn) {
 	h := c.rt.Header
-	if l.scratch == nil {
-		l.scratch = make([]byte, scratchSize)
-	}
-	buf := l.scratch[:min(h.MaxLen, len(l.scratch))]
-	n, _, err := unix.Recvfrom(c.client.fd, buf, unix.MSG_PEEK)
-	switch {
-	case err == unix.EAGAIN || err == unix.EINTR:
-		return
-	case err != nil:
-		l.finish(c, c.peerErr(&c.client, "read PROXY header from %s: %w", err), true)
+	b, eof, ok := l.peek(c, h.MaxLen, "PROXY header")
+	if !ok {
 		return
 	}
-	// A FIN after a part: all the client sent is here to peek.
-	client, size, done, err := parseHeader(h, buf[:n], n == 0 || c.client.rdhup)
+	client, size, done, err := parseHeader(h, b, eof)
 	switch {
 	case err != nil:
 		l.finish(c, err, true)
@@ -213,7 +216,7 @@ func (l *loop) readHeader(c *conn) {
 	case !done:
 		return // the next bytes raise a new edge
 	}
-	if _, err := unix.Read(c.client.fd, buf[:size]); err != nil {
+	if _, err := unix.Read(c.client.fd, b[:size]); err != nil {
 		l.finish(c, c.peerErr(&c.client, "read PROXY header from %s: %w", err), true)
 		return
 	}
