@@ -80,26 +80,22 @@ source = "::1"
 address = %q
 `, mode, v4, v6))
 			p := startRsp(t, "-config", cfg)
-			listen := map[string]string{}
-			for _, m := range listeningRE.FindAllStringSubmatch(p.stderr.String(), -1) {
-				listen[m[1]] = m[2]
-			}
 			maddr := metricsAddr(t, p)
 			before := scrapeMetrics(t, maddr)
 
-			got, err := dialFrom(listen["four"], "127.0.0.2")
+			got, err := dialFrom(listeningOn(p, "four"), "127.0.0.2")
 			if err != nil || !strings.HasPrefix(got, "127.0.0.7:") {
 				t.Errorf("allowed client: server saw %q, %v; want the backend's source 127.0.0.7", got, err)
 			}
 			for _, from := range []string{"127.0.0.5", "127.0.9.200"} {
-				if got, err := dialFrom(listen["four"], from); err == nil || !isReset(err) && got != "" {
+				if got, err := dialFrom(listeningOn(p, "four"), from); err == nil || !isReset(err) && got != "" {
 					t.Errorf("client %s in deny: got %q, %v; want a reset", from, got, err)
 				}
 			}
-			if got, err := dialFrom(listen["six"], "::1"); err == nil || !isReset(err) && got != "" {
+			if got, err := dialFrom(listeningOn(p, "six"), "::1"); err == nil || !isReset(err) && got != "" {
 				t.Errorf("IPv6 client outside allow: got %q, %v; want a reset", got, err)
 			}
-			got, err = dialFrom(listen["sixok"], "::1")
+			got, err = dialFrom(listeningOn(p, "sixok"), "::1")
 			if err != nil || !strings.HasPrefix(got, "[::1]:") {
 				t.Errorf("IPv6 client not in deny: server saw %q, %v", got, err)
 			}

@@ -250,14 +250,9 @@ address = %q
 address = %q
 `, mode, srv.addr, downAddr, down2Addr))
 	p := startRsp(t, "-config", cfg)
-	addrs := regexp.MustCompile(`msg=listening frontend=(\w+) listen=(\S+)`).FindAllStringSubmatch(p.stderr.String(), -1)
-	listenOf := map[string]string{}
-	for _, m := range addrs {
-		listenOf[m[1]] = m[2]
-	}
-	web, dead := listenOf["web"], listenOf["dead"]
+	web, dead := listeningOn(p, "web"), listeningOn(p, "dead")
 	if web == "" || dead == "" {
-		t.Fatalf("listen addresses not logged: %v\n%s", listenOf, p.stderr.String())
+		t.Fatalf("listen addresses not logged:\n%s", p.stderr.String())
 	}
 	maddr := metricsAddr(t, p)
 	before := scrapeMetrics(t, maddr)

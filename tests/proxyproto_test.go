@@ -88,13 +88,9 @@ send_proxy = %q
 address = %q
 `, mode, version, v4, version, v6))
 				p := startRsp(t, "-config", cfg)
-				listen := map[string]string{}
-				for _, m := range listeningRE.FindAllStringSubmatch(p.stderr.String(), -1) {
-					listen[m[1]] = m[2]
-				}
 				for _, c := range []struct{ frontend, from string }{{"four", "127.0.0.2"}, {"six", "::1"}} {
 					d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(c.from)}}
-					conn, err := d.Dial("tcp", listen[c.frontend])
+					conn, err := d.Dial("tcp", listeningOn(p, c.frontend))
 					if err != nil {
 						t.Fatal(err)
 					}

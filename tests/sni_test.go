@@ -129,10 +129,6 @@ address = %q
 address = %q
 `, mode, api, web, web2))
 			p := startRsp(t, "-config", cfg)
-			listen := map[string]string{}
-			for _, m := range listeningRE.FindAllStringSubmatch(p.stderr.String(), -1) {
-				listen[m[1]] = m[2]
-			}
 			for _, c := range []struct{ name, want string }{
 				{"api.example.com", "api sni=api.example.com"},
 				{"API.Example.COM", "api sni=API.Example.COM"}, // routed case-blind, passed as sent
@@ -141,12 +137,12 @@ address = %q
 				{"example.com", "web sni=example.com"},
 				{"", "web sni="},
 			} {
-				got, err := viaTLS(listen["tls"], c.name, 100000)
+				got, err := viaTLS(listeningOn(p, "tls"), c.name, 100000)
 				if err != nil || got != c.want {
 					t.Errorf("server name %q: %q, %v; want %q", c.name, got, err, c.want)
 				}
 			}
-			if got, err := viaTLS(listen["strict"], "api.example.com", 10); err != nil || got != "api sni=api.example.com" {
+			if got, err := viaTLS(listeningOn(p, "strict"), "api.example.com", 10); err != nil || got != "api sni=api.example.com" {
 				t.Errorf("strict frontend, a routed name: %q, %v", got, err)
 			}
 			for _, c := range []struct {
@@ -162,7 +158,7 @@ address = %q
 				{"not TLS", func(c net.Conn) { io.WriteString(c, "GET / HTTP/1.0\r\n\r\n"); io.Copy(io.Discard, c) }},
 				{"nothing within sni_timeout", func(c net.Conn) { io.Copy(io.Discard, c) }},
 			} {
-				conn, err := net.DialTimeout("tcp", listen["strict"], 5*time.Second)
+				conn, err := net.DialTimeout("tcp", listeningOn(p, "strict"), 5*time.Second)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -317,15 +313,11 @@ source = "127.0.0.9"
 address = %q
 `, mode, plain, pp))
 			p := startRsp(t, "-config", cfg)
-			listen := map[string]string{}
-			for _, m := range listeningRE.FindAllStringSubmatch(p.stderr.String(), -1) {
-				listen[m[1]] = m[2]
-			}
 			for _, c := range []struct{ name, want string }{
 				{"pp.example.com", "PROXY TCP4 127.0.0.1 "},
 				{"other.example.com", "\x16\x03"},
 			} {
-				conn := dial(t, listen["tls"])
+				conn := dial(t, listeningOn(p, "tls"))
 				conn.Write(clientHello(t, c.name))
 				conn.Write([]byte("\n"))
 				line, err := readLine(conn, 5*time.Second)
@@ -345,7 +337,7 @@ address = %q
 				t.Errorf("no connection logged to backend pp")
 			}
 			start := time.Now()
-			conn, err := net.DialTimeout("tcp", listen["guarded"], 5*time.Second)
+			conn, err := net.DialTimeout("tcp", listeningOn(p, "guarded"), 5*time.Second)
 			if err == nil { // else reset before the dial returned: at once
 				conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 				_, err = conn.Read(make([]byte, 1))
