@@ -18,16 +18,10 @@ func peerServer(t *testing.T, network, addr string) string {
 		t.Skipf("listen %s: %v", addr, err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			fmt.Fprintf(c, "%s\n", c.RemoteAddr())
-			c.Close()
-		}
-	}()
+	serveEach(ln, func(c *net.TCPConn) {
+		fmt.Fprintf(c, "%s\n", c.RemoteAddr())
+		c.Close()
+	})
 	return ln.Addr().String()
 }
 

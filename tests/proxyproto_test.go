@@ -24,19 +24,11 @@ func proxyServer(t *testing.T, network, addr string) string {
 		t.Skipf("listen %s: %v", addr, err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go serveProxied(c)
-		}
-	}()
+	serveEach(ln, serveProxied)
 	return ln.Addr().String()
 }
 
-func serveProxied(c net.Conn) {
+func serveProxied(c *net.TCPConn) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	br := bufio.NewReaderSize(c, proxyproto.MaxLen)
@@ -55,9 +47,7 @@ func serveProxied(c net.Conn) {
 		break
 	}
 	io.Copy(c, br)
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.CloseWrite()
-	}
+	c.CloseWrite()
 }
 
 // TestSendProxy: send_proxy = "v1" or "v2" tells each server the real

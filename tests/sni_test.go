@@ -264,19 +264,11 @@ func firstLine(t *testing.T) string {
 	t.Helper()
 	ln := listen(t)
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func(c net.Conn) {
-				defer c.Close()
-				line, _ := readLine(c, 5*time.Second)
-				io.WriteString(c, line)
-			}(c)
-		}
-	}()
+	serveEach(ln, func(c *net.TCPConn) {
+		defer c.Close()
+		line, _ := readLine(c, 5*time.Second)
+		io.WriteString(c, line)
+	})
 	return ln.Addr().String()
 }
 
