@@ -104,13 +104,22 @@ func which(t *testing.T, addr string, local string) (string, net.Conn) {
 	return strings.TrimSpace(line), c
 }
 
-// tally makes n connections one after another, each closed before the
-// next, and counts them per server.
+// tally makes n connections one after another, each ended in both
+// directions before the next, and counts them per server. Waiting for
+// the server's end to come back through rsp means rsp has finished the
+// connection too, so a loaded machine does not leave earlier
+// connections counted as active when the next is placed (which would
+// rightly steer random and leastconn away from the server that had it).
 func tally(t *testing.T, addr string, n int) map[string]int {
 	t.Helper()
 	got := map[string]int{}
 	for range n {
 		name, c := which(t, addr, "")
+		c.(*net.TCPConn).CloseWrite()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			t.Fatalf("connection to %s did not end cleanly: %v", name, err)
+		}
 		c.Close()
 		got[name]++
 	}
