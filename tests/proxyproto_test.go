@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -214,6 +215,10 @@ address = %q
 			}
 			if !strings.Contains(p.stderr.String(), "cause=denied") {
 				t.Errorf("the header's client outside allow was not denied")
+			}
+			// The truncated header ended at its FIN, not at the timeout.
+			if !slices.ContainsFunc(connLines(t, p), func(l logLine) bool { return strings.Contains(l["err"], "truncated") }) {
+				t.Errorf("no bad_header line says truncated: a header cut by FIN waited for the timeout:\n%s", p.stderr.String())
 			}
 		})
 	}

@@ -54,10 +54,15 @@ var sig2 = [12]byte{'\r', '\n', '\r', '\n', 0, '\r', '\n', 'Q', 'U', 'I', 'T', '
 // Append appends the header that tells a server a connection came from
 // src to dst (the address the client connected to). Addresses that are
 // not both IP (a Unix client) give a header with no address: v1
-// "UNKNOWN", v2 LOCAL.
+// "UNKNOWN", v2 LOCAL. An IPv4 and an IPv6 address (a client named by a
+// PROXY header of the other family than the listener's) go as IPv6, the
+// IPv4 one IPv4-mapped (::ffff:192.0.2.1), so the client still shows.
 func Append(b []byte, v Version, src, dst netip.AddrPort) []byte {
 	s, d := src.Addr().Unmap(), dst.Addr().Unmap()
-	known := s.IsValid() && d.IsValid() && s.Is4() == d.Is4()
+	known := s.IsValid() && d.IsValid()
+	if known && s.Is4() != d.Is4() {
+		s, d = netip.AddrFrom16(s.As16()), netip.AddrFrom16(d.As16())
+	}
 	if v == V1 {
 		if !known {
 			return append(b, "PROXY UNKNOWN\r\n"...)
@@ -167,7 +172,9 @@ func parseV1(b []byte) (Header, int, error) {
 	if src.Is4() != v4 || dst.Is4() != v4 || src.Zone() != "" || dst.Zone() != "" {
 		return Header{}, 0, fmt.Errorf("PROXY v1 header %q: addresses do not match %s", b[:end], f[0])
 	}
-	h.Source, h.Dst = netip.AddrPortFrom(src, sp), netip.AddrPortFrom(dst, dp)
+	// An IPv4-mapped address (TCP6 ::ffff:192.0.2.1) is the IPv4 client
+	// it maps, for ACLs, limits and hashing alike.
+	h.Source, h.Dst = netip.AddrPortFrom(src.Unmap(), sp), netip.AddrPortFrom(dst.Unmap(), dp)
 	return h, end + 2, nil
 }
 

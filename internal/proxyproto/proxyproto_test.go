@@ -13,6 +13,11 @@ func TestRoundTrip(t *testing.T) {
 		{"192.0.2.1:51000", "198.51.100.7:443"},
 		{"[2001:db8::1]:40000", "[2001:db8::2]:8443"},
 		{"[::ffff:192.0.2.9]:1", "192.0.2.10:65535"},
+		// Of two families: sent as TCP6 with the IPv4 one mapped, read
+		// back as it was.
+		{"[2001:db8::1]:40000", "192.0.2.10:443"},
+		{"192.0.2.1:51000", "[2001:db8::2]:8443"},
+		{"[::ffff:192.0.2.9]:1", "[::ffff:192.0.2.10]:2"},
 	} {
 		src, dst := netip.MustParseAddrPort(c.src), netip.MustParseAddrPort(c.dst)
 		for _, v := range []Version{V1, V2} {

@@ -176,7 +176,7 @@ func (e *copyEngine) dialAndRelay(client net.Conn, rt *Route) {
 			e.done(p, nil, errUntrusted)
 			return
 		}
-		named, err := readHeaderConn(client, h, time.Now().Add(rt.connectTimeout()))
+		named, err := readHeaderConn(e.ctx, client, h, time.Now().Add(rt.connectTimeout()))
 		if err != nil {
 			resetConn(client)
 			e.done(p, nil, err)
@@ -205,7 +205,7 @@ func (e *copyEngine) dialAndRelay(client net.Conn, rt *Route) {
 		d.limited = true
 	}
 	if h := rt.Hello; h != nil {
-		if err := readHelloConn(e.r, client, h, d); err != nil {
+		if err := readHelloConn(e.ctx, e.r, client, h, d); err != nil {
 			resetConn(client)
 			e.done(p, nil, err)
 			return
