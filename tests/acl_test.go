@@ -134,3 +134,41 @@ func TestAccessControlConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestHealthCheckSource: a backend's health checks connect from its
+// source address too, as its clients' connections do, so a server that
+// only lets that address in is not seen as down.
+func TestHealthCheckSource(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	from := make(chan string, 16)
+	serveEach(ln, func(c *net.TCPConn) {
+		select {
+		case from <- c.RemoteAddr().(*net.TCPAddr).IP.String():
+		default:
+		}
+		c.Close()
+	})
+	startRsp(t, "-config", writeConfig(t, "", fmt.Sprintf(`
+[frontend.f]
+listen = "127.0.0.1:0"
+backend = "b"
+[backend.b]
+source = "127.0.0.7"
+[backend.b.health]
+interval = "100ms"
+[backend.b.server.a]
+address = %q
+`, ln.Addr().String())))
+	select {
+	case ip := <-from:
+		if ip != "127.0.0.7" {
+			t.Errorf("a health check came from %s, want the backend's source 127.0.0.7", ip)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no health check reached the server in 10 s")
+	}
+}

@@ -3,6 +3,7 @@ package balance
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -25,9 +26,14 @@ func (s *Server) checkLoop(wg *sync.WaitGroup) {
 	}
 }
 
-// check connects to s once and closes the connection.
+// check connects to s once, from the pool's source if it has one, and
+// closes the connection.
 func (s *Server) check(timeout time.Duration) error {
-	c, err := net.DialTimeout(s.addr.Network(), s.addr.String(), timeout)
+	d := net.Dialer{Timeout: timeout}
+	if src := s.pool.health.Source; src.IsValid() {
+		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+	}
+	c, err := d.Dial(s.addr.Network(), s.addr.String())
 	if err != nil {
 		return err
 	}

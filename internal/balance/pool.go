@@ -116,6 +116,9 @@ type Health struct {
 	// DefaultEjectTime. With active checks it comes back after Rise
 	// passed checks instead.
 	EjectTime time.Duration
+	// Source is the local address the checks connect from (the
+	// backend's source); zero lets the kernel choose.
+	Source netip.Addr
 }
 
 func (h Health) rise() int {
