@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -219,6 +220,52 @@ address = %q
 			// The truncated header ended at its FIN, not at the timeout.
 			if !slices.ContainsFunc(connLines(t, p), func(l logLine) bool { return strings.Contains(l["err"], "truncated") }) {
 				t.Errorf("no bad_header line says truncated: a header cut by FIN waited for the timeout:\n%s", p.stderr.String())
+			}
+		})
+	}
+}
+
+// TestDrainEndsHeaderWait: a client still expected to send its PROXY
+// header (or ClientHello) when the drain times out is reset then, in both
+// relays, not left to its own timeout nor closed with a clean end.
+func TestDrainEndsHeaderWait(t *testing.T) {
+	for _, mode := range relayModes {
+		t.Run(mode, func(t *testing.T) {
+			p := startRsp(t, "-config", writeConfig(t, "", fmt.Sprintf(`
+[global]
+relay = %q
+drain_timeout = "300ms"
+[frontend.edge]
+listen = "127.0.0.1:0"
+backend = "app"
+accept_proxy_from = "127.0.0.0/8"
+connect_timeout = "60s"
+[frontend.tls]
+listen = "127.0.0.1:0"
+backend = "app"
+sni_timeout = "60s"
+[frontend.tls.sni]
+"a.test" = "app"
+[backend.app.server.a]
+address = "127.0.0.1:1"
+`, mode)))
+			var conns []net.Conn
+			for _, fe := range []string{"edge", "tls"} {
+				// Silent: with bytes unread, closing would reset anyway.
+				conns = append(conns, dial(t, listeningOn(p, fe)))
+			}
+			time.Sleep(100 * time.Millisecond) // accepted and waiting
+			p.signal(syscall.SIGTERM)
+			if code := p.wait(10 * time.Second); code != 0 {
+				t.Errorf("rsp exited %d", code)
+			}
+			for i, c := range conns {
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				n, err := c.Read(make([]byte, 16))
+				if n != 0 || !isReset(err) {
+					t.Errorf("client %d waiting in its header at the drain's end: read %d, %v; want a reset", i, n, err)
+				}
+				c.Close()
 			}
 		})
 	}
