@@ -21,6 +21,7 @@ import (
 	"rsp/internal/balance"
 	"rsp/internal/config"
 	"rsp/internal/connlog"
+	"rsp/internal/discovery"
 	"rsp/internal/metrics"
 	"rsp/internal/proxy"
 	"rsp/internal/splice"
@@ -202,7 +203,15 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 	go notifier.Run(ctx, func() string { return statusLine(relay.Stats()) },
 		func() bool { return relay.Alive(time.Second) })
 
-	for sig := range sigs {
+	names := discovery.New(logger)
+	defer names.Stop()
+	names.Watch(cfg)
+	for sig := range signalsAndNames(sigs, names, func(u discovery.Update) {
+		if next := applyNames(u, cfg, px, names, logger); next != nil {
+			cfg = next
+			running.set(cfg)
+		}
+	}) {
 		switch sig {
 		case syscall.SIGUSR1:
 			logStats(logger, relay.Stats())
@@ -219,6 +228,7 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 				connMode, _ := connlog.ParseMode(cfg.ConnLog)
 				connLog.Set(connMode, cfg.ConnLogSample)
 				running.set(cfg)
+				names.Watch(cfg)
 			}
 			continue
 		}
@@ -245,6 +255,45 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 	px.Close()
 	logger.Info("stopped", "accepted", relay.Stats().Accepted)
 	return 0
+}
+
+// signalsAndNames yields the signals received, and passes each update
+// of the server names to apply in between, on the caller's goroutine:
+// the two change the running configuration one at a time.
+func signalsAndNames(sigs <-chan os.Signal, names *discovery.Watcher, apply func(discovery.Update)) func(yield func(os.Signal) bool) {
+	return func(yield func(os.Signal) bool) {
+		for {
+			select {
+			case sig := <-sigs:
+				if !yield(sig) {
+					return
+				}
+			case u := <-names.Updates():
+				apply(u)
+			}
+		}
+	}
+}
+
+// applyNames applies the servers a name now gives, as a reload does:
+// new servers join, vanished ones take no new connections and keep
+// their live ones. It returns the configuration now running, or nil if
+// the update is stale or could not apply.
+func applyNames(u discovery.Update, cur *config.Config, px *proxy.Proxy, names *discovery.Watcher, logger *slog.Logger) *config.Config {
+	if u.Gen != names.Gen() {
+		return nil
+	}
+	next := cur.WithFound(u.Key, u.Found, u.TTL)
+	if next == nil {
+		return nil
+	}
+	if err := px.Apply(next); err != nil {
+		logger.Error("servers found by DNS not applied; the running ones keep serving", "server", u.Key, "name", u.Name, "err", config.OneLine(err.Error()))
+		return nil
+	}
+	added, removed := discovery.Changes(u.Was, u.Found)
+	logger.Info("servers changed by DNS", "server", u.Key, "name", u.Name, "servers", len(u.Found), "added", added, "removed", removed, "ttl", u.TTL.String())
+	return next
 }
 
 // reload re-reads the configuration file and applies it; on any error

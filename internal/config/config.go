@@ -18,12 +18,14 @@ import (
 	"os"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
 
 	"rsp/internal/balance"
+	"rsp/internal/dns"
 	"rsp/internal/proxyproto"
 	"rsp/internal/splice"
 )
@@ -69,8 +71,11 @@ type Config struct {
 	// ConnLogSample is the share of clean connections logged with
 	// ConnLog "all", in (0, 1].
 	ConnLogSample float64
-	Frontends     []*Frontend // by name
-	Backends      []*Backend  // by name
+	// Resolvers are the DNS servers ("IP:PORT") asked for the servers'
+	// host and SRV names; empty: those of /etc/resolv.conf.
+	Resolvers []string
+	Frontends []*Frontend // by name
+	Backends  []*Backend  // by name
 }
 
 // AnySocket as a Frontend's Socket takes every socket systemd passed,
@@ -140,7 +145,12 @@ type Backend struct {
 	Balance balance.Algorithm
 	Retries int
 	Health  balance.Health
+	// Servers are the pool: those given by address and those the
+	// name servers found, in name order.
 	Servers []balance.ServerConfig
+	// Names are the servers given by a host name or an SRV name, which
+	// DNS is asked for again while rsp runs.
+	Names []*NameServer
 	// KeepAlive is set on the sockets connected to the servers.
 	KeepAlive splice.KeepAlive
 	// Source is the local address of connections to the servers; zero
@@ -149,6 +159,8 @@ type Backend struct {
 	// SendProxy is the PROXY protocol version sent to the servers before
 	// a connection's bytes; 0 sends none.
 	SendProxy proxyproto.Version
+
+	static []balance.ServerConfig // the servers given by address
 }
 
 // Backend returns the backend named name, or nil.
@@ -180,6 +192,7 @@ type globalSection struct {
 	LogFormat     *string   `toml:"log_format"`
 	ConnLog       *string   `toml:"conn_log"`
 	ConnLogSample *float64  `toml:"conn_log_sample"`
+	Resolvers     *hostList `toml:"resolvers"`
 }
 
 type timeoutSection struct {
@@ -248,10 +261,13 @@ type healthSection struct {
 }
 
 type serverSection struct {
-	Address *string `toml:"address"`
-	Weight  *int    `toml:"weight"`
-	MaxConn *int    `toml:"maxconn"`
-	Backup  *bool   `toml:"backup"`
+	Address      *string   `toml:"address"`
+	SRV          *string   `toml:"srv"`
+	Resolve      *string   `toml:"resolve"`
+	ResolveEvery *duration `toml:"resolve_every"`
+	Weight       *int      `toml:"weight"`
+	MaxConn      *int      `toml:"maxconn"`
+	Backup       *bool     `toml:"backup"`
 }
 
 // duration is a TOML string such as "5s" or "2m30s".
@@ -275,6 +291,28 @@ func (d *duration) UnmarshalTOML(v any) error {
 
 // addrList is one address or a list of them.
 type addrList []string
+
+// hostList is a string or a list of strings (resolvers).
+type hostList []string
+
+func (l *hostList) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case string:
+		*l = hostList{v}
+		return nil
+	case []any:
+		*l = hostList{}
+		for _, e := range v {
+			s, ok := e.(string)
+			if !ok {
+				return fmt.Errorf("resolvers takes DNS server addresses (\"10.0.0.53\", \"[2001:db8::53]:53\") as a string or a list; found %v", e)
+			}
+			*l = append(*l, s)
+		}
+		return nil
+	}
+	return fmt.Errorf("resolvers takes DNS server addresses (\"10.0.0.53\", \"[2001:db8::53]:53\") as a string or a list, not %v", v)
+}
 
 // prefixList is a string or a list of strings: CIDR prefixes or
 // addresses (allow, deny, accept_proxy_from). An empty list is allowed.
@@ -348,10 +386,11 @@ func Load(path string) (*Config, error) {
 
 // checker collects the mistakes of one file.
 type checker struct {
-	path    string
-	idx     lineIndex
-	errs    []error
-	resolve resolver
+	path   string
+	idx    lineIndex
+	errs   []error
+	lookup func(resolvers []string) Lookup
+	dns    Lookup // set once [global] is read
 }
 
 func (c *checker) add(key []string, format string, a ...any) {
@@ -364,15 +403,16 @@ func (c *checker) where(key ...string) string {
 
 // Parse checks the configuration src, read from path (used in errors).
 func Parse(path, src string) (*Config, error) {
-	return parse(path, src, ResolveServer)
+	return parse(path, src, NewLookup)
 }
 
-// resolver turns a checked server address into a net.Addr.
-type resolver func(ctx context.Context, what, addr string) (net.Addr, error)
+// NewLookup is the Lookup rsp uses: DNS servers resolvers, or those of
+// /etc/resolv.conf when it is empty, after /etc/hosts.
+func NewLookup(resolvers []string) Lookup { return &dns.Client{Servers: resolvers} }
 
-// parse is Parse with the server address resolver given (the fuzz test
-// resolves nothing over the network).
-func parse(path, src string, resolve resolver) (*Config, error) {
+// parse is Parse with the name lookup given (the fuzz test resolves
+// nothing over the network).
+func parse(path, src string, lookup func([]string) Lookup) (*Config, error) {
 	var f fileConfig
 	md, err := toml.Decode(src, &f)
 	if err != nil {
@@ -382,7 +422,7 @@ func parse(path, src string, resolve resolver) (*Config, error) {
 		}
 		return nil, &Error{Path: path, Msg: err.Error()}
 	}
-	c := &checker{path: path, idx: indexLines(src), resolve: resolve}
+	c := &checker{path: path, idx: indexLines(src), lookup: lookup}
 	c.unknownKeys(md.Undecoded())
 	cfg := c.build(&f)
 	if len(c.errs) > 0 {
@@ -584,6 +624,10 @@ func (c *checker) build(f *fileConfig) *Config {
 		c.add([]string{"global", "pipe_size"}, "%v", err)
 	}
 	c.checkDuration([]string{"global", "drain_timeout"}, "", f.Global.DrainTimeout, CheckDuration)
+	if f.Global.Resolvers != nil {
+		cfg.Resolvers = c.resolvers(*f.Global.Resolvers)
+	}
+	c.dns = c.lookup(cfg.Resolvers)
 	c.checkTimeouts([]string{"defaults"}, "", f.Defaults.timeoutSection)
 	c.checkKeepAlive([]string{"defaults"}, "", f.Defaults.keepAliveSection)
 
@@ -730,6 +774,7 @@ func (c *checker) backend(name string, bs backendSection, defaults keepAliveSect
 			c.add(at("source"), "backend %s: source %q is not an IP address: give the local address for connections to the servers, such as \"10.0.0.2\" or \"2001:db8::2\"", name, *bs.Source)
 		} else {
 			b.Source = src.Unmap()
+			b.Health.Source = b.Source
 		}
 	}
 	c.checkDuration(at("eject_time"), "backend "+name+": ", bs.EjectTime, CheckDuration)
@@ -777,34 +822,120 @@ func (c *checker) backend(name string, bs backendSection, defaults keepAliveSect
 		c.add(key, "backend %s has no server: add [backend.%s.server.NAME] with address = \"HOST:PORT\"", name, name)
 	}
 	for _, sname := range sortedKeys(bs.Server) {
-		ss := bs.Server[sname]
-		sc := balance.ServerConfig{Name: sname, Weight: intOr(ss.Weight, DefaultWeight), MaxConn: intOr(ss.MaxConn, 0), Backup: ss.Backup != nil && *ss.Backup}
-		if strings.Contains(sname, "/") {
-			c.add(at("server", sname), "server %q of backend %s: a name may not hold \"/\", which separates backend and server in rsp ctl, logs and metrics", sname, name)
+		if n := c.server(b, sname, bs.Server[sname]); n != nil {
+			b.Names = append(b.Names, n)
 		}
-		if ss.Address == nil {
-			c.add(at("server", sname), "server %s/%s has no address: add address = \"HOST:PORT\", \"[IPv6]:PORT\" or \"unix:/path\"", name, sname)
-		} else if err := CheckServer("address", *ss.Address); err != nil {
-			c.add(at("server", sname, "address"), "server %s/%s: %v", name, sname, err)
-		} else if addr, err := c.resolve(context.Background(), "server", *ss.Address); err != nil {
-			c.add(at("server", sname, "address"), "server %s/%s: %v", name, sname, err)
-		} else {
-			sc.Addr = addr
-		}
-		if b.Source.IsValid() && sc.Addr != nil {
-			if ta, ok := sc.Addr.(*net.TCPAddr); !ok || (ta.IP.To4() != nil) != b.Source.Is4() {
-				c.add(at("server", sname, "address"), "server %s/%s: address %s cannot be reached from the backend's source %s: source and servers must be TCP of one family (IPv4 or IPv6)", name, sname, sc.Addr, b.Source)
-			}
-		}
-		if sc.Weight < 0 || sc.Weight > MaxWeight {
-			c.add(at("server", sname, "weight"), "server %s/%s: weight %d out of range: use 0 (drain) to %d", name, sname, sc.Weight, MaxWeight)
-		}
-		if sc.MaxConn < 0 {
-			c.add(at("server", sname, "maxconn"), "server %s/%s: maxconn %d is negative: give 0 for no limit", name, sname, sc.MaxConn)
-		}
-		b.Servers = append(b.Servers, sc)
 	}
+	b.expand()
 	return b
+}
+
+// server checks server sname of backend b. A server given by IP address
+// or Unix path joins b.static; one given by a host name or an SRV name
+// is resolved now and returned.
+func (c *checker) server(b *Backend, sname string, ss serverSection) *NameServer {
+	name := b.Name
+	at := func(k ...string) []string { return append([]string{"backend", name, "server", sname}, k...) }
+	sc := balance.ServerConfig{Name: sname, Weight: intOr(ss.Weight, DefaultWeight), MaxConn: intOr(ss.MaxConn, 0), Backup: ss.Backup != nil && *ss.Backup}
+	if strings.ContainsAny(sname, "/@") {
+		c.add(at(), "server %q of backend %s: a name may not hold \"/\", which separates backend and server in rsp ctl, logs and metrics, nor \"@\", which names the addresses of a host or SRV name", sname, name)
+	}
+	if sc.Weight < 0 || sc.Weight > MaxWeight {
+		c.add(at("weight"), "server %s/%s: weight %d out of range: use 0 (drain) to %d", name, sname, sc.Weight, MaxWeight)
+	}
+	if sc.MaxConn < 0 {
+		c.add(at("maxconn"), "server %s/%s: maxconn %d is negative: give 0 for no limit", name, sname, sc.MaxConn)
+	}
+	n := &NameServer{Backend: name, Server: sc, All: ss.SRV != nil, Where: c.where(at()...), weightSet: ss.Weight != nil, family: b.Source}
+	if ss.Resolve != nil {
+		switch *ss.Resolve {
+		case "first":
+		case "all":
+			n.All = true
+		default:
+			c.add(at("resolve"), "server %s/%s: unknown resolve %q: use \"first\" (one server, the name's first address) or \"all\" (a server for each address)", name, sname, *ss.Resolve)
+		}
+	}
+	if ss.ResolveEvery != nil {
+		n.Every = time.Duration(*ss.ResolveEvery)
+		if n.Every < MinResolveEvery {
+			c.add(at("resolve_every"), "server %s/%s: resolve_every %s is below %s: give a longer interval, or remove it to follow the records' TTL", name, sname, n.Every, MinResolveEvery)
+		}
+	}
+	switch {
+	case ss.Address != nil && ss.SRV != nil:
+		c.add(at("srv"), "server %s/%s has both address and srv: keep address = \"HOST:PORT\" for one name, or srv = \"_service._tcp.NAME\" for the servers and ports its SRV records list", name, sname)
+		return nil
+	case ss.SRV != nil:
+		n.SRV = strings.TrimSuffix(*ss.SRV, ".")
+		if ss.Resolve != nil && *ss.Resolve == "first" {
+			c.add(at("resolve"), "server %s/%s: resolve = \"first\" does not apply to srv, whose every record is a server: remove it", name, sname)
+		}
+		if err := checkHostName(n.SRV); err != nil {
+			c.add(at("srv"), "server %s/%s: srv %q: %v", name, sname, *ss.SRV, err)
+			return nil
+		}
+	case ss.Address == nil:
+		c.add(at(), "server %s/%s has no address: add address = \"HOST:PORT\", \"[IPv6]:PORT\" or \"unix:/path\", or srv = \"_service._tcp.NAME\"", name, sname)
+		return nil
+	default:
+		if err := CheckServer("address", *ss.Address); err != nil {
+			c.add(at("address"), "server %s/%s: %v", name, sname, err)
+			return nil
+		}
+		host, port, _ := net.SplitHostPort(*ss.Address)
+		if _, ipErr := netip.ParseAddr(host); strings.HasPrefix(*ss.Address, "unix:") || ipErr == nil {
+			// An IP address or a Unix path: one server, as given.
+			if ss.Resolve != nil || ss.ResolveEvery != nil {
+				c.add(at("address"), "server %s/%s: resolve and resolve_every apply to host names only: remove them, or give a host name", name, sname)
+			}
+			addr, err := ResolveServer(context.Background(), "server", *ss.Address)
+			if err != nil {
+				c.add(at("address"), "server %s/%s: %v", name, sname, err)
+				return nil
+			}
+			if b.Source.IsValid() {
+				if ta, ok := addr.(*net.TCPAddr); !ok || (ta.IP.To4() != nil) != b.Source.Is4() {
+					c.add(at("address"), "server %s/%s: address %s cannot be reached from the backend's source %s: source and servers must be TCP of one family (IPv4 or IPv6)", name, sname, addr, b.Source)
+				}
+			}
+			sc.Addr = addr
+			b.static = append(b.static, sc)
+			return nil
+		}
+		n.Host = host
+		n.Port, _ = strconv.Atoi(port)
+	}
+	found, ttl, err := n.Resolve(context.Background(), c.dns)
+	if err != nil {
+		key := at("address")
+		if n.SRV != "" {
+			key = at("srv")
+		}
+		c.add(key, "server %s/%s: %v; check the name and the DNS servers (resolvers), or give an IP address", name, sname, err)
+		return nil
+	}
+	n.Found, n.TTL = found, ttl
+	return n
+}
+
+// resolvers checks the DNS server addresses of [global] resolvers and
+// returns them as "IP:PORT", port 53 where none is given.
+func (c *checker) resolvers(list []string) []string {
+	var out []string
+	for _, r := range list {
+		ap, err := netip.ParseAddrPort(r)
+		if err != nil {
+			ip, ipErr := netip.ParseAddr(r)
+			if ipErr != nil {
+				c.add([]string{"global", "resolvers"}, "resolvers: %q is not a DNS server address: give an IP address, with a port if not 53 (\"10.0.0.53\", \"127.0.0.1:5353\", \"[2001:db8::53]:53\")", r)
+				continue
+			}
+			ap = netip.AddrPortFrom(ip, 53)
+		}
+		out = append(out, ap.String())
+	}
+	return out
 }
 
 // checkDuration checks the duration d at key, if the file gives it, with

@@ -1,15 +1,18 @@
 package config
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"rsp/internal/balance"
+	"rsp/internal/dns"
 	"rsp/internal/splice"
 )
 
@@ -192,6 +195,9 @@ func TestResolveServer(t *testing.T) {
 	}
 }
 
+// offlineLookup answers the names of examples without the network.
+func offlineLookup([]string) Lookup { return offline{} }
+
 // TestReadmeExamples: every TOML example in the README parses.
 func TestReadmeExamples(t *testing.T) {
 	src, err := os.ReadFile("../../README.md")
@@ -204,7 +210,7 @@ func TestReadmeExamples(t *testing.T) {
 	}
 	for i, b := range blocks {
 		text, _, _ := strings.Cut(b, "```")
-		if _, err := Parse(fmt.Sprintf("README example %d", i+1), text); err != nil {
+		if _, err := parse(fmt.Sprintf("README example %d", i+1), text, offlineLookup); err != nil {
 			t.Errorf("README example %d: %v", i+1, err)
 		}
 	}
@@ -221,7 +227,7 @@ func TestManPageExample(t *testing.T) {
 	if !ok || !ok2 {
 		t.Fatal("no example in docs/rsp.8")
 	}
-	if _, err := Parse("rsp.8 example", text); err != nil {
+	if _, err := parse("rsp.8 example", text, offlineLookup); err != nil {
 		t.Error(err)
 	}
 }
@@ -321,5 +327,104 @@ func TestListenKey(t *testing.T) {
 		if got := listenKey(tc.a).clashes(listenKey(tc.b)); got != tc.clash {
 			t.Errorf("%s and %s clash: %v, want %v", tc.a, tc.b, got, tc.clash)
 		}
+	}
+}
+
+// fakeLookup answers from fixed records.
+type fakeLookup struct {
+	ips map[string][]netip.Addr
+	srv map[string][]dns.SRV
+}
+
+func (f fakeLookup) LookupIP(_ context.Context, host string) ([]netip.Addr, time.Duration, error) {
+	if ips, ok := f.ips[host]; ok {
+		return ips, 7 * time.Second, nil
+	}
+	return nil, 0, &dns.NotFoundError{Name: host, Type: "A"}
+}
+
+func (f fakeLookup) LookupSRV(_ context.Context, name string) ([]dns.SRV, time.Duration, error) {
+	if r, ok := f.srv[name]; ok {
+		return r, 9 * time.Second, nil
+	}
+	return nil, 0, &dns.NotFoundError{Name: name, Type: "SRV"}
+}
+
+// TestNameServers: host names and SRV names become servers: "first" one
+// server of the first address, "all" one per address named by it, SRV
+// one per address of each target with the record's port and weight
+// (the file's weight overriding it), higher priorities as backups; a
+// backend source keeps only its family; WithFound swaps one name's
+// servers in a copy.
+func TestNameServers(t *testing.T) {
+	ip := netip.MustParseAddr
+	l := fakeLookup{
+		ips: map[string][]netip.Addr{"h.test": {ip("10.0.0.1"), ip("10.0.0.2"), ip("2001:db8::1")}},
+		srv: map[string][]dns.SRV{"_a._tcp.test": {
+			{Target: "x.test", Port: 81, Weight: 5, Addrs: []netip.Addr{ip("10.0.1.1"), ip("2001:db8::2")}},
+			{Target: "y.test", Port: 82, Weight: 0, Addrs: []netip.Addr{ip("10.0.1.2")}},
+			{Target: "z.test", Port: 83, Priority: 1, Weight: 9, Addrs: []netip.Addr{ip("10.0.1.3")}},
+		}},
+	}
+	src := `
+[frontend.f]
+listen = "127.0.0.1:0"
+backend = "b"
+[backend.b.server.first]
+address = "h.test:80"
+[backend.b.server.all]
+address = "h.test:80"
+resolve = "all"
+resolve_every = "3s"
+[backend.b.server.pods]
+srv = "_a._tcp.test."
+[backend.c]
+source = "10.9.9.9"
+[backend.c.server.all]
+address = "h.test:80"
+resolve = "all"
+[backend.c.server.pods]
+srv = "_a._tcp.test"
+weight = 2
+`
+	cfg, err := parse("n.conf", src, func([]string) Lookup { return l })
+	if err != nil {
+		t.Fatal(err)
+	}
+	show := func(b *Backend) string {
+		var out []string
+		for _, s := range b.Servers {
+			out = append(out, fmt.Sprintf("%s=%s/w%d/b%v", s.Name, s.Addr, s.Weight, s.Backup))
+		}
+		return strings.Join(out, " ")
+	}
+	want := "all@10.0.0.1:80=10.0.0.1:80/w1/bfalse all@10.0.0.2:80=10.0.0.2:80/w1/bfalse all@[2001:db8::1]:80=[2001:db8::1]:80/w1/bfalse " +
+		"first=10.0.0.1:80/w1/bfalse " +
+		"pods@10.0.1.1:81=10.0.1.1:81/w5/bfalse pods@10.0.1.2:82=10.0.1.2:82/w1/bfalse pods@10.0.1.3:83=10.0.1.3:83/w9/btrue pods@[2001:db8::2]:81=[2001:db8::2]:81/w5/bfalse"
+	if got := show(cfg.Backend("b")); got != want {
+		t.Errorf("backend b:\n got %s\nwant %s", got, want)
+	}
+	want = "all@10.0.0.1:80=10.0.0.1:80/w1/bfalse all@10.0.0.2:80=10.0.0.2:80/w1/bfalse " +
+		"pods@10.0.1.1:81=10.0.1.1:81/w2/bfalse pods@10.0.1.2:82=10.0.1.2:82/w2/bfalse pods@10.0.1.3:83=10.0.1.3:83/w2/btrue"
+	if got := show(cfg.Backend("c")); got != want {
+		t.Errorf("backend c (source 10.9.9.9, weight 2):\n got %s\nwant %s", got, want)
+	}
+	names := cfg.Names()
+	if len(names) != 5 || names[1].Key() != "b/first" || names[0].Every != 3*time.Second || names[0].TTL != 7*time.Second ||
+		names[0].Refresh(names[0].TTL) != 3*time.Second || names[1].Refresh(0) != MinResolveEvery || names[2].Name() != "_a._tcp.test" {
+		t.Fatalf("names: %+v", names)
+	}
+	one := []balance.ServerConfig{{Name: "first", Addr: &net.TCPAddr{IP: net.IPv4(10, 0, 0, 9), Port: 80}, Weight: 1}}
+	next := cfg.WithFound("b/first", one, time.Minute)
+	if next == nil || !strings.Contains(show(next.Backend("b")), "first=10.0.0.9:80") || strings.Contains(show(next.Backend("b")), "first=10.0.0.1:80") ||
+		!strings.Contains(show(cfg.Backend("b")), "first=10.0.0.1:80") || next.Backend("c") != cfg.Backend("c") {
+		t.Errorf("WithFound: new %s; old %s", show(next.Backend("b")), show(cfg.Backend("b")))
+	}
+	if cfg.WithFound("b/none", one, 0) != nil {
+		t.Error("WithFound of an unknown name gave a configuration")
+	}
+	_, err = parse("n.conf", strings.Replace(src, `"h.test:80"`, `"gone.test:80"`, 1), func([]string) Lookup { return l })
+	if err == nil || !strings.Contains(err.Error(), "n.conf:6: server b/first: cannot resolve server host 'gone.test'") {
+		t.Errorf("unresolvable name: %v", err)
 	}
 }

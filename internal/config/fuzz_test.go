@@ -2,34 +2,27 @@ package config
 
 import (
 	"context"
-	"net"
+	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"rsp/internal/dns"
 	"rsp/internal/splice"
 )
 
-// offline resolves what CheckServer passed without the network: IP
-// literals and Unix paths as they are, host names to a placeholder.
-func offline(_ context.Context, _, addr string) (net.Addr, error) {
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		return &net.UnixAddr{Name: path, Net: "unix"}, nil
-	}
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, err
-	}
-	p, err := strconv.Atoi(port)
-	if err != nil {
-		return nil, err
-	}
-	ip := net.ParseIP(host)
-	if ip == nil {
-		ip = net.IPv4(127, 0, 0, 1)
-	}
-	return &net.TCPAddr{IP: ip, Port: p}, nil
+// offline answers every name without the network: a host name with
+// 127.0.0.1 and ::1, an SRV name with two records of one target.
+type offline struct{}
+
+func (offline) LookupIP(context.Context, string) ([]netip.Addr, time.Duration, error) {
+	return []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()}, 30 * time.Second, nil
+}
+
+func (o offline) LookupSRV(ctx context.Context, name string) ([]dns.SRV, time.Duration, error) {
+	ips, ttl, _ := o.LookupIP(ctx, name)
+	return []dns.SRV{{Target: "a." + name, Port: 80, Weight: 5, Addrs: ips}, {Target: "a." + name, Port: 81, Priority: 1, Addrs: ips}}, ttl, nil
 }
 
 // FuzzParse: any file gives either a configuration that holds together or
@@ -41,7 +34,7 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add("[frontend.f]\nlisten = \":1\"\nbackend = \"b\"\n[backend.b]\nserver.s = { address = \"[::1]:9\", weight = 0 }\n")
 	f.Fuzz(func(t *testing.T, src string) {
-		cfg, err := parse("fuzz.conf", src, offline)
+		cfg, err := parse("fuzz.conf", src, offlineLookup)
 		if err != nil {
 			for _, line := range strings.Split(err.Error(), "\n") {
 				if !strings.HasPrefix(line, "fuzz.conf:") || len(line) <= len("fuzz.conf: ") {
