@@ -236,6 +236,7 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 	}
 
 	notifier.Stopping()
+	names.Stop() // no server changes while draining
 	st := relay.Stats()
 	logger.Info("stopping: no new connections; draining live ones", "active", st.Active, "drain_timeout", cfg.DrainTimeout.String())
 	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
@@ -279,11 +280,12 @@ func signalsAndNames(sigs <-chan os.Signal, names *discovery.Watcher, apply func
 // new servers join, vanished ones take no new connections and keep
 // their live ones. It returns the configuration now running, or nil if
 // the update is stale or could not apply.
-func applyNames(u discovery.Update, cur *config.Config, px *proxy.Proxy, names *discovery.Watcher, logger *slog.Logger) *config.Config {
+func applyNames(u discovery.Update, cur *config.Config, px *proxy.Proxy, names *discovery.Watcher, logger *slog.Logger) (next *config.Config) {
+	defer func() { u.Done(next != nil) }()
 	if u.Gen != names.Gen() {
 		return nil
 	}
-	next := cur.WithFound(u.Key, u.Found, u.TTL)
+	next = cur.WithFound(u.Key, u.Found, u.TTL)
 	if next == nil {
 		return nil
 	}

@@ -20,6 +20,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -390,7 +391,8 @@ type checker struct {
 	idx    lineIndex
 	errs   []error
 	lookup func(resolvers []string) Lookup
-	dns    Lookup // set once [global] is read
+	dns    Lookup        // set once [global] is read
+	names  []pendingName // resolved once the whole file is read
 }
 
 func (c *checker) add(key []string, format string, a ...any) {
@@ -425,6 +427,10 @@ func parse(path, src string, lookup func([]string) Lookup) (*Config, error) {
 	c := &checker{path: path, idx: indexLines(src), lookup: lookup}
 	c.unknownKeys(md.Undecoded())
 	cfg := c.build(&f)
+	c.resolveNames()
+	for _, b := range cfg.Backends {
+		b.expand()
+	}
 	if len(c.errs) > 0 {
 		return nil, errors.Join(c.errs...)
 	}
@@ -826,7 +832,6 @@ func (c *checker) backend(name string, bs backendSection, defaults keepAliveSect
 			b.Names = append(b.Names, n)
 		}
 	}
-	b.expand()
 	return b
 }
 
@@ -903,20 +908,50 @@ func (c *checker) server(b *Backend, sname string, ss serverSection) *NameServer
 			b.static = append(b.static, sc)
 			return nil
 		}
+		if strings.HasPrefix(*ss.Address, "[") {
+			c.add(at("address"), "server %s/%s: address %q: brackets hold an IPv6 address, not a host name: write \"%s\"", name, sname, *ss.Address, net.JoinHostPort(host, port))
+			return nil
+		}
+		if err := checkHostName(strings.TrimSuffix(host, ".")); err != nil {
+			c.add(at("address"), "server %s/%s: address %q: %v", name, sname, *ss.Address, err)
+			return nil
+		}
 		n.Host = host
 		n.Port, _ = strconv.Atoi(port)
 	}
-	found, ttl, err := n.Resolve(context.Background(), c.dns)
-	if err != nil {
-		key := at("address")
-		if n.SRV != "" {
-			key = at("srv")
-		}
-		c.add(key, "server %s/%s: %v; check the name and the DNS servers (resolvers), or give an IP address", name, sname, err)
-		return nil
+	key, hint := at("address"), "check the name and the DNS servers (resolvers), or give an IP address"
+	if n.SRV != "" {
+		key, hint = at("srv"), "check the name and the DNS servers (resolvers)"
 	}
-	n.Found, n.TTL = found, ttl
+	c.names = append(c.names, pendingName{n: n, key: key, hint: hint})
 	return n
+}
+
+// pendingName is a name server to resolve once the file is read, and
+// where to report its failure.
+type pendingName struct {
+	n    *NameServer
+	key  []string
+	hint string
+}
+
+// resolveNames resolves every name server of the file at once, so that
+// a start or a reload waits for the slowest name, not for their sum, and
+// reports those that do not resolve.
+func (c *checker) resolveNames() {
+	errs := make([]error, len(c.names))
+	var wg sync.WaitGroup
+	for i, p := range c.names {
+		wg.Go(func() {
+			p.n.Found, p.n.TTL, errs[i] = p.n.Resolve(context.Background(), c.dns)
+		})
+	}
+	wg.Wait()
+	for i, p := range c.names {
+		if errs[i] != nil {
+			c.add(p.key, "server %s: %v; %s", p.n.Key(), errs[i], p.hint)
+		}
+	}
 }
 
 // resolvers checks the DNS server addresses of [global] resolvers and

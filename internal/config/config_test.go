@@ -428,3 +428,122 @@ weight = 2
 		t.Errorf("unresolvable name: %v", err)
 	}
 }
+
+// TestNameServerEdges: addresses given twice are one server; "first"
+// keeps its server while the name still gives it; host names are
+// checked before DNS is asked; a long TTL is asked again within the
+// hour.
+func TestNameServerEdges(t *testing.T) {
+	ip := netip.MustParseAddr
+	l := fakeLookup{ips: map[string][]netip.Addr{
+		"dup.test": {ip("127.0.0.11"), ip("::ffff:127.0.0.11"), ip("127.0.0.12")},
+		"rot.test": {ip("10.0.0.2"), ip("10.0.0.1")},
+	}}
+	lookup := func([]string) Lookup { return l }
+	cfg, err := parse("e.conf", `
+[frontend.f]
+listen = "127.0.0.1:0"
+backend = "b"
+[backend.b.server.d]
+address = "dup.test:80"
+resolve = "all"
+`, lookup)
+	if err != nil {
+		t.Fatalf("a name giving one address as A and as mapped AAAA: %v", err)
+	}
+	if got := fmt.Sprint(serverNames(cfg.Backend("b"))); got != "[d@127.0.0.11:80 d@127.0.0.12:80]" {
+		t.Errorf("servers %s; want the mapped address once", got)
+	}
+
+	n := &NameServer{Backend: "b", Server: balance.ServerConfig{Name: "r", Weight: 1}, Host: "rot.test", Port: 80}
+	found, _, err := n.Resolve(t.Context(), l)
+	if err != nil || len(found) != 1 || found[0].Addr.String() != "10.0.0.2:80" {
+		t.Fatalf("first, nothing found before: %v, %v; want 10.0.0.2:80, the first address", found, err)
+	}
+	n.Found = []balance.ServerConfig{{Name: "r", Addr: &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 80}}}
+	found, _, err = n.Resolve(t.Context(), l)
+	if err != nil || len(found) != 1 || found[0].Addr.String() != "10.0.0.1:80" || found[0].Name != "r" {
+		t.Errorf("first, 10.0.0.1 found before and still given: %v, %v; want it kept", found, err)
+	}
+	n.Found[0].Addr = &net.TCPAddr{IP: net.IPv4(10, 0, 0, 9), Port: 80}
+	if found, _, _ = n.Resolve(t.Context(), l); len(found) != 1 || found[0].Addr.String() != "10.0.0.2:80" {
+		t.Errorf("first, the address found before is gone: %v; want the first address", found)
+	}
+	if got := n.Refresh(48 * time.Hour); got != MaxRefresh {
+		t.Errorf("Refresh(48h) = %s; want %s", got, MaxRefresh)
+	}
+
+	for addr, want := range map[string]string{
+		`"web..test:80"`: "labels of 1 to 63",
+		`"` + strings.Repeat("a", 70) + `.test:80"`: "labels of 1 to 63",
+		`"we b.test:80"`:  "not allowed in a DNS name",
+		`"[web.test]:80"`: `brackets hold an IPv6 address, not a host name: write "web.test:80"`,
+	} {
+		_, err := parse("e.conf", "[frontend.f]\nlisten = \"127.0.0.1:0\"\nbackend = \"b\"\n[backend.b.server.s]\naddress = "+addr+"\n", func([]string) Lookup {
+			return fakeLookup{} // any name asked is not found
+		})
+		if err == nil || !strings.Contains(err.Error(), "e.conf:5: server b/s: address") || !strings.Contains(err.Error(), want) {
+			t.Errorf("address %s: %v; want an error at e.conf:5 saying %q", addr, err, want)
+		}
+	}
+}
+
+func serverNames(b *Backend) []string {
+	var out []string
+	for _, s := range b.Servers {
+		out = append(out, s.Name)
+	}
+	return out
+}
+
+// barrierLookup answers once n lookups wait at once, proving that they
+// run in parallel; after a bound it answers anyway and says so.
+type barrierLookup struct {
+	n       int
+	arrived chan struct{}
+	full    chan struct{}
+	late    chan struct{}
+}
+
+func (b *barrierLookup) LookupIP(ctx context.Context, host string) ([]netip.Addr, time.Duration, error) {
+	b.arrived <- struct{}{}
+	if len(b.arrived) == b.n {
+		close(b.full)
+	}
+	select {
+	case <-b.full:
+	case <-time.After(5 * time.Second):
+		select {
+		case b.late <- struct{}{}:
+		default:
+		}
+	}
+	return []netip.Addr{netip.MustParseAddr("10.0.0.1")}, time.Minute, nil
+}
+
+func (b *barrierLookup) LookupSRV(ctx context.Context, name string) ([]dns.SRV, time.Duration, error) {
+	return nil, 0, &dns.NotFoundError{Name: name, Type: "SRV"}
+}
+
+// TestNamesResolveInParallel: the names of a file are asked at once, so a
+// slow DNS delays a start by one lookup, not one per name.
+func TestNamesResolveInParallel(t *testing.T) {
+	const names = 5
+	b := &barrierLookup{n: names, arrived: make(chan struct{}, names), full: make(chan struct{}), late: make(chan struct{}, 1)}
+	src := "[frontend.f]\nlisten = \"127.0.0.1:0\"\nbackend = \"b\"\n"
+	for i := range names {
+		src += fmt.Sprintf("[backend.b.server.s%d]\naddress = \"h%d.test:80\"\n", i, i)
+	}
+	cfg, err := parse("p.conf", src, func([]string) Lookup { return b })
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-b.late:
+		t.Fatalf("the %d lookups did not run at once", names)
+	default:
+	}
+	if len(cfg.Backend("b").Servers) != names {
+		t.Errorf("servers %v", serverNames(cfg.Backend("b")))
+	}
+}

@@ -21,6 +21,11 @@ const MinResolveEvery = time.Second
 // resolveTimeout bounds one resolution of one name.
 const resolveTimeout = 10 * time.Second
 
+// MaxRefresh bounds how long an answer is kept when its TTL is longer
+// (a day is common), so that a change behind a long TTL is seen within
+// the hour.
+const MaxRefresh = time.Hour
+
 // Lookup finds the addresses behind host names and SRV names, with how
 // long each answer holds; *dns.Client is the one rsp uses.
 type Lookup interface {
@@ -67,17 +72,21 @@ func (n *NameServer) Name() string {
 }
 
 // Refresh is how long to keep an answer of time to live ttl before
-// asking again.
+// asking again: resolve_every if set, else ttl within MinResolveEvery
+// and MaxRefresh.
 func (n *NameServer) Refresh(ttl time.Duration) time.Duration {
 	if n.Every > 0 {
 		return n.Every
 	}
-	return max(ttl, MinResolveEvery)
+	return min(max(ttl, MinResolveEvery), MaxRefresh)
 }
 
 // Resolve asks DNS now and returns the servers the entry stands for, in
 // name order, and how long the answer holds. It fails rather than
-// return no server.
+// return no server. With resolve = "first", the server found before
+// (n.Found) stays while the name still gives its address, so a DNS
+// server that rotates its answers does not move the server at each
+// lookup; otherwise the first address is the server.
 func (n *NameServer) Resolve(ctx context.Context, l Lookup) ([]balance.ServerConfig, time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, resolveTimeout)
 	defer cancel()
@@ -90,15 +99,30 @@ func (n *NameServer) Resolve(ctx context.Context, l Lookup) ([]balance.ServerCon
 	}
 	var out []balance.ServerConfig
 	for _, ip := range ips {
-		if sc, ok := n.server(ip, uint16(n.Port), n.Server.Weight, n.Server.Backup); ok {
+		// An address given twice (A 10.0.0.1 and AAAA ::ffff:10.0.0.1)
+		// is one server.
+		if sc, ok := n.server(ip, uint16(n.Port), n.Server.Weight, n.Server.Backup); ok && !slices.ContainsFunc(out, sameName(sc)) {
 			out = append(out, sc)
-			if !n.All {
-				sc.Name = n.Server.Name
-				return []balance.ServerConfig{sc}, ttl, nil
-			}
 		}
 	}
+	if !n.All && len(out) > 0 {
+		pick := out[0]
+		if len(n.Found) == 1 {
+			for _, sc := range out {
+				if sc.Addr.String() == n.Found[0].Addr.String() {
+					pick = sc
+				}
+			}
+		}
+		pick.Name = n.Server.Name
+		return []balance.ServerConfig{pick}, ttl, nil
+	}
 	return n.found(out, ttl)
+}
+
+// sameName matches the servers named as sc is.
+func sameName(sc balance.ServerConfig) func(balance.ServerConfig) bool {
+	return func(o balance.ServerConfig) bool { return o.Name == sc.Name }
 }
 
 // resolveSRV turns SRV records into servers: each address of each
@@ -118,7 +142,7 @@ func (n *NameServer) resolveSRV(ctx context.Context, l Lookup) ([]balance.Server
 		}
 		backup := n.Server.Backup || r.Priority != recs[0].Priority
 		for _, ip := range r.Addrs {
-			if sc, ok := n.server(ip, r.Port, w, backup); ok && !slices.ContainsFunc(out, func(o balance.ServerConfig) bool { return o.Name == sc.Name }) {
+			if sc, ok := n.server(ip, r.Port, w, backup); ok && !slices.ContainsFunc(out, sameName(sc)) {
 				out = append(out, sc)
 			}
 		}

@@ -10,7 +10,7 @@
 //	w := discovery.New(logger)
 //	w.Watch(cfg)
 //	for u := range w.Updates() {
-//		if u.Gen == w.Gen() { apply(cfg.WithFound(u.Key, u.Found, u.TTL)) }
+//		u.Done(u.Gen == w.Gen() && apply(cfg.WithFound(u.Key, u.Found, u.TTL)) == nil)
 //	}
 package discovery
 
@@ -26,15 +26,15 @@ import (
 )
 
 // Retry bounds: a name that fails is asked again after 1 s, then twice
-// as long each time, up to maxRetry (and never later than its own
-// refresh interval).
+// as long each time, up to maxRetry.
 const (
 	firstRetry = time.Second
 	maxRetry   = 30 * time.Second
 )
 
 // Update says that the name server Key ("backend/server") of the
-// configuration watched as generation Gen now gives Found, for TTL.
+// configuration watched as generation Gen now gives Found, for TTL. Its
+// receiver must call Done, saying whether Found now serves.
 type Update struct {
 	Key   string
 	Name  string // the DNS name asked
@@ -42,6 +42,17 @@ type Update struct {
 	Was   []balance.ServerConfig
 	Found []balance.ServerConfig
 	TTL   time.Duration
+
+	done chan bool
+}
+
+// Done tells the watcher whether the update applied: if not, the
+// servers of Was still serve, and the watcher offers the change again
+// at the next lookup that finds it.
+func (u Update) Done(applied bool) {
+	if u.done != nil {
+		u.done <- applied
+	}
 }
 
 // Watcher re-resolves the name servers of one configuration at a time.
@@ -108,22 +119,24 @@ func (w *Watcher) Stop() {
 // an Update when the servers it gives change.
 func (w *Watcher) watchName(ctx context.Context, gen uint64, n *config.NameServer, lookup config.Lookup) {
 	defer w.wg.Done()
-	last, wait := n.Found, n.Refresh(n.TTL)
+	cur := *n // cur.Found: the servers serving now
 	retry, failed := firstRetry, ""
-	timer := time.NewTimer(wait)
+	timer := time.NewTimer(n.Refresh(n.TTL))
 	defer timer.Stop()
+	done := make(chan bool, 1)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
 		}
-		found, ttl, err := n.Resolve(ctx, lookup)
+		found, ttl, err := cur.Resolve(ctx, lookup)
+		last := cur.Found
 		if ctx.Err() != nil {
 			return
 		}
 		if err != nil {
-			wait = min(retry, n.Refresh(n.TTL))
+			wait := retry
 			retry = min(2*retry, maxRetry)
 			if msg := err.Error(); msg != failed {
 				failed = msg
@@ -143,8 +156,15 @@ func (w *Watcher) watchName(ctx context.Context, gen uint64, n *config.NameServe
 			continue
 		}
 		select {
-		case w.updates <- Update{Key: n.Key(), Name: n.Name(), Gen: gen, Was: last, Found: found, TTL: ttl}:
-			last = found
+		case w.updates <- Update{Key: n.Key(), Name: n.Name(), Gen: gen, Was: last, Found: found, TTL: ttl, done: done}:
+		case <-ctx.Done():
+			return
+		}
+		select {
+		case applied := <-done:
+			if applied {
+				cur.Found, cur.TTL = found, ttl
+			}
 		case <-ctx.Done():
 			return
 		}

@@ -79,8 +79,9 @@ type SRV struct {
 // LookupIP returns host's IPv4 then IPv6 addresses, and the smallest TTL
 // among the records that gave them. An IP literal, or a name in the hosts
 // file, is answered without asking DNS and with HostsTTL. It is success when
-// only one of A and AAAA has records; when neither has, the error is a
-// *NotFoundError.
+// one of A and AAAA has records and the other has none (NXDOMAIN or NODATA);
+// when neither has, the error is a *NotFoundError; when either query fails
+// otherwise, the lookup fails.
 func (c *Client) LookupIP(ctx context.Context, host string) ([]netip.Addr, time.Duration, error) {
 	if ip, err := netip.ParseAddr(host); err == nil {
 		return []netip.Addr{ip.Unmap()}, HostsTTL, nil
@@ -118,7 +119,15 @@ func (cf *config) lookupIP(ctx context.Context, fqdn string) ([]netip.Addr, uint
 	v6 := cf.addrs(ctx, fqdn, dnsmessage.TypeAAAA)
 	v4 := <-v4c
 	var nf4, nf6 *NotFoundError
+	notFound4, notFound6 := errors.As(v4.err, &nf4), errors.As(v6.err, &nf6)
 	switch {
+	case v4.err != nil && !notFound4:
+		// A failure of one family fails the lookup even if the other
+		// answered: returning half the addresses would remove the
+		// servers of the other family until the next lookup.
+		return nil, 0, v4.err
+	case v6.err != nil && !notFound6:
+		return nil, 0, v6.err
 	case v4.err == nil || v6.err == nil: // records came for at least one family
 		ttl := uint32(math.MaxUint32)
 		for _, r := range []addrResult{v4, v6} {
@@ -127,10 +136,6 @@ func (cf *config) lookupIP(ctx context.Context, fqdn string) ([]netip.Addr, uint
 			}
 		}
 		return append(v4.addrs, v6.addrs...), ttl, nil
-	case !errors.As(v4.err, &nf4):
-		return nil, 0, v4.err
-	case !errors.As(v6.err, &nf6):
-		return nil, 0, v6.err
 	}
 	return nil, 0, &NotFoundError{Name: nf4.Name, Type: "A or AAAA", nxdomain: nf4.nxdomain && nf6.nxdomain}
 }

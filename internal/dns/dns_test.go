@@ -147,6 +147,12 @@ func TestServerFailure(t *testing.T) {
 	if _, _, err := client(t, bad.Addr()).LookupIP(ctx(t), "app.test"); err != nil {
 		t.Errorf("LookupIP after SetFail(false): %v", err)
 	}
+	// One family failing fails the lookup: half the answer would drop
+	// the other family's servers.
+	bad.SetFailAAAA("app.test", true)
+	if got, _, err := client(t, bad.Addr()).LookupIP(ctx(t), "app.test"); err == nil || !strings.Contains(err.Error(), "AAAA app.test") || !strings.Contains(err.Error(), "SERVFAIL") {
+		t.Errorf("LookupIP with AAAA failing = %v, %v; want an error naming the AAAA query and SERVFAIL", got, err)
+	}
 }
 
 func TestTimeout(t *testing.T) {

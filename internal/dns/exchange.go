@@ -48,6 +48,7 @@ func (cf *config) query(ctx context.Context, fqdn string, t dnsmessage.Type) (*d
 		for i, server := range cf.servers {
 			msg, err := exchange(ctx, server, pkt, id, q, cf.timeout)
 			var ne net.Error
+			var oe *net.OpError
 			switch {
 			case err == nil && (msg.RCode == dnsmessage.RCodeSuccess || msg.RCode == dnsmessage.RCodeNameError):
 				return msg, nil
@@ -58,6 +59,11 @@ func (cf *config) query(ctx context.Context, fqdn string, t dnsmessage.Type) (*d
 			case errors.As(err, &ne) && ne.Timeout():
 				timeouts[i]++
 				err = fmt.Errorf("timeout after %d %s", timeouts[i], plural(timeouts[i], "attempt"))
+			case errors.As(err, &oe):
+				// The server is named below; the local address, a new
+				// random port each try, would make every failure read
+				// as a new one.
+				err = oe.Err
 			}
 			fails[i] = fmt.Errorf("at %s: %w", server, err)
 		}

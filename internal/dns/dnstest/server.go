@@ -48,6 +48,7 @@ type Server struct {
 	mu       sync.Mutex
 	zone     map[string]*records // by key(name)
 	fail     map[string]bool
+	failAAAA map[string]bool
 	queries  map[string]int
 	truncate bool
 	conns    map[net.Conn]bool
@@ -78,7 +79,7 @@ func Start(addr string) (*Server, error) {
 		}
 		tcp, err := net.Listen("tcp", udp.LocalAddr().String())
 		if err == nil {
-			s := &Server{udp: udp, tcp: tcp, zone: map[string]*records{}, fail: map[string]bool{},
+			s := &Server{udp: udp, tcp: tcp, zone: map[string]*records{}, fail: map[string]bool{}, failAAAA: map[string]bool{},
 				queries: map[string]int{}, conns: map[net.Conn]bool{}}
 			s.wg.Add(2)
 			go s.serveUDP()
@@ -138,6 +139,14 @@ func (s *Server) SetFail(name string, fail bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.fail[key(name)] = fail
+}
+
+// SetFailAAAA makes AAAA queries for name get SERVFAIL, while fail is
+// true, as some broken servers do; A queries are answered.
+func (s *Server) SetFailAAAA(name string, fail bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failAAAA[key(name)] = fail
 }
 
 // SetTruncate makes UDP replies carry no records and TC=1, while on is true,
@@ -256,7 +265,7 @@ func (s *Server) answer(q []byte, udp bool) []byte {
 		Questions: []dnsmessage.Question{question},
 	}
 	switch {
-	case s.fail[name]:
+	case s.fail[name], s.failAAAA[name] && question.Type == dnsmessage.TypeAAAA:
 		m.RCode = dnsmessage.RCodeServerFailure
 	case s.zone[name] == nil:
 		m.RCode = dnsmessage.RCodeNameError
