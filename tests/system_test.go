@@ -462,6 +462,13 @@ func TestSystemd(t *testing.T) {
 		if s := strings.TrimSpace(c.must(t, "systemctl", "is-enabled", "rsp.socket")); s != "enabled" {
 			t.Errorf("rsp.socket %s after the upgrade", s)
 		}
+		// Live streams across an upgrade: handed to the new rsp.
+		pid := c.prop(t, main.service, "MainPID")
+		waited := streamsAcross(t, main.addr, handoverStreams, func() { c.must(t, "dpkg", "-i", "/var/tmp/rsp.deb") })
+		if p := c.prop(t, main.service, "MainPID"); p == pid || p == "0" {
+			t.Errorf("rsp.service not restarted by the second upgrade (MainPID %s, was %s)", p, pid)
+		}
+		t.Logf("upgrade with %d live streams: none cut; a new client waited %v at most", handoverStreams+1, waited.Round(time.Millisecond))
 		// The restarted rsp.service removed and made again its runtime
 		// directory /run/rsp: the instance's socket, elsewhere, is still
 		// there; the new rsp has the metrics socket and the control socket.
@@ -515,6 +522,11 @@ func TestSystemd(t *testing.T) {
 	})
 	t.Logf("system test took %v", time.Since(began).Round(time.Second))
 }
+
+func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
+
+// handoverStreams is how many streams cross a restart and an upgrade.
+const handoverStreams = 200
 
 // exercise runs one instance through its life: socket activation with
 // bytes checked, status and journal, reload (good and broken), restart
@@ -591,6 +603,26 @@ func exercise(t *testing.T, c *container, in instance, second string) {
 	}
 	if p := c.prop(t, in.service, "MainPID"); p == pid {
 		t.Errorf("%s MainPID unchanged after restart", in.service)
+	}
+
+	// Restart with live streams: rsp hands them to the next rsp through
+	// systemd's file descriptor store; none is cut, no byte is lost.
+	pid = c.prop(t, in.service, "MainPID")
+	waited := streamsAcross(t, in.addr, handoverStreams, func() { c.must(t, "systemctl", "restart", in.service) })
+	if p := c.prop(t, in.service, "MainPID"); p == pid || p == "0" {
+		t.Errorf("%s MainPID %s after restart, was %s", in.service, p, pid)
+	}
+	journal = c.must(t, "journalctl", "-u", in.service, "--no-pager", "-o", "cat")
+	if all := regexp.MustCompile(`msg="took over live connections" from="systemd's file descriptor store" conns=(\d+) lost=(\d+) listeners=\d+ bytes_in_pipes=(\d+)`).FindAllStringSubmatch(journal, -1); all == nil {
+		t.Errorf("%s: no take-over logged after systemctl restart; journal:\n%s", in.service, journal)
+	} else if m := all[len(all)-1]; atoi(m[1]) < handoverStreams || m[2] != "0" {
+		// The half-closed client may have had its whole echo by then.
+		t.Errorf("%s: took over %s connections and lost %s; want at least %d and 0", in.service, m[1], m[2], handoverStreams)
+	} else {
+		t.Logf("systemctl restart %s with %d live streams: took over %s (%s bytes in pipes), lost %s; a new client waited %v at most", in.service, handoverStreams+1, m[1], m[3], m[2], waited.Round(time.Millisecond))
+	}
+	if fds := c.prop(t, in.service, "NFileDescriptorStore"); fds != "" && fds != "0" { // systemd 254+
+		t.Errorf("%s: %s descriptors left in systemd's store after the take-over; want 0", in.service, fds)
 	}
 
 	// Stop with a client connected: rsp drains, closes it at
@@ -866,4 +898,86 @@ func scrapeValue(url, family string, want map[string]string) (float64, error) {
 		return 0, fmt.Errorf("GET %s: no %s with labels %v", url, family, want)
 	}
 	return sum, nil
+}
+
+// streamsAcross runs n echo streams through in, each half sent and
+// echoed before do runs and the rest after, plus one client that sent
+// everything and half-closed before do runs and reads the echo only
+// after it: rsp holds that echo in its pipes and socket buffers across
+// do. Every stream must come back byte-exact with no reset. While do
+// runs, new clients connect every 5 ms: it returns the longest a client
+// waited for its echo, and the errors seen.
+func streamsAcross(t *testing.T, addr string, n int, do func()) (longest time.Duration) {
+	t.Helper()
+	const size = 1 << 20
+	open := make(chan struct{})
+	var once sync.Once
+	defer once.Do(func() { close(open) })
+	var wg sync.WaitGroup
+	errs := make(chan error, n+1)
+	ready := make(chan struct{}, n+1)
+	for i := range n {
+		c := dial(t, addr)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Close()
+			ready <- struct{}{}
+			if err := echoGated(c, uint64(5000+i), size, open); err != nil {
+				errs <- fmt.Errorf("stream %d: %w", i, err)
+			}
+		}()
+	}
+	half := dial(t, addr)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer half.Close()
+		half.SetDeadline(time.Now().Add(2 * time.Minute))
+		sent, err := send(half, 4999, size/4) // fits in the buffers on the way
+		ready <- struct{}{}
+		if err != nil {
+			errs <- fmt.Errorf("half-closed stream: send: %w", err)
+			return
+		}
+		half.CloseWrite()
+		<-open
+		if got, err := receive(half); err != nil || got != sent {
+			errs <- fmt.Errorf("half-closed stream: got back %v, %v; want %v", got, err, sent)
+		}
+	}()
+	for range n + 1 {
+		<-ready
+	}
+	time.Sleep(300 * time.Millisecond) // the first halves in flight
+	stop := make(chan struct{})
+	pinged := make(chan time.Duration)
+	go func() {
+		var worst time.Duration
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				pinged <- worst
+				return
+			default:
+			}
+			begin := time.Now()
+			if err := pingOnce(addr, fmt.Sprintf("wait %d", i)); err != nil {
+				errs <- fmt.Errorf("new client during the change: %w", err)
+			}
+			worst = max(worst, time.Since(begin))
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	do()
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	longest = <-pinged
+	once.Do(func() { close(open) })
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	return longest
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -42,6 +43,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return runDemo(args[1:], stdout, stderr)
 		case "check":
 			return runCheck(args[1:], stdout, stderr)
+		case "prepare-stop":
+			return runPrepareStop(args[1:], stderr)
 		case "ctl":
 			return runCtl(args[1:], stdout, stderr)
 		case "bench":
@@ -100,7 +103,7 @@ func loadConfig(o *options, sd []activation.Listener) (*config.Config, error) {
 	return &config.Config{
 		Path: "command line", MaxConn: o.maxConn, Relay: o.relay.String(),
 		DrainTimeout: o.drainTimeout, PipeSize: o.pipeSize,
-		Metrics: o.metrics, Control: o.control, ConnLog: o.connLog, LogFormat: o.logFormat, ConnLogSample: 1,
+		Metrics: o.metrics, Control: o.control, ConnLog: o.connLog, LogFormat: o.logFormat, ConnLogSample: 1, Handover: "auto",
 		Frontends: []*config.Frontend{fe},
 		Backends: []*config.Backend{{
 			Name: "default", Balance: balance.RoundRobin, KeepAlive: ka,
@@ -114,13 +117,18 @@ func loadConfig(o *options, sd []activation.Listener) (*config.Config, error) {
 // served.
 func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]string)) int {
 	logger := newLogger(stderr, level, "text")
+	self, _ := os.Executable() // before an upgrade replaces the file
+	clearRestartMark()
 	var sd, metricsSockets []activation.Listener
+	var taken *inherited
 	if activation.Activated() {
-		var err error
-		if sd, err = activation.FromSystemd(); err != nil {
+		passed, err := activation.FromSystemd()
+		if err != nil {
 			printErr(stderr, err)
 			return 1
 		}
+		sd = passed.Listeners
+		taken = unpackHandover(passed, logger)
 		sd, metricsSockets = splitMetricsSockets(sd)
 		if len(sd) > 0 && len(o.listen) > 0 && o.config == "" {
 			logger.Info("socket-activated: ignoring -listen", "listen", strings.Join(o.listen, ","))
@@ -146,7 +154,7 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 	// Catch signals before announcing readiness: SIGUSR1's default
 	// action would kill the process.
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2)
 	defer signal.Stop(sigs)
 	mode, _ := splice.ParseMode(cfg.Relay)
 	relay := &splice.Relay{Mode: mode, MaxConn: cfg.MaxConn, PipeSize: cfg.PipeSize, Loops: eventLoops(mode), Logger: logger, OnEnd: connLog.Log}
@@ -154,8 +162,9 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 		printErr(stderr, fmt.Errorf("start relay: %w", err))
 		return 1
 	}
-	px := &proxy.Proxy{Relay: relay, Logger: logger, Systemd: sd}
+	px := &proxy.Proxy{Relay: relay, Logger: logger, Systemd: sd, Inherited: taken.inheritedListeners()}
 	if err := px.Apply(cfg); err != nil {
+		taken.abandon()
 		relay.Shutdown(context.Background())
 		printErr(stderr, err)
 		var le *activation.ListenError
@@ -169,22 +178,41 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 	reloads.Loaded()
 	running := &runningConfig{}
 	running.set(cfg)
-	metricsSrv, err := serveMetrics(cfg, metricsSockets, metrics.Sources{
+	metricsSources := metrics.Sources{
 		Relay: relay, Servers: func() []metrics.ServerState { return serverStates(px) }, Frontends: running.frontends, MaxConn: running.maxConn,
 		Reloads: reloads, ConnLog: connLog, Version: version,
-	}, logger)
+	}
+	metricsSrv, err := serveMetrics(cfg, metricsSockets, metricsSources, logger)
 	if err != nil {
+		taken.abandon()
 		relay.Shutdown(context.Background())
 		px.Close()
 		printErr(stderr, err)
 		return 2
 	}
-	if metricsSrv != nil {
-		defer metricsSrv.Close()
+	ctl := serveControl(cfg, px, relay, logger)
+	closeObservers := func() {
+		if metricsSrv != nil {
+			metricsSrv.Close()
+			metricsSrv = nil
+		}
+		if ctl != nil {
+			ctl.Close()
+			ctl = nil
+		}
 	}
-	if ctl := serveControl(cfg, px, relay, logger); ctl != nil {
-		defer ctl.Close()
+	defer func() { closeObservers() }()
+	if taken != nil && taken.passed.FromParent && testFailTakeOver() {
+		taken.abandon()
+		relay.Shutdown(context.Background())
+		px.Close()
+		printErr(stderr, errors.New("test: failing after a hand-over (RSP_TEST_FAIL_TAKEOVER)"))
+		return 1
 	}
+	// Nothing can fail from here on: the rsp before this one lets go of
+	// the connections, and this one resumes them.
+	taken.ready()
+	taken.resume(px, relay, logger)
 	notifier := activation.NewNotifier(logger)
 	notifier.Ready()
 	started := []any{"version", version, "listen", strings.Join(addrs, ","), "relay", cfg.Relay, "socket_activated", len(sd) > 0}
@@ -206,6 +234,31 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 	names := discovery.New(logger)
 	defer names.Stop()
 	names.Watch(cfg)
+	next := &successor{self: self, args: os.Args[1:], config: o.config, relay: relay, px: px,
+		sockets: append(slices.Clone(sd), metricsSockets...), logger: logger,
+		pause: closeObservers,
+		resume: func() {
+			if metricsSrv, err = serveMetrics(cfg, metricsSockets, metricsSources, logger); err != nil {
+				logger.Error("metrics not served again", "err", err)
+			}
+			ctl = serveControl(cfg, px, relay, logger)
+		},
+	}
+	// handedOver ends this process once the next one holds everything.
+	handedOver := func(msg string, args ...any) int {
+		names.Stop()
+		closeObservers()
+		px.CloseHandedOver()
+		logger.Info(msg, args...)
+		// Connections the splice relay could not carry (the copy
+		// relay's) drain here.
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+		relay.Shutdown(ctx)
+		cancel()
+		logger.Info("stopped", "accepted", relay.Stats().Accepted)
+		return 0
+	}
+	var stopSig os.Signal
 	for sig := range signalsAndNames(sigs, names, func(u discovery.Update) {
 		if next := applyNames(u, cfg, px, names, logger); next != nil {
 			cfg = next
@@ -216,6 +269,15 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 		case syscall.SIGUSR1:
 			logStats(logger, relay.Stats())
 			continue
+		case syscall.SIGUSR2:
+			logger.Info("SIGUSR2: handing listeners and live connections over to a new rsp", "binary", self)
+			pid, conns, err := next.handOver()
+			if err != nil {
+				logger.Error("hand-over failed; this rsp serves on", "err", config.OneLine(err.Error()))
+				continue
+			}
+			notifier.MainPID(pid)
+			return handedOver("handed over", "pid", pid, "conns", conns)
 		case syscall.SIGHUP:
 			if o.config == "" {
 				logger.Warn("SIGHUP ignored: rsp runs from the command line, with no configuration file to reload (use -config)")
@@ -232,9 +294,23 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 			}
 			continue
 		}
+		stopSig = sig
 		break
 	}
 
+	if stopSig == syscall.SIGTERM {
+		if limit, why := storeWanted(cfg.Handover); why != "" {
+			lvl := slog.LevelInfo
+			if cfg.Handover == "restart" {
+				lvl = slog.LevelWarn
+			}
+			logger.Log(context.Background(), lvl, "SIGTERM: live connections not handed over", "why", why)
+		} else if conns, err := next.toStore(limit); err != nil {
+			logger.Error("SIGTERM: hand-over to systemd's store failed; draining", "err", config.OneLine(err.Error()))
+		} else {
+			return handedOver("handed over to systemd's store for the restart", "conns", conns)
+		}
+	}
 	notifier.Stopping()
 	names.Stop() // no server changes while draining
 	st := relay.Stats()

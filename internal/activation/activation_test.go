@@ -12,7 +12,8 @@ func TestNotActivated(t *testing.T) {
 	if Activated() {
 		t.Fatal("Activated() with LISTEN_PID naming another process")
 	}
-	lns, err := FromSystemd()
+	passed, err := FromSystemd()
+	lns := passed.Listeners
 	if err != nil || len(lns) != 0 {
 		t.Fatalf("FromSystemd() for another PID = %v, %v; want none", lns, err)
 	}

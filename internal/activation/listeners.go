@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"syscall"
 
 	"github.com/coreos/go-systemd/v22/activation"
@@ -21,23 +22,64 @@ type Listener struct {
 	net.Listener
 }
 
-// Activated reports whether systemd passed sockets to this process
-// (LISTEN_PID names this process and LISTEN_FDS is set).
+// ParentEnv names the environment variable with which an rsp that
+// starts its successor (a hand-over without systemd) names itself: the
+// successor takes the descriptors passed as systemd's if its parent is
+// that process, since LISTEN_PID cannot be known before it starts.
+const ParentEnv = "RSP_HANDOVER_PARENT"
+
+// HandoverPrefix begins the names of the descriptors a hand-over passes
+// (internal/handover); no socket unit should use it.
+const HandoverPrefix = "rsp-"
+
+// Activated reports whether systemd (or the rsp before this one) passed
+// descriptors to this process: LISTEN_FDS is set, and LISTEN_PID names
+// this process or ParentEnv its parent.
 func Activated() bool {
-	return os.Getenv("LISTEN_FDS") != "" && os.Getenv("LISTEN_PID") == fmt.Sprint(os.Getpid())
+	if os.Getenv("LISTEN_FDS") == "" {
+		return false
+	}
+	if os.Getenv("LISTEN_PID") == fmt.Sprint(os.Getpid()) {
+		return true
+	}
+	return os.Getenv("LISTEN_PID") == "" && os.Getenv(ParentEnv) != "" && os.Getenv(ParentEnv) == fmt.Sprint(os.Getppid())
 }
 
-// FromSystemd returns the listening sockets systemd passed to this
-// process, in order, and unsets LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES
-// so that no child inherits them. It returns no listeners and no error
-// when the process was not socket-activated.
-func FromSystemd() ([]Listener, error) {
+// Passed is what systemd, or the rsp before this one, passed.
+type Passed struct {
+	Listeners []Listener
+	// Handover holds the descriptors of a hand-over (names beginning
+	// HandoverPrefix), named by HandoverNames, for internal/handover.
+	Handover      []*os.File
+	HandoverNames []string
+	// FromParent: the rsp before this one passed them (SIGUSR2), not
+	// systemd.
+	FromParent bool
+}
+
+// FromSystemd returns the descriptors systemd (or the rsp before this
+// one) passed to this process, in order, and unsets LISTEN_PID,
+// LISTEN_FDS, LISTEN_FDNAMES and ParentEnv so that no child inherits
+// them. It returns nothing and no error when nothing was passed.
+func FromSystemd() (Passed, error) {
+	var p Passed
+	if !Activated() {
+		return p, nil
+	}
+	p.FromParent = os.Getenv("LISTEN_PID") == ""
+	os.Setenv("LISTEN_PID", fmt.Sprint(os.Getpid())) // activation.Files checks it
+	os.Unsetenv(ParentEnv)
 	files := activation.Files(true)
 	var (
 		out  []Listener
 		errs []error
 	)
 	for i, f := range files {
+		if strings.HasPrefix(f.Name(), HandoverPrefix) {
+			p.Handover = append(p.Handover, f)
+			p.HandoverNames = append(p.HandoverNames, f.Name())
+			continue
+		}
 		ln, err := net.FileListener(f)
 		f.Close()
 		if err != nil {
@@ -50,9 +92,13 @@ func FromSystemd() ([]Listener, error) {
 		for _, l := range out {
 			l.Close()
 		}
-		return nil, err
+		for _, f := range p.Handover {
+			f.Close()
+		}
+		return Passed{}, err
 	}
-	return out, nil
+	p.Listeners = out
+	return p, nil
 }
 
 // Listen binds a TCP listener on addr (host:port; an empty host means all

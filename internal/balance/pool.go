@@ -653,6 +653,10 @@ func (s *Server) Backup() bool { return s.backup }
 // Up reports whether the server is considered healthy.
 func (s *Server) Up() bool { return s.st.down.Load() == up }
 
+// Hold counts on s a connection that another rsp process picked it for
+// and handed over, whatever s's maxconn; Release ends it.
+func (s *Server) Hold() { s.st.active.Add(1) }
+
 // Release ends one connection counted by Pick.
 func (s *Server) Release() { s.st.active.Add(-1) }
 

@@ -75,6 +75,11 @@ type Config struct {
 	// Resolvers are the DNS servers ("IP:PORT") asked for the servers'
 	// host and SRV names; empty: those of /etc/resolv.conf.
 	Resolvers []string
+	// Handover is what SIGTERM does under systemd: "auto" (hand over when
+	// systemd restarts rsp and keeps its descriptors, else drain),
+	// "restart" (the same, saying why not when it cannot) or "off"
+	// (always drain).
+	Handover  string
 	Frontends []*Frontend // by name
 	Backends  []*Backend  // by name
 }
@@ -194,6 +199,7 @@ type globalSection struct {
 	ConnLog       *string   `toml:"conn_log"`
 	ConnLogSample *float64  `toml:"conn_log_sample"`
 	Resolvers     *hostList `toml:"resolvers"`
+	Handover      *string   `toml:"handover"`
 }
 
 type timeoutSection struct {
@@ -609,6 +615,7 @@ func (c *checker) build(f *fileConfig) *Config {
 		Control:      strOr(f.Global.Control, ""),
 		LogFormat:    strOr(f.Global.LogFormat, "text"),
 		ConnLog:      strOr(f.Global.ConnLog, DefaultConnLog),
+		Handover:     strOr(f.Global.Handover, "auto"),
 	}
 	cfg.ConnLogSample = 1
 	if f.Global.ConnLogSample != nil {
@@ -617,6 +624,11 @@ func (c *checker) build(f *fileConfig) *Config {
 	c.checkObservability(cfg)
 	if cfg.MaxConn < 0 {
 		c.add([]string{"global", "maxconn"}, "maxconn %d is negative: give the most concurrent connections, or 0 for no limit", cfg.MaxConn)
+	}
+	switch cfg.Handover {
+	case "auto", "restart", "off":
+	default:
+		c.add([]string{"global", "handover"}, "unknown handover %q: use \"auto\" (hand live connections to the next rsp when systemd restarts it, if the unit sets FileDescriptorStoreMax=), \"restart\" (the same, warning when it cannot) or \"off\" (drain at every stop)", cfg.Handover)
 	}
 	if cfg.Relay != "splice" && cfg.Relay != "copy" {
 		c.add([]string{"global", "relay"}, "unknown relay %q: use \"splice\" or \"copy\"", cfg.Relay)

@@ -39,6 +39,10 @@ type Proxy struct {
 	// Systemd holds the sockets systemd passed (socket activation). They
 	// stay open across reloads, served or not.
 	Systemd []activation.Listener
+	// Inherited holds the listeners the rsp before this one bound and
+	// handed over, by key ("listen ADDR"): Apply serves one instead of
+	// binding its address again, so no client is refused meanwhile.
+	Inherited map[string]net.Listener
 
 	mu    sync.Mutex
 	pools map[string]*balance.Pool
@@ -182,7 +186,10 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 			continue
 		}
 		b := &bound{fe: splice.NewFrontend(w.route), name: w.name, ln: w.sd}
-		if w.sd == nil {
+		if ln, ok := p.Inherited[w.key]; ok && w.sd == nil {
+			delete(p.Inherited, w.key)
+			b.ln, b.owned = ln, true
+		} else if w.sd == nil {
 			l, err := activation.Listen(w.addr)
 			if err != nil {
 				undo()
@@ -318,6 +325,52 @@ func (p *Proxy) missingSocket(f *config.Frontend) error {
 	return fmt.Errorf("%s: frontend %s: systemd passed no socket named %q (passed: %s); set FileDescriptorName=%s in the .socket unit or fix the name", f.Where, f.Name, f.Socket, strings.Join(names, ", "), f.Socket)
 }
 
+// Owned returns the listeners rsp bound itself (not systemd's), by key,
+// for a hand-over to the next process.
+func (p *Proxy) Owned() map[string]net.Listener {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[string]net.Listener{}
+	for key, b := range p.bound {
+		if b.owned {
+			out[key] = b.ln
+		}
+	}
+	return out
+}
+
+// Resume returns the route and server for a connection handed over by
+// the rsp before this one, its server counted: the running frontend and
+// server of those names, or, where the configuration no longer has
+// them, a bare route and a server that only names itself.
+func (p *Proxy) Resume(fc splice.FrozenConn) (*splice.Route, splice.Target) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	rt := &splice.Route{Name: fc.Frontend, Backend: fc.Backend}
+	for _, b := range p.bound {
+		if b.name == fc.Frontend {
+			rt = b.fe.Route()
+			break
+		}
+	}
+	if pl := p.pools[fc.Backend]; pl != nil {
+		if s := pl.Server(strings.TrimPrefix(fc.Server, fc.Backend+"/")); s != nil {
+			s.Hold()
+			return rt, s
+		}
+	}
+	return rt, goneServer(fc.Server)
+}
+
+// goneServer is a server that the configuration no longer has, of a
+// connection handed over: it only names itself.
+type goneServer string
+
+func (g goneServer) Addr() net.Addr  { return nil }
+func (g goneServer) Name() string    { return string(g) }
+func (g goneServer) Connected(error) {}
+func (g goneServer) Release()        {}
+
 // Addrs returns the addresses being listened on, by frontend.
 func (p *Proxy) Addrs() []string {
 	p.mu.Lock()
@@ -346,6 +399,31 @@ func (p *Proxy) Close() {
 	p.bound, p.pools = nil, nil
 	p.running.Store(nil)
 	p.sweeper.stop()
+}
+
+// ServeAgain gives every listener to the relay again, after a hand-over
+// that did not happen (splice.Relay.Unfreeze).
+func (p *Proxy) ServeAgain() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	for _, b := range p.bound {
+		errs = append(errs, p.Relay.Serve(b.ln, b.fe))
+	}
+	return errors.Join(errs...)
+}
+
+// CloseHandedOver closes the proxy once the next process holds its
+// listeners: the files of Unix listeners stay, since they are its now.
+func (p *Proxy) CloseHandedOver() {
+	p.mu.Lock()
+	for _, b := range p.bound {
+		if ul, ok := b.ln.(*net.UnixListener); ok && b.owned {
+			ul.SetUnlinkOnClose(false)
+		}
+	}
+	p.mu.Unlock()
+	p.Close()
 }
 
 func (p *Proxy) logger() *slog.Logger {

@@ -767,3 +767,21 @@ func closeWrite(c net.Conn) {
 	}
 	c.Close()
 }
+
+// freeze: the copy relay holds bytes in flight in user space, where no
+// other process can take them, so it hands nothing over.
+func (e *copyEngine) freeze() ([]FrozenConn, error) { return nil, ErrNoHandover }
+
+// unfreeze lets the engine take listeners again after a hand-over that
+// did not happen.
+func (e *copyEngine) unfreeze() {
+	e.mu.Lock()
+	e.stopped = false
+	e.mu.Unlock()
+}
+
+func (e *copyEngine) thaw(fc FrozenConn, _ *Route, t Target) error {
+	fc.Close()
+	t.Release()
+	return ErrNoHandover
+}

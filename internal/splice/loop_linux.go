@@ -50,6 +50,9 @@ const (
 	cmdSnapshot
 	cmdConns
 	cmdKill
+	cmdFreeze // take the established connections out for a hand-over
+	cmdThaw   // resume a connection frozen by another process
+	cmdUnstop // accept again: a hand-over did not happen
 )
 
 type command struct {
@@ -64,6 +67,9 @@ type command struct {
 	conns  *[]ConnInfo
 	server string
 	killed *int
+	// cmdFreeze appends to frozen; cmdThaw resumes thaw.
+	frozen *[]FrozenConn
+	thaw   *thawing
 }
 
 // loop is one epoll event loop. Everything it owns (connections, pipes,
@@ -331,6 +337,17 @@ func (l *loop) runCommands() bool {
 			l.listConns(c.conns)
 		case cmdKill:
 			*c.killed = l.kill(c.server)
+		case cmdFreeze:
+			l.freezeConns(c.frozen)
+		case cmdThaw:
+			l.thawConn(c.thaw)
+		case cmdUnstop:
+			// Listeners come again by cmdServe; addListener registers
+			// them once accepting is on.
+			l.stopped = false
+			if l.canAccept() && !l.accepting {
+				l.registerListeners() // none yet: sets accepting
+			}
 		}
 	}
 	if exit {
@@ -361,6 +378,11 @@ func (l *loop) exit(reason error) {
 		}
 		if c.op == cmdAdopt {
 			l.dropAdopted(c.fd)
+		} else if c.op == cmdThaw {
+			l.load.Add(-1)
+			c.thaw.fc.Close()
+			c.thaw.t.Release()
+			l.e.r.connDone(1)
 		} else if c.ln != nil && c.ln.fd >= 0 {
 			unix.Close(c.ln.fd)
 		}

@@ -64,6 +64,10 @@ const (
 	// CauseSourceLimit: the client's address (or its prefix) is at its
 	// per-source limit: connections at once, or new ones per second.
 	CauseSourceLimit
+	// CauseHandover: reset when rsp handed its connections to its next
+	// process, since it could not carry this one (not yet connected,
+	// reading a PROXY header or ClientHello, or ending).
+	CauseHandover
 	// NumCauses is the number of causes.
 	NumCauses
 )
@@ -76,7 +80,7 @@ var causeNames = [NumCauses]string{
 	CauseNoServer: "no_server", CauseMaxConn: "maxconn", CauseDrained: "drained",
 	CauseDrainTimeout: "drain_timeout", CauseKilled: "killed",
 	CauseUndeliverable: "undeliverable", CauseError: "error", CauseDenied: "denied",
-	CauseBadHeader: "bad_header", CauseNoRoute: "no_route", CauseSourceLimit: "source_limit",
+	CauseBadHeader: "bad_header", CauseNoRoute: "no_route", CauseSourceLimit: "source_limit", CauseHandover: "handover",
 }
 
 // String returns the cause's name in metrics and logs ("client_close").
@@ -427,6 +431,8 @@ func endCause(reason error, d *dialing, clean, clientFirst, draining bool) Cause
 		return CauseNoRoute
 	case errors.Is(reason, errSourceLimit):
 		return CauseSourceLimit
+	case errors.Is(reason, errHandover):
+		return CauseHandover
 	case errors.Is(reason, errUndeliverable), errors.Is(reason, errPeerAborted):
 		return CauseUndeliverable
 	case errors.As(reason, &pe):

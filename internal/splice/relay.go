@@ -308,6 +308,12 @@ type engine interface {
 	// kill resets the live connections relayed to the target named
 	// server and returns how many.
 	kill(server string) int
+	// freeze stops accepting and takes the established connections out.
+	freeze() ([]FrozenConn, error)
+	// thaw resumes a frozen connection.
+	thaw(fc FrozenConn, rt *Route, t Target) error
+	// unfreeze lets a frozen engine accept again.
+	unfreeze()
 }
 
 // testHooks make a Relay pretend that the kernel refuses what tests
@@ -469,6 +475,13 @@ func (r *Relay) admit() bool {
 		r.stats.active.Add(-1)
 		return false
 	}
+	return true
+}
+
+// admitAlways counts a connection resumed from another process: it was
+// admitted there, so MaxConn does not turn it away here.
+func (r *Relay) admitAlways() bool {
+	r.stats.active.Add(1)
 	return true
 }
 

@@ -1,0 +1,380 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"rsp/internal/activation"
+	"rsp/internal/config"
+	"rsp/internal/handover"
+	"rsp/internal/proxy"
+	"rsp/internal/splice"
+)
+
+// handoverTimeout bounds how long a successor may take to say it serves.
+const handoverTimeout = 10 * time.Second
+
+// inherited is what the rsp before this one handed over, once unpacked.
+type inherited struct {
+	passed    activation.Passed
+	u         *handover.Unpacked
+	lost      int
+	listeners int // how many listeners came
+}
+
+// unpackHandover reads the hand-over among the descriptors passed, if
+// any. A hand-over that cannot be read is logged; its connections are
+// left to whoever else holds them (the previous rsp, or systemd's store).
+func unpackHandover(passed activation.Passed, logger *slog.Logger) *inherited {
+	if len(passed.Handover) == 0 {
+		return nil
+	}
+	in := &inherited{passed: passed}
+	u, lost, err := handover.Unpack(passed.Handover, passed.HandoverNames)
+	if err != nil {
+		logger.Error("connections handed over cannot be read; starting without them", "err", err)
+		return in
+	}
+	in.u, in.lost, in.listeners = u, lost, len(u.Listeners)
+	return in
+}
+
+// inheritedListeners returns the listeners handed over, by key; nil if none.
+func (in *inherited) inheritedListeners() map[string]net.Listener {
+	if in == nil || in.u == nil {
+		return nil
+	}
+	return in.u.Listeners
+}
+
+// resume thaws the connections handed over into relay, routed by px,
+// and closes the listeners px did not take. It runs after px.Apply.
+func (in *inherited) resume(px *proxy.Proxy, relay *splice.Relay, logger *slog.Logger) {
+	if in == nil || in.u == nil {
+		return
+	}
+	resumed, failed, inPipes := 0, 0, 0
+	for _, fc := range in.u.Conns {
+		inPipes += fc.Up.N + fc.Down.N
+		rt, t := px.Resume(fc)
+		if err := relay.Thaw(fc, rt, t); err != nil {
+			failed++
+			continue
+		}
+		resumed++
+	}
+	for key, ln := range px.Inherited {
+		ln.Close()
+		delete(px.Inherited, key)
+	}
+	from := "systemd's file descriptor store"
+	if in.passed.FromParent {
+		from = fmt.Sprintf("rsp pid %d", os.Getppid())
+	}
+	logger.Info("took over live connections", "from", from, "conns", resumed, "lost", in.lost+failed, "listeners", in.listeners, "bytes_in_pipes", inPipes)
+	if !in.passed.FromParent {
+		// systemd's copies would keep every socket open after rsp
+		// closes it.
+		if err := handover.Release(); err != nil {
+			logger.Warn("cannot remove the handed-over descriptors from systemd's store", "err", err)
+		}
+	}
+}
+
+// abandon gives up the hand-over when this process cannot start: the
+// connections stay with whoever else holds them, untouched.
+func (in *inherited) abandon() {
+	if in == nil || in.u == nil {
+		return
+	}
+	for i := range in.u.Conns {
+		in.u.Conns[i].Forget()
+	}
+	for _, ln := range in.u.Listeners {
+		ln.Close()
+	}
+	in.u = nil
+}
+
+// ready tells the rsp that started this one that it serves.
+func (in *inherited) ready() {
+	if in != nil {
+		handover.Ready(in.passed.Handover, in.passed.HandoverNames)
+	}
+}
+
+// successor is what a hand-over to a new process (SIGUSR2) needs.
+type successor struct {
+	self    string   // this binary's path, found at start
+	args    []string // this process's arguments
+	config  string   // the configuration file, "" from the command line
+	relay   *splice.Relay
+	px      *proxy.Proxy
+	sockets []activation.Listener // systemd's, passed on under their names
+	logger  *slog.Logger
+	// pause closes what the successor binds itself (metrics, control
+	// socket); resume opens it again if the hand-over fails.
+	pause, resume func()
+}
+
+// handOver starts a new rsp from s.self and gives it every listener and
+// live connection; on success this process only has to exit. On failure
+// everything is as it was, and the error says why.
+func (s *successor) handOver() (pid int, conns int, err error) {
+	if err := s.precheck(); err != nil {
+		return 0, 0, err
+	}
+	frozen, err := s.relay.Freeze()
+	if err != nil {
+		return 0, 0, err
+	}
+	packed, err := handover.Pack(frozen, s.ownedListeners())
+	for i := 0; err == nil && i < len(s.sockets); i++ {
+		err = packed.AddListener(s.sockets[i].Name, s.sockets[i].Listener)
+	}
+	if err == nil {
+		s.pause()
+		var proc *os.Process
+		proc, err = handover.Exec(s.self, s.args, packed, handoverTimeout)
+		if err == nil {
+			packed.Close()
+			for i := range frozen {
+				frozen[i].Forget()
+			}
+			return proc.Pid, len(frozen), nil
+		}
+		s.resume()
+	}
+	if packed != nil {
+		packed.Close()
+	}
+	return 0, 0, errors.Join(err, s.takeBack(frozen))
+}
+
+// takeBack resumes here the connections of a hand-over that did not
+// happen, as they left, and accepts again.
+func (s *successor) takeBack(frozen []splice.FrozenConn) error {
+	for _, fc := range frozen {
+		rt, t := s.px.Resume(fc)
+		s.relay.Thaw(fc, rt, t)
+	}
+	s.relay.Unfreeze()
+	return s.px.ServeAgain()
+}
+
+// ownedListeners returns the listeners rsp bound itself, in key order.
+func (s *successor) ownedListeners() []handover.Listener {
+	owned := s.px.Owned()
+	keys := make([]string, 0, len(owned))
+	for k := range owned {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var ls []handover.Listener
+	for _, k := range keys {
+		ls = append(ls, handover.Listener{Key: k, Listener: owned[k]})
+	}
+	return ls
+}
+
+// toStore freezes every live connection and stores it, with the
+// listeners rsp bound itself, in systemd's file descriptor store, for
+// the rsp that systemd starts next; limit is how many descriptors the
+// store takes. On failure everything is as it was.
+func (s *successor) toStore(limit int) (conns int, err error) {
+	frozen, err := s.relay.Freeze()
+	if err != nil {
+		return 0, err
+	}
+	packed, err := handover.Pack(frozen, s.ownedListeners())
+	if err == nil && len(packed.Files) > limit {
+		err = fmt.Errorf("%d descriptors to store, and the unit's FileDescriptorStoreMax= (FDSTORE=) is %d: raise both", len(packed.Files), limit)
+	}
+	if err == nil {
+		if err = handover.Store(packed); err == nil {
+			packed.Close()
+			for i := range frozen {
+				frozen[i].Forget()
+			}
+			return len(frozen), nil
+		}
+		// Part of it may be stored: the next rsp must not get half.
+		err = errors.Join(err, handover.Release())
+	}
+	if packed != nil {
+		packed.Close()
+	}
+	return 0, errors.Join(err, s.takeBack(frozen))
+}
+
+// storeWanted says whether SIGTERM should hand the live connections over
+// through systemd's store, under handover mode: limit is how many
+// descriptors the store takes; why, when not empty, says why not.
+func storeWanted(mode string) (limit int, why string) {
+	if mode == "off" {
+		return 0, "handover = \"off\""
+	}
+	if os.Getenv("NOTIFY_SOCKET") == "" {
+		return 0, "not run by systemd (SIGUSR2 hands over without it)"
+	}
+	limit, _ = strconv.Atoi(os.Getenv("FDSTORE"))
+	if limit <= 0 {
+		return 0, "the unit sets no FileDescriptorStoreMax= with Environment=FDSTORE= of the same value"
+	}
+	restart, err := restartMarked()
+	if !restart && err == nil {
+		// No ExecStop= helper in the unit: ask systemd directly, which
+		// needs D-Bus and a user dbus-daemon knows (not a DynamicUser=).
+		restart, err = restartPending("")
+	}
+	switch {
+	case err != nil:
+		return 0, err.Error()
+	case !restart:
+		return 0, "systemd stops rsp; no restart is pending"
+	}
+	return limit, ""
+}
+
+// restartMarker is the file, in the unit's RuntimeDirectory=, by which
+// `rsp prepare-stop` (ExecStop=+, as root, before systemd's SIGTERM)
+// tells rsp that systemd restarts it.
+const restartMarker = "restart-pending"
+
+// restartMarked reports whether `rsp prepare-stop` marked this stop as
+// a restart, and removes the mark.
+func restartMarked() (bool, error) {
+	dir := os.Getenv("RUNTIME_DIRECTORY")
+	if dir == "" {
+		return false, nil
+	}
+	path := filepath.Join(strings.Fields(dir)[0], restartMarker)
+	err := os.Remove(path)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	}
+	return false, fmt.Errorf("restart mark: %w", err)
+}
+
+// clearRestartMark removes a mark left by a stop that did not end in
+// SIGTERM (rsp had already exited).
+func clearRestartMark() {
+	if dir := os.Getenv("RUNTIME_DIRECTORY"); dir != "" {
+		os.Remove(filepath.Join(strings.Fields(dir)[0], restartMarker))
+	}
+}
+
+// runPrepareStop is `rsp prepare-stop UNIT`, run by the unit's
+// ExecStop=+ as root before systemd sends SIGTERM: it marks the stop as
+// a restart when systemd has a restart job for UNIT, so that rsp hands
+// its connections over instead of draining them. It never fails the
+// stop.
+func runPrepareStop(args []string, stderr io.Writer) int {
+	if len(args) != 1 {
+		fmt.Fprintln(stderr, "rsp: usage: rsp prepare-stop UNIT (ExecStop=+/usr/bin/rsp prepare-stop %n)")
+		return 0
+	}
+	dir := os.Getenv("RUNTIME_DIRECTORY")
+	if dir == "" {
+		fmt.Fprintln(stderr, "rsp prepare-stop: no RUNTIME_DIRECTORY: set RuntimeDirectory= in the unit; rsp will drain")
+		return 0
+	}
+	path := filepath.Join(strings.Fields(dir)[0], restartMarker)
+	restart, err := restartPending(args[0])
+	if err != nil {
+		fmt.Fprintf(stderr, "rsp prepare-stop: %v; rsp will drain\n", err)
+	}
+	if !restart {
+		os.Remove(path)
+		return 0
+	}
+	if err := os.WriteFile(path, []byte("restart\n"), 0o644); err != nil {
+		fmt.Fprintf(stderr, "rsp prepare-stop: %v; rsp will drain\n", err)
+	}
+	return 0
+}
+
+// restartPending reports whether systemd is restarting unit (this
+// process's own if "") rather than stopping it: only then
+// does its file descriptor store outlive this process. A restart job
+// shows as "restart" (systemctl restart, a package upgrade's
+// try-restart).
+func restartPending(unit string) (bool, error) {
+	if unit == "" {
+		var err error
+		if unit, err = ownUnit(); err != nil {
+			return false, err
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "systemctl", "list-jobs", "--no-legend", "--no-pager").Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && len(ee.Stderr) > 0 {
+			err = fmt.Errorf("%w: %s", err, config.OneLine(string(ee.Stderr)))
+		}
+		return false, fmt.Errorf("systemctl list-jobs: %w", err)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		// JOB UNIT TYPE STATE
+		if f := strings.Fields(line); len(f) >= 3 && f[1] == unit && strings.Contains(f[2], "restart") {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// ownUnit returns the name of the systemd unit this process runs in,
+// from its cgroup ("0::/system.slice/rsp.service").
+func ownUnit() (string, error) {
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", fmt.Errorf("find rsp's unit: %w", err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		_, path, ok := strings.Cut(line, "::")
+		if !ok {
+			continue
+		}
+		for _, part := range slices.Backward(strings.Split(path, "/")) {
+			if strings.HasSuffix(part, ".service") {
+				return part, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("find rsp's unit: no .service in /proc/self/cgroup: %q", b)
+}
+
+// precheck runs the new binary on the configuration before anything is
+// handed over: a binary that does not run, or a file it refuses, stops
+// the hand-over while this process still serves.
+func (s *successor) precheck() error {
+	args := []string{"-version"}
+	if s.config != "" {
+		args = []string{"check", "-config", s.config}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), handoverTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, s.self, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %v refused: %w: %s", s.self, args, err, config.OneLine(string(out)))
+	}
+	return nil
+}

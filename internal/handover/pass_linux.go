@@ -1,0 +1,137 @@
+//go:build linux
+
+package handover
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"rsp/internal/activation"
+)
+
+// Exec starts the program at path with args, passing p's files as
+// systemd passes sockets (from descriptor 3, with LISTEN_FDS and
+// LISTEN_FDNAMES), and waits up to timeout for it to say that it serves
+// (Ready). On any failure the new process is killed and an error
+// returned; p is left to the caller.
+func Exec(path string, args []string, p *Packed, timeout time.Duration) (*os.Process, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("readiness pipe: %w", err)
+	}
+	defer r.Close()
+	files := append(append([]*os.File{}, p.Files...), w)
+	names := append(append([]string{}, p.Names...), ReadyName)
+	cmd := exec.Command(path, args...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.ExtraFiles = files
+	cmd.Env = append(withoutActivation(os.Environ()),
+		"LISTEN_FDS="+strconv.Itoa(len(files)),
+		"LISTEN_FDNAMES="+strings.Join(names, ":"),
+		activation.ParentEnv+"="+strconv.Itoa(os.Getpid()))
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("start %s: %w", path, err)
+	}
+	w.Close()
+	r.SetReadDeadline(time.Now().Add(timeout))
+	var b [1]byte
+	if n, err := r.Read(b[:]); n != 1 {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, fmt.Errorf("%s did not say it serves within %v", path, timeout)
+		}
+		return nil, fmt.Errorf("%s exited before it served (see its log above)", path)
+	}
+	go cmd.Wait() // reaped if it ends before this process
+	return cmd.Process, nil
+}
+
+// withoutActivation drops the variables of a socket activation or an
+// earlier hand-over from env.
+func withoutActivation(env []string) []string {
+	out := env[:0:0]
+	for _, e := range env {
+		k, _, _ := strings.Cut(e, "=")
+		if k != "LISTEN_FDS" && k != "LISTEN_FDNAMES" && k != "LISTEN_PID" && k != activation.ParentEnv {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// Ready tells the process that started this one by Exec that it serves,
+// through the descriptor named ReadyName among files.
+func Ready(files []*os.File, names []string) {
+	for i, n := range names {
+		if n == ReadyName {
+			files[i].Write([]byte{1})
+			files[i].Close()
+		}
+	}
+}
+
+// maxFDsPerMessage stays under the kernel's SCM_MAX_FD (253).
+const maxFDsPerMessage = 250
+
+// Store hands p's files to systemd's file descriptor store, each under
+// its name, kept without polling (FDPOLL=0: a pipe whose other end is
+// closed would otherwise be dropped). The unit needs
+// FileDescriptorStoreMax= of at least their number.
+func Store(p *Packed) error {
+	for i := 0; i < len(p.Files); {
+		name := p.Names[i]
+		var fds []int
+		for i < len(p.Files) && p.Names[i] == name && len(fds) < maxFDsPerMessage {
+			fds = append(fds, int(p.Files[i].Fd()))
+			i++
+		}
+		if err := notify("FDSTORE=1\nFDNAME="+name+"\nFDPOLL=0\n", fds); err != nil {
+			return fmt.Errorf("store %d descriptors named %s with systemd: %w", len(fds), name, err)
+		}
+	}
+	return nil
+}
+
+// Release asks systemd to drop the hand-over's descriptors from its
+// store, once this process holds them: systemd's copies would otherwise
+// keep every socket open after rsp closed it.
+func Release() error {
+	var errs []error
+	for _, name := range []string{StateName, FDName, ListenName} {
+		errs = append(errs, notify("FDSTOREREMOVE=1\nFDNAME="+name+"\n", nil))
+	}
+	return errors.Join(errs...)
+}
+
+// notify sends state and fds to systemd's notification socket.
+func notify(state string, fds []int) error {
+	path := os.Getenv("NOTIFY_SOCKET")
+	if path == "" {
+		return errors.New("NOTIFY_SOCKET is not set: not run by systemd")
+	}
+	// A raw socket: Go's connected datagram sockets take no ancillary
+	// data with an address, and its unconnected ones want a local name.
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("notify socket: %w", err)
+	}
+	defer unix.Close(fd)
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	// x/sys/unix reads a leading '@' as the abstract namespace.
+	if err := unix.Sendmsg(fd, []byte(state), oob, &unix.SockaddrUnix{Name: path}, 0); err != nil {
+		return fmt.Errorf("send to %s: %w", path, err)
+	}
+	return nil
+}

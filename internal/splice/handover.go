@@ -1,0 +1,107 @@
+package splice
+
+import (
+	"errors"
+	"net/netip"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// FrozenConn is an established connection taken out of a relay by Freeze
+// with everything needed to resume it in another process: its two
+// sockets, the bytes in flight in each direction (in a pipe), how far
+// each direction got, and what the connection log reports of it.
+// Whoever holds it owns its file descriptors.
+type FrozenConn struct {
+	ID       uint64
+	Frontend string // the frontend's name
+	Backend  string // the backend's name
+	Server   string // "backend/server"
+	Peer     netip.AddrPort
+	// Client and Server are the sockets; ClientUnix and ServerUnix tell
+	// Unix sockets from TCP.
+	ClientFD, ServerFD     int
+	ClientUnix, ServerUnix bool
+	Up, Down               FrozenHalf // client → server, server → client
+	Born                   time.Time  // accepted
+	Connect                time.Duration
+	Tries                  int
+	ClientFirst            bool
+	// HalfClosed is how long ago the first direction ended; 0 if none did.
+	HalfClosed time.Duration
+}
+
+// FrozenHalf is one direction of a FrozenConn.
+type FrozenHalf struct {
+	// PipeR and PipeW are the pipe holding N bytes read and not yet
+	// written; -1 when N is 0.
+	PipeR, PipeW int
+	N            int
+	EOF          bool  // the source's EOF was read
+	Done         bool  // the EOF was passed on: the destination is shut down for writing
+	Sent         int64 // bytes delivered so far
+}
+
+// errHandover ends a connection that a hand-over could not carry: one not
+// yet connected, reading a PROXY header or a ClientHello, or ending.
+var errHandover = errors.New("reset at hand-over: not established, or ending")
+
+// ErrNoHandover says the relay cannot hand its connections over: only
+// the splice relay, on Linux, can.
+var ErrNoHandover = errors.New("live connections can be handed over by the splice relay only: set relay = \"splice\"")
+
+// Freeze stops accepting, takes every established connection out of the
+// relay, unchanged, and returns them; the connections it cannot carry
+// (not yet connected, reading a PROXY header or ClientHello, ending) are
+// reset, cause handover. The relay then holds no connection and can be
+// shut down. Freeze may be called once.
+func (r *Relay) Freeze() ([]FrozenConn, error) {
+	r.mu.Lock()
+	e := r.impl
+	r.mu.Unlock()
+	if e == nil {
+		return nil, errors.New("relay not started")
+	}
+	return e.freeze()
+}
+
+// Forget closes this process's descriptors of fc, which another process
+// now holds and resumes: the sockets are left as they are.
+func (fc *FrozenConn) Forget() {
+	for _, fd := range [6]int{fc.ClientFD, fc.ServerFD, fc.Up.PipeR, fc.Up.PipeW, fc.Down.PipeR, fc.Down.PipeW} {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
+	fc.ClientFD, fc.ServerFD = -1, -1
+	fc.Up.PipeR, fc.Up.PipeW, fc.Down.PipeR, fc.Down.PipeW = -1, -1, -1, -1
+}
+
+// Unfreeze undoes the stop of accepting of a Freeze whose hand-over did
+// not happen: the relay accepts again on the listeners then given to
+// Serve (those it served before must be given again).
+func (r *Relay) Unfreeze() {
+	r.mu.Lock()
+	e := r.impl
+	r.mu.Unlock()
+	if e != nil {
+		e.unfreeze()
+	}
+}
+
+// Thaw resumes in r a connection frozen by another relay (another
+// process's): bytes move again as they would have there. rt is the route
+// of its frontend, t its server, already counted as picked (Thaw's end
+// releases it). Thaw takes ownership of fc's file descriptors, and
+// closes them if it fails.
+func (r *Relay) Thaw(fc FrozenConn, rt *Route, t Target) error {
+	r.mu.Lock()
+	e := r.impl
+	r.mu.Unlock()
+	if e == nil {
+		fc.Close()
+		return errors.New("relay not started")
+	}
+	return e.thaw(fc, rt, t)
+}

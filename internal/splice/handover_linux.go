@@ -1,0 +1,213 @@
+//go:build linux
+
+package splice
+
+import (
+	"errors"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Close closes fc's file descriptors, resetting its sockets: a
+// connection that cannot be resumed must not end with a clean EOF.
+func (fc *FrozenConn) Close() {
+	for _, fd := range [2]int{fc.ClientFD, fc.ServerFD} {
+		if fd >= 0 {
+			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+			unix.Close(fd)
+		}
+	}
+	for _, h := range [2]*FrozenHalf{&fc.Up, &fc.Down} {
+		for _, fd := range [2]int{h.PipeR, h.PipeW} {
+			if fd >= 0 {
+				unix.Close(fd)
+			}
+		}
+	}
+	fc.ClientFD, fc.ServerFD = -1, -1
+	fc.Up.PipeR, fc.Up.PipeW, fc.Down.PipeR, fc.Down.PipeW = -1, -1, -1, -1
+}
+
+// unfreeze lets every loop accept again.
+func (e *spliceEngine) unfreeze() {
+	for _, l := range e.loops {
+		<-l.post(cmdUnstop)
+	}
+	e.handoff.unfreeze()
+}
+
+// freeze stops every loop's accepting and takes its connections out.
+func (e *spliceEngine) freeze() ([]FrozenConn, error) {
+	e.stopAccepting()
+	var out []FrozenConn
+	for _, l := range e.loops {
+		var part []FrozenConn
+		done := make(chan struct{})
+		if l.enqueue(command{op: cmdFreeze, frozen: &part, done: done}) {
+			<-done
+			out = append(out, part...)
+		}
+	}
+	// The copy relay's connections (sockets that cannot splice) are not
+	// carried: the shutdown that follows resets them.
+	return out, nil
+}
+
+// freezeConns takes the loop's established connections out (into out)
+// and resets the others.
+func (l *loop) freezeConns(out *[]FrozenConn) {
+	for c := l.live.next; c != &l.live; {
+		next := c.next
+		if fc, ok := l.freezeConn(c); ok {
+			*out = append(*out, fc)
+		} else {
+			l.finish(c, errHandover, true)
+		}
+		c = next
+	}
+}
+
+// freezeConn detaches c from the loop, its sockets and pipes left open,
+// and describes it; false if c cannot be carried and must be reset.
+func (l *loop) freezeConn(c *conn) (FrozenConn, bool) {
+	if c.closed || c.connecting || c.header || c.hello || c.target == nil || c.flushTo != nil ||
+		c.client.urgSeen || c.backend.urgSeen || c.client.err || c.backend.err || c.client.hup || c.backend.hup {
+		return FrozenConn{}, false
+	}
+	for _, h := range [2]*half{&c.up, &c.down} {
+		if h.lost || h.dropped || h.aborted || h.oobHeld {
+			return FrozenConn{}, false
+		}
+	}
+	fc := FrozenConn{
+		ID: uint64(l.index)<<32 | uint64(c.id), Frontend: c.rt.Name, Backend: c.rt.Backend, Server: c.target.Name(), Peer: c.peer,
+		ClientFD: c.client.fd, ServerFD: c.backend.fd, ClientUnix: c.client.unix, ServerUnix: c.backend.unix,
+		Up: freezeHalf(&c.up), Down: freezeHalf(&c.down),
+		Born: l.e.start.Add(time.Duration(c.born)), Tries: c.tries, ClientFirst: c.clientFirst,
+	}
+	if c.connAt != 0 {
+		fc.Connect = time.Duration(c.connAt - c.born)
+	}
+	if c.halfAt != 0 {
+		fc.HalfClosed = time.Duration(l.now - c.halfAt)
+	}
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.client.fd, nil)
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.backend.fd, nil)
+	for _, h := range [2]*half{&c.up, &c.down} {
+		if h.p != nil && h.n > 0 {
+			l.pool.open.Add(-1) // the pipe leaves with the connection
+			h.p = nil
+		}
+		l.dropPipe(h)
+	}
+	c.closed = true
+	l.unlink(c)
+	c.fe.Active--
+	c.fe.BytesIn += c.up.sent
+	c.fe.BytesOut += c.down.sent
+	if c.srv != nil {
+		c.srv.BytesIn += c.up.sent
+		c.srv.BytesOut += c.down.sent
+	}
+	// The target, frontend limit and source count go with the process:
+	// the next one counts the connection anew.
+	c.target.Release()
+	c.target = nil
+	if c.limited {
+		c.rt.Limit.release()
+	}
+	c.releaseSource()
+	l.e.r.connDone(1)
+	return fc, true
+}
+
+// freezeHalf describes h; its pipe, if it holds bytes, goes with it.
+func freezeHalf(h *half) FrozenHalf {
+	fh := FrozenHalf{PipeR: -1, PipeW: -1, N: h.n, EOF: h.eof, Done: h.done, Sent: h.sent}
+	if h.p != nil && h.n > 0 {
+		fh.PipeR, fh.PipeW = h.p.r, h.p.w
+	}
+	return fh
+}
+
+// thaw gives fc to the least loaded loop.
+func (e *spliceEngine) thaw(fc FrozenConn, rt *Route, t Target) error {
+	var best *loop
+	for _, l := range e.loops {
+		if !l.dead.Load() && (best == nil || l.load.Load() < best.load.Load()) {
+			best = l
+		}
+	}
+	if best == nil || !e.r.admitAlways() {
+		fc.Close()
+		t.Release()
+		return errors.New("relay is not running")
+	}
+	best.load.Add(1)
+	if !best.enqueue(command{op: cmdThaw, thaw: &thawing{fc: fc, rt: rt, t: t}}) {
+		best.load.Add(-1)
+		fc.Close()
+		t.Release()
+		e.r.connDone(1)
+		return errors.New("relay is not running")
+	}
+	return nil
+}
+
+// thawing is a frozen connection on its way into a loop.
+type thawing struct {
+	fc FrozenConn
+	rt *Route
+	t  Target
+}
+
+// thawConn resumes a frozen connection in l.
+func (l *loop) thawConn(th *thawing) {
+	l.load.Add(-1)
+	fc, rt := th.fc, th.rt
+	l.nextID++
+	born := l.now - int64(time.Since(fc.Born))
+	c := &conn{
+		dialing: dialing{rt: rt, peer: fc.Peer},
+		id:      l.nextID, target: th.t,
+		client:  sock{fd: fc.ClientFD, unix: fc.ClientUnix, readable: true, writable: true},
+		backend: sock{fd: fc.ServerFD, unix: fc.ServerUnix, readable: true, writable: true},
+		up:      thawHalf(&fc.Up, &l.pool), down: thawHalf(&fc.Down, &l.pool),
+		last: l.now, born: born, connAt: born + int64(fc.Connect), tries: fc.Tries, clientFirst: fc.ClientFirst,
+	}
+	if fc.HalfClosed > 0 {
+		c.halfAt = l.now - int64(fc.HalfClosed)
+	}
+	c.fe = l.tally.frontend(rt.Name)
+	c.fe.Active++
+	c.srv = l.tally.server(th.t.Name())
+	l.link(c)
+	l.linkFD(c, c.backend.fd)
+	l.useTimeouts(rt)
+	for _, fd := range [2]int{c.client.fd, c.backend.fd} {
+		// The hand-over set SO_LINGER 0 so that a socket nobody resumed
+		// would reset; resumed, it closes as any other.
+		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{})
+		if err := l.register(c, fd); err != nil {
+			l.finish(c, err, true)
+			return
+		}
+	}
+	l.service(c)
+}
+
+// thawHalf rebuilds a direction; its pipe, if any, joins the loop's
+// count of open pipes.
+func thawHalf(fh *FrozenHalf, pool *pipePool) half {
+	h := half{n: fh.N, eof: fh.EOF, done: fh.Done, sent: fh.Sent}
+	if fh.PipeR >= 0 && fh.N > 0 {
+		size, err := unix.FcntlInt(uintptr(fh.PipeW), unix.F_GETPIPE_SZ, 0)
+		if err != nil {
+			size = defaultPipeSize
+		}
+		h.p = &pipe{r: fh.PipeR, w: fh.PipeW, size: size}
+		pool.open.Add(1)
+	}
+	return h
+}

@@ -1,0 +1,394 @@
+package tests
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// handoverBackend serves the streams of TestHandoverSIGUSR2. A
+// connection's first line names what to do:
+//
+//	"echo"       echo until EOF and close;
+//	"stall"      wait for handed (rsp's pipes fill meanwhile), then echo;
+//	"stream N"   read until the client's EOF, then send N bytes of seed
+//	             N, the second half once handed is closed, then close: its
+//	             client is half-closed while bytes flow back.
+func handoverBackend(t *testing.T, handed <-chan struct{}) net.Listener {
+	ln := listen(t)
+	serveEach(ln, func(c *net.TCPConn) {
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Minute))
+		br := bufio.NewReader(c)
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return
+		}
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 1 && (f[0] == "echo" || f[0] == "stall"):
+			if f[0] == "stall" {
+				<-handed
+			}
+			if _, err := io.Copy(c, br); err == nil {
+				c.CloseWrite()
+			}
+		case len(f) == 2 && f[0] == "stream":
+			n, _ := strconv.Atoi(f[1])
+			if _, err := io.Copy(io.Discard, br); err != nil {
+				return
+			}
+			if _, err := send(&gate{w: c, at: n / 2, open: handed}, uint64(n), int64(n)); err == nil {
+				c.CloseWrite()
+			}
+		}
+	})
+	return ln
+}
+
+// gate writes to w, and waits for open once at bytes have gone.
+type gate struct {
+	w    io.Writer
+	at   int
+	n    int
+	open <-chan struct{}
+}
+
+func (g *gate) Write(b []byte) (int, error) {
+	if g.n < g.at && g.n+len(b) >= g.at {
+		k, err := g.w.Write(b[:g.at-g.n])
+		g.n += k
+		if err != nil {
+			return k, err
+		}
+		<-g.open
+		m, err := g.w.Write(b[k:])
+		g.n += m
+		return k + m, err
+	}
+	m, err := g.w.Write(b)
+	g.n += m
+	return m, err
+}
+
+// echoGated is echoPaced whose sender waits for open halfway.
+func echoGated(c *net.TCPConn, seed uint64, n int64, open <-chan struct{}) error {
+	c.SetDeadline(time.Now().Add(2 * time.Minute))
+	got := make(chan error, 1)
+	var back digest
+	go func() {
+		var err error
+		back, err = receive(bufio.NewReader(c))
+		got <- err
+	}()
+	sent, err := send(&gate{w: c, at: int(n / 2), open: open}, seed, n)
+	if err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	c.CloseWrite()
+	if err := <-got; err != nil {
+		return fmt.Errorf("receive after %d bytes: %w", back.n, err)
+	}
+	if back != sent {
+		return fmt.Errorf("echo differs: sent %v, got back %v", sent, back)
+	}
+	return nil
+}
+
+var handedRE = regexp.MustCompile(`msg="handed over" pid=(\d+) conns=(\d+)`)
+var tookRE = regexp.MustCompile(`msg="took over live connections" from="rsp pid (\d+)" conns=(\d+) lost=(\d+) listeners=1 bytes_in_pipes=(\d+)`)
+
+// exited reports whether pid has exited (gone, or a zombie not yet
+// reaped).
+func exited(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] == 'Z'
+}
+
+// TestHandoverSIGUSR2: SIGUSR2 makes rsp start its successor from its
+// own binary and hand it the listener and every live connection: streams
+// mid-flight (some with bytes held in rsp's pipes, one half-closed with
+// bytes still coming back) finish byte-exact with no reset; a connection
+// idle at the hand-over keeps working; the old process exits 0; the new
+// one serves new clients on the same address and, once every stream
+// ended, holds no connection and no pipe.
+func TestHandoverSIGUSR2(t *testing.T) {
+	handed := make(chan struct{})
+	var closeHanded sync.Once
+	defer closeHanded.Do(func() { close(handed) })
+	be := handoverBackend(t, handed)
+	p := startRsp(t, "-config", writeConfig(t, "", fmt.Sprintf(`
+[frontend.f]
+listen = "127.0.0.1:0"
+backend = "b"
+[backend.b]
+server.s = { address = %q }
+`, be.Addr())))
+	baseSockets := socketFDs(t, p.pid())
+	const streams = 60
+	const size = 4 << 20
+	var wg sync.WaitGroup
+	errs := make(chan error, streams+2)
+	started := make(chan struct{}, streams+2)
+	for i := range streams {
+		c := dial(t, p.addr)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Close()
+			// A third of the streams flow paced, whenever the hand-over
+			// comes; a third send half and wait for it; the servers of
+			// the rest wait for it, so that it finds bytes in rsp's pipes.
+			seed := uint64(1000 + i)
+			var err error
+			switch i % 3 {
+			case 0:
+				fmt.Fprintf(c, "echo\n")
+				started <- struct{}{}
+				err = echoPaced(c, seed, size, 32<<10, 60*time.Millisecond)
+			case 1:
+				fmt.Fprintf(c, "echo\n")
+				started <- struct{}{}
+				err = echoGated(c, seed, size, handed)
+			case 2:
+				fmt.Fprintf(c, "stall\n")
+				started <- struct{}{}
+				err = echoPaced(c, seed, size, size, 0)
+			}
+			if err != nil {
+				errs <- fmt.Errorf("stream %d (kind %d): %w", i, i%3, err)
+			}
+		}()
+	}
+	half := dial(t, p.addr)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer half.Close()
+		half.SetDeadline(time.Now().Add(2 * time.Minute))
+		fmt.Fprintf(half, "stream %d\n", size)
+		half.CloseWrite() // half-closed before the hand-over
+		started <- struct{}{}
+		got, err := receive(half)
+		if want := expected(size, size); err != nil || got != want {
+			errs <- fmt.Errorf("half-closed stream: got %v, %v; want %v", got, err, want)
+		}
+	}()
+	idle := dial(t, p.addr)
+	defer idle.Close()
+	fmt.Fprintf(idle, "echo\nbefore\n")
+	if l, err := readLine(idle, 5*time.Second); err != nil || l != "before\n" {
+		t.Fatalf("idle connection before the hand-over: %q, %v", l, err)
+	}
+	for range streams + 1 {
+		<-started
+	}
+	time.Sleep(200 * time.Millisecond) // mid-stream
+
+	oldPID := p.pid()
+	p.signal(syscall.SIGUSR2)
+	var newPID int
+	if !eventually(20*time.Second, func() bool {
+		m := handedRE.FindStringSubmatch(p.stderr.String())
+		if m != nil {
+			newPID, _ = strconv.Atoi(m[1])
+		}
+		return m != nil
+	}) {
+		t.Fatalf("no hand-over logged:\n%s", p.stderr.String())
+	}
+	t.Cleanup(func() {
+		if !exited(newPID) {
+			syscall.Kill(newPID, syscall.SIGKILL)
+		}
+	})
+	if !eventually(10*time.Second, func() bool { return exited(oldPID) }) {
+		t.Fatalf("old rsp %d still runs after the hand-over", oldPID)
+	}
+	closeHanded.Do(func() { close(handed) })
+	m := tookRE.FindStringSubmatch(p.stderr.String())
+	if m == nil || m[1] != strconv.Itoa(oldPID) || m[3] != "0" {
+		t.Fatalf("new rsp did not log taking over from %d with none lost:\n%s", oldPID, p.stderr.String())
+	}
+	if n, _ := strconv.Atoi(m[4]); n == 0 {
+		t.Errorf("no bytes came in rsp's pipes; the stalled streams should have filled them")
+	}
+	// At least the gated streams, the stalled ones, the half-closed
+	// one and the idle one were live.
+	if n, _ := strconv.Atoi(m[2]); n < 2*streams/3+2 {
+		t.Errorf("new rsp took over %d connections; want at least %d", n, 2*streams/3+2)
+	}
+
+	// The idle connection, and a new client on the same address.
+	fmt.Fprintf(idle, "after\n")
+	if l, err := readLine(idle, 5*time.Second); err != nil || l != "after\n" {
+		t.Errorf("idle connection after the hand-over: %q, %v", l, err)
+	}
+	fresh := dial(t, p.addr)
+	fmt.Fprintf(fresh, "echo\n")
+	if err := echoPaced(fresh, 7, 1<<20, 1<<20, 0); err != nil {
+		t.Errorf("new client after the hand-over: %v", err)
+	}
+	fresh.Close()
+
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	idle.Close()
+
+	// Nothing left in the new process once every stream ended.
+	statsLine := regexp.MustCompile(`msg=stats active=(\d+) accepted=\d+ .*pipes=(\d+) idle_pipes=(\d+)`)
+	var last []string
+	if !eventually(10*time.Second, func() bool {
+		before := len(statsLine.FindAllString(p.stderr.String(), -1))
+		syscall.Kill(newPID, syscall.SIGUSR1)
+		if !eventually(2*time.Second, func() bool { return len(statsLine.FindAllString(p.stderr.String(), -1)) > before }) {
+			return false
+		}
+		all := statsLine.FindAllStringSubmatch(p.stderr.String(), -1)
+		last = all[len(all)-1]
+		return last[1] == "0" && last[2] == last[3]
+	}) {
+		t.Errorf("new rsp still holds connections or pipes after every stream ended: %v", last)
+	}
+	if got := socketFDs(t, newPID); got != baseSockets {
+		t.Errorf("new rsp holds %d sockets once every stream ended; the old one held %d before any client", got, baseSockets)
+	}
+	if strings.Contains(p.stderr.String(), "cause=handover") {
+		t.Errorf("a connection was reset at the hand-over:\n%s", p.stderr.String())
+	}
+	syscall.Kill(newPID, syscall.SIGTERM)
+	if !eventually(10*time.Second, func() bool { return exited(newPID) }) {
+		t.Errorf("new rsp %d did not stop on SIGTERM", newPID)
+	}
+}
+
+// socketFDs counts the sockets among pid's descriptors.
+func socketFDs(t *testing.T, pid int) int {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if l, err := os.Readlink(dir + "/" + e.Name()); err == nil && strings.HasPrefix(l, "socket:") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestHandoverFails: a hand-over that cannot happen leaves rsp serving
+// as before. A configuration the new binary refuses stops it before
+// anything moves; a successor that dies before it serves gives every
+// connection back: streams frozen mid-flight finish byte-exact in the
+// old process, which accepts again.
+func TestHandoverFails(t *testing.T) {
+	handed := make(chan struct{})
+	var closeHanded sync.Once
+	defer closeHanded.Do(func() { close(handed) })
+	be := handoverBackend(t, handed)
+	path := writeConfig(t, "", fmt.Sprintf(`
+[frontend.f]
+listen = "127.0.0.1:0"
+backend = "b"
+[backend.b]
+server.s = { address = %q }
+`, be.Addr()))
+	cmd := exec.Command(rspBin, "-config", path)
+	cmd.Env = append(os.Environ(), "RSP_TEST_FAIL_TAKEOVER=1")
+	p := launch(t, cmd)
+	p.waitStarted()
+
+	const streams = 10
+	const size = 2 << 20
+	var wg sync.WaitGroup
+	errs := make(chan error, streams)
+	for i := range streams {
+		c := dial(t, p.addr)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Close()
+			kind := "echo"
+			if i%2 == 1 {
+				kind = "stall"
+			}
+			fmt.Fprintf(c, "%s\n", kind)
+			var err error
+			if kind == "echo" {
+				err = echoGated(c, uint64(i), size, handed)
+			} else {
+				err = echoPaced(c, uint64(i), size, size, 0)
+			}
+			if err != nil {
+				errs <- fmt.Errorf("stream %d (%s): %w", i, kind, err)
+			}
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+
+	// A file the new binary refuses: nothing is frozen.
+	good, _ := os.ReadFile(path)
+	os.WriteFile(path, []byte("[frontend.f]\nlisten = 1\n"), 0o644)
+	p.signal(syscall.SIGUSR2)
+	if !eventually(10*time.Second, func() bool {
+		return strings.Count(p.stderr.String(), `msg="hand-over failed; this rsp serves on"`) == 1
+	}) {
+		t.Fatalf("no refusal logged for a bad file:\n%s", p.stderr.String())
+	}
+	if !strings.Contains(p.stderr.String(), "check -config") {
+		t.Errorf("the refusal does not say the new binary's check refused the file:\n%s", p.stderr.String())
+	}
+	os.WriteFile(path, good, 0o644)
+
+	// A successor that fails before it serves.
+	p.signal(syscall.SIGUSR2)
+	if !eventually(15*time.Second, func() bool {
+		return strings.Count(p.stderr.String(), `msg="hand-over failed; this rsp serves on"`) == 2
+	}) {
+		t.Fatalf("no failure logged for a successor that exits:\n%s", p.stderr.String())
+	}
+	if !strings.Contains(p.stderr.String(), "RSP_TEST_FAIL_TAKEOVER") {
+		t.Errorf("the successor did not run and fail:\n%s", p.stderr.String())
+	}
+	closeHanded.Do(func() { close(handed) })
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// The old process accepts again.
+	fresh := dial(t, p.addr)
+	fmt.Fprintf(fresh, "echo\n")
+	if err := echoPaced(fresh, 99, 1<<20, 1<<20, 0); err != nil {
+		t.Errorf("new client after the failed hand-over: %v", err)
+	}
+	fresh.Close()
+	if s := p.stderr.String(); strings.Contains(s, "cause=handover") || strings.Contains(s, `msg="handed over"`) {
+		t.Errorf("a connection was reset, or the hand-over claimed success:\n%s", s)
+	}
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(15 * time.Second); code != 0 {
+		t.Errorf("rsp exited %d after SIGTERM", code)
+	}
+}
