@@ -106,7 +106,7 @@ func echoGated(c *net.TCPConn, seed uint64, n int64, open <-chan struct{}) error
 }
 
 var handedRE = regexp.MustCompile(`msg="handed over" pid=(\d+) conns=(\d+)`)
-var tookRE = regexp.MustCompile(`msg="took over live connections" from="rsp pid (\d+)" conns=(\d+) lost=(\d+) listeners=1 bytes_in_pipes=(\d+)`)
+var tookRE = regexp.MustCompile(`msg="took over live connections" from="rsp pid (\d+)" conns=(\d+) lost=(\d+) listeners=2 bytes_in_pipes=(\d+)`)
 
 // exited reports whether pid has exited (gone, or a zombie not yet
 // reaped).
@@ -133,12 +133,21 @@ func TestHandoverSIGUSR2(t *testing.T) {
 	defer closeHanded.Do(func() { close(handed) })
 	be := handoverBackend(t, handed)
 	p := startRsp(t, "-config", writeConfig(t, "", fmt.Sprintf(`
+[global]
+conn_log = "all"
 [frontend.f]
 listen = "127.0.0.1:0"
 backend = "b"
+[frontend.hole]
+listen = "127.0.0.1:0"
+backend = "hole"
+connect_timeout = "60s"
 [backend.b]
 server.s = { address = %q }
-`, be.Addr())))
+[backend.hole]
+server.h = { address = %q }
+`, be.Addr(), blackHole(t))))
+	addr, holeAddr := listeningOn(p, "f"), listeningOn(p, "hole")
 	baseSockets := socketFDs(t, p.pid())
 	const streams = 60
 	const size = 4 << 20
@@ -146,7 +155,7 @@ server.s = { address = %q }
 	errs := make(chan error, streams+2)
 	started := make(chan struct{}, streams+2)
 	for i := range streams {
-		c := dial(t, p.addr)
+		c := dial(t, addr)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -175,7 +184,7 @@ server.s = { address = %q }
 			}
 		}()
 	}
-	half := dial(t, p.addr)
+	half := dial(t, addr)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -189,12 +198,16 @@ server.s = { address = %q }
 			errs <- fmt.Errorf("half-closed stream: got %v, %v; want %v", got, err, want)
 		}
 	}()
-	idle := dial(t, p.addr)
+	idle := dial(t, addr)
 	defer idle.Close()
 	fmt.Fprintf(idle, "echo\nbefore\n")
 	if l, err := readLine(idle, 5*time.Second); err != nil || l != "before\n" {
 		t.Fatalf("idle connection before the hand-over: %q, %v", l, err)
 	}
+	// A client whose server has not answered the connect yet: the
+	// hand-over cannot carry it and resets it, not leaving it hanging.
+	dialing := dial(t, holeAddr)
+	defer dialing.Close()
 	for range streams + 1 {
 		<-started
 	}
@@ -234,12 +247,19 @@ server.s = { address = %q }
 		t.Errorf("new rsp took over %d connections; want at least %d", n, 2*streams/3+2)
 	}
 
+	dialing.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := dialing.Read(make([]byte, 1)); !isReset(err) {
+		t.Errorf("client still connecting at the hand-over: read = %v; want a reset", err)
+	}
+	if !strings.Contains(p.stderr.String(), "frontend=hole backend=hole server=h") || !strings.Contains(p.stderr.String(), "cause=handover") {
+		t.Errorf("the connecting client's end is not logged with cause handover")
+	}
 	// The idle connection, and a new client on the same address.
 	fmt.Fprintf(idle, "after\n")
 	if l, err := readLine(idle, 5*time.Second); err != nil || l != "after\n" {
 		t.Errorf("idle connection after the hand-over: %q, %v", l, err)
 	}
-	fresh := dial(t, p.addr)
+	fresh := dial(t, addr)
 	fmt.Fprintf(fresh, "echo\n")
 	if err := echoPaced(fresh, 7, 1<<20, 1<<20, 0); err != nil {
 		t.Errorf("new client after the hand-over: %v", err)
@@ -271,8 +291,16 @@ server.s = { address = %q }
 	if got := socketFDs(t, newPID); got != baseSockets {
 		t.Errorf("new rsp holds %d sockets once every stream ended; the old one held %d before any client", got, baseSockets)
 	}
-	if strings.Contains(p.stderr.String(), "cause=handover") {
-		t.Errorf("a connection was reset at the hand-over:\n%s", p.stderr.String())
+	// One log line per stream, by the process where it ended, with the
+	// bytes of both processes and the server it had.
+	full := regexp.MustCompile(fmt.Sprintf(`msg=conn .*server=s .*bytes_in=(%d|%d) bytes_out=%d `, size+len("echo\n"), size+len("stall\n"), size))
+	n := 0
+	eventually(5*time.Second, func() bool { n = len(full.FindAllString(p.stderr.String(), -1)); return n >= streams }) // the log is batched
+	if n != streams {
+		t.Errorf("%d connection log lines of whole streams on server s; want one for each of the %d streams", n, streams)
+	}
+	if n := strings.Count(p.stderr.String(), "cause=handover"); n != 1 {
+		t.Errorf("%d connections reset at the hand-over; want only the one still connecting", n)
 	}
 	syscall.Kill(newPID, syscall.SIGTERM)
 	if !eventually(10*time.Second, func() bool { return exited(newPID) }) {

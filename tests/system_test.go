@@ -625,6 +625,21 @@ func exercise(t *testing.T, c *container, in instance, second string) {
 		t.Errorf("%s: %s descriptors left in systemd's store after the take-over; want 0", in.service, fds)
 	}
 
+	// SIGUSR2 under systemd is refused: its successor would not be
+	// systemd's child, which systemd cannot supervise.
+	pid = c.prop(t, in.service, "MainPID")
+	c.must(t, "systemctl", "kill", "-s", "SIGUSR2", "--kill-who=main", in.service)
+	if !eventually(5*time.Second, func() bool {
+		j, _ := c.run("journalctl", "-u", in.service, "--no-pager", "-o", "cat")
+		return strings.Contains(j, "SIGUSR2 ignored under systemd")
+	}) {
+		t.Errorf("%s: SIGUSR2 not refused under systemd", in.service)
+	}
+	if p := c.prop(t, in.service, "MainPID"); p != pid {
+		t.Errorf("%s: MainPID %s after a refused SIGUSR2, was %s", in.service, p, pid)
+	}
+	mustServe(t, in)
+
 	// Stop with a client connected: rsp drains, closes it at
 	// drain_timeout and exits 0.
 	idle := dial(t, in.addr)
@@ -636,7 +651,8 @@ func exercise(t *testing.T, c *container, in instance, second string) {
 	c.must(t, "systemctl", "stop", in.service)
 	took := time.Since(start)
 	if r, code := c.prop(t, in.service, "Result"), c.prop(t, in.service, "ExecMainStatus"); r != "success" || code != "0" {
-		t.Errorf("stop of %s: Result=%s ExecMainStatus=%s, want success and 0", in.service, r, code)
+		j, _ := c.run("journalctl", "-u", in.service, "--no-pager", "-n", "40")
+		t.Errorf("stop of %s: Result=%s ExecMainStatus=%s, want success and 0; journal:\n%s", in.service, r, code, j)
 	}
 	if took > drainLimit+5*time.Second {
 		t.Errorf("stop of %s took %v with drain_timeout %v", in.service, took, drainLimit)

@@ -36,20 +36,29 @@ type inherited struct {
 }
 
 // unpackHandover reads the hand-over among the descriptors passed, if
-// any. A hand-over that cannot be read is logged; its connections are
-// left to whoever else holds them (the previous rsp, or systemd's store).
-func unpackHandover(passed activation.Passed, logger *slog.Logger) *inherited {
+// any. One that cannot be read from the rsp before this one (SIGUSR2) is
+// an error: this process must not start, and that one serves on. One
+// from systemd's store is logged and dropped from the store, so that its
+// connections are reset (Pack set SO_LINGER 0) and its listeners freed
+// for this process to bind.
+func unpackHandover(passed activation.Passed, logger *slog.Logger) (*inherited, error) {
 	if len(passed.Handover) == 0 {
-		return nil
+		return nil, nil
 	}
 	in := &inherited{passed: passed}
 	u, lost, err := handover.Unpack(passed.Handover, passed.HandoverNames)
 	if err != nil {
-		logger.Error("connections handed over cannot be read; starting without them", "err", err)
-		return in
+		if passed.FromParent {
+			return nil, fmt.Errorf("the rsp before this one handed over what this one cannot read: %w", err)
+		}
+		logger.Error("connections handed over through systemd's store cannot be read; they are reset", "err", err)
+		if err := handover.Release(); err != nil {
+			logger.Warn("cannot remove the handed-over descriptors from systemd's store", "err", err)
+		}
+		return in, nil
 	}
 	in.u, in.lost, in.listeners = u, lost, len(u.Listeners)
-	return in
+	return in, nil
 }
 
 // inheritedListeners returns the listeners handed over, by key; nil if none.
@@ -109,11 +118,10 @@ func (in *inherited) abandon() {
 	in.u = nil
 }
 
-// ready tells the rsp that started this one that it serves.
-func (in *inherited) ready() {
-	if in != nil {
-		handover.Ready(in.passed.Handover, in.passed.HandoverNames)
-	}
+// ready tells the rsp that started this one that it serves, and
+// reports whether the connections are now this process's to resume.
+func (in *inherited) ready() bool {
+	return in == nil || handover.Ready(in.passed.Handover, in.passed.HandoverNames, handoverTimeout)
 }
 
 // successor is what a hand-over to a new process (SIGUSR2) needs.

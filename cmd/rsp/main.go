@@ -128,7 +128,10 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 			return 1
 		}
 		sd = passed.Listeners
-		taken = unpackHandover(passed, logger)
+		if taken, err = unpackHandover(passed, logger); err != nil {
+			printErr(stderr, err)
+			return 1
+		}
 		sd, metricsSockets = splitMetricsSockets(sd)
 		if len(sd) > 0 && len(o.listen) > 0 && o.config == "" {
 			logger.Info("socket-activated: ignoring -listen", "listen", strings.Join(o.listen, ","))
@@ -162,10 +165,17 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 		printErr(stderr, fmt.Errorf("start relay: %w", err))
 		return 1
 	}
+	// abort ends a start that failed once listeners may have accepted:
+	// those clients are reset, not waited for.
+	abort := func() {
+		taken.abandon()
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		relay.Shutdown(ctx)
+	}
 	px := &proxy.Proxy{Relay: relay, Logger: logger, Systemd: sd, Inherited: taken.inheritedListeners()}
 	if err := px.Apply(cfg); err != nil {
-		taken.abandon()
-		relay.Shutdown(context.Background())
+		abort()
 		printErr(stderr, err)
 		var le *activation.ListenError
 		if errors.As(err, &le) || o.config != "" {
@@ -184,15 +194,18 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 	}
 	metricsSrv, err := serveMetrics(cfg, metricsSockets, metricsSources, logger)
 	if err != nil {
-		taken.abandon()
-		relay.Shutdown(context.Background())
+		abort()
 		px.Close()
 		printErr(stderr, err)
 		return 2
 	}
 	ctl := serveControl(cfg, px, relay, logger)
+	// closeObservers closes the metrics listener rsp bound and the control
+	// socket, so that a successor can have them; the metrics socket of
+	// systemd stays served until this process ends (the successor gets
+	// its own copy).
 	closeObservers := func() {
-		if metricsSrv != nil {
+		if metricsSrv != nil && len(metricsSockets) == 0 {
 			metricsSrv.Close()
 			metricsSrv = nil
 		}
@@ -201,17 +214,26 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 			ctl = nil
 		}
 	}
-	defer func() { closeObservers() }()
+	defer func() {
+		closeObservers()
+		if metricsSrv != nil {
+			metricsSrv.Close()
+		}
+	}()
 	if taken != nil && taken.passed.FromParent && testFailTakeOver() {
-		taken.abandon()
-		relay.Shutdown(context.Background())
+		abort()
 		px.Close()
 		printErr(stderr, errors.New("test: failing after a hand-over (RSP_TEST_FAIL_TAKEOVER)"))
 		return 1
 	}
 	// Nothing can fail from here on: the rsp before this one lets go of
 	// the connections, and this one resumes them.
-	taken.ready()
+	if !taken.ready() {
+		abort()
+		px.Close()
+		printErr(stderr, errors.New("the rsp before this one kept its connections (it gave up waiting); exiting"))
+		return 1
+	}
 	taken.resume(px, relay, logger)
 	notifier := activation.NewNotifier(logger)
 	notifier.Ready()
@@ -238,8 +260,10 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 		sockets: append(slices.Clone(sd), metricsSockets...), logger: logger,
 		pause: closeObservers,
 		resume: func() {
-			if metricsSrv, err = serveMetrics(cfg, metricsSockets, metricsSources, logger); err != nil {
-				logger.Error("metrics not served again", "err", err)
+			if metricsSrv == nil {
+				if metricsSrv, err = serveMetrics(cfg, metricsSockets, metricsSources, logger); err != nil {
+					logger.Error("metrics not served again", "err", err)
+				}
 			}
 			ctl = serveControl(cfg, px, relay, logger)
 		},
@@ -270,13 +294,18 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 			logStats(logger, relay.Stats())
 			continue
 		case syscall.SIGUSR2:
+			if os.Getenv("NOTIFY_SOCKET") != "" {
+				// A successor would not be systemd's child: systemd
+				// cannot watch it, and kills it at once on stop.
+				logger.Warn("SIGUSR2 ignored under systemd: `systemctl restart` hands the live connections over (see handover)")
+				continue
+			}
 			logger.Info("SIGUSR2: handing listeners and live connections over to a new rsp", "binary", self)
 			pid, conns, err := next.handOver()
 			if err != nil {
 				logger.Error("hand-over failed; this rsp serves on", "err", config.OneLine(err.Error()))
 				continue
 			}
-			notifier.MainPID(pid)
 			return handedOver("handed over", "pid", pid, "conns", conns)
 		case syscall.SIGHUP:
 			if o.config == "" {

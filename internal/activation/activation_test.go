@@ -35,3 +35,27 @@ func TestListenErrors(t *testing.T) {
 	}
 	l.Close()
 }
+
+// TestHandoverName: only the hand-over's own names are taken from
+// systemd's sockets (a socket unit named "rsp-web" stays a listener);
+// from the rsp before this one, the unnamed descriptors are connections'.
+func TestHandoverName(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		fromParent bool
+		want       string
+	}{
+		{"rsp-state", false, HandoverState},
+		{"rsp-fd", false, HandoverFD},
+		{"rsp-listen", true, HandoverListen},
+		{"rsp-ready", true, HandoverReady},
+		{"rsp-web", false, ""},
+		{"web", true, ""},
+		{"LISTEN_FD_9", false, ""},
+		{"LISTEN_FD_9", true, HandoverFD},
+	} {
+		if got := handoverName(tc.name, tc.fromParent); got != tc.want {
+			t.Errorf("handoverName(%q, %v) = %q; want %q", tc.name, tc.fromParent, got, tc.want)
+		}
+	}
+}

@@ -28,9 +28,29 @@ type Listener struct {
 // that process, since LISTEN_PID cannot be known before it starts.
 const ParentEnv = "RSP_HANDOVER_PARENT"
 
-// HandoverPrefix begins the names of the descriptors a hand-over passes
-// (internal/handover); no socket unit should use it.
-const HandoverPrefix = "rsp-"
+// Names of the descriptors a hand-over passes (internal/handover), as
+// systemd's FDNAME.
+const (
+	HandoverState  = "rsp-state"  // the memfd describing the rest
+	HandoverFD     = "rsp-fd"     // a connection's socket or pipe
+	HandoverListen = "rsp-listen" // a listener rsp bound itself
+	HandoverReady  = "rsp-ready"  // how a successor started by rsp says it serves
+)
+
+// handoverName returns the hand-over name of a descriptor passed under
+// name, or "" if it is not one. The rsp before this one leaves the names
+// of connections' descriptors out (they would make LISTEN_FDNAMES longer
+// than an environment string may be), so go-systemd names them
+// LISTEN_FD_N.
+func handoverName(name string, fromParent bool) string {
+	switch {
+	case name == HandoverState, name == HandoverFD, name == HandoverListen, name == HandoverReady:
+		return name
+	case fromParent && strings.HasPrefix(name, "LISTEN_FD_"):
+		return HandoverFD
+	}
+	return ""
+}
 
 // Activated reports whether systemd (or the rsp before this one) passed
 // descriptors to this process: LISTEN_FDS is set, and LISTEN_PID names
@@ -48,8 +68,8 @@ func Activated() bool {
 // Passed is what systemd, or the rsp before this one, passed.
 type Passed struct {
 	Listeners []Listener
-	// Handover holds the descriptors of a hand-over (names beginning
-	// HandoverPrefix), named by HandoverNames, for internal/handover.
+	// Handover holds the descriptors of a hand-over (the Handover*
+	// names), named by HandoverNames, for internal/handover.
 	Handover      []*os.File
 	HandoverNames []string
 	// FromParent: the rsp before this one passed them (SIGUSR2), not
@@ -75,9 +95,9 @@ func FromSystemd() (Passed, error) {
 		errs []error
 	)
 	for i, f := range files {
-		if strings.HasPrefix(f.Name(), HandoverPrefix) {
+		if name := handoverName(f.Name(), p.FromParent); name != "" {
 			p.Handover = append(p.Handover, f)
-			p.HandoverNames = append(p.HandoverNames, f.Name())
+			p.HandoverNames = append(p.HandoverNames, name)
 			continue
 		}
 		ln, err := net.FileListener(f)

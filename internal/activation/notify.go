@@ -2,7 +2,6 @@ package activation
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"time"
 
@@ -46,10 +45,6 @@ func (n *Notifier) Reloading() {
 
 // Stopping tells systemd that rsp is shutting down.
 func (n *Notifier) Stopping() { n.send(daemon.SdNotifyStopping) }
-
-// MainPID tells systemd that the process pid now is the service's main
-// process (a successor this one started).
-func (n *Notifier) MainPID(pid int) { n.send(fmt.Sprintf("MAINPID=%d", pid)) }
 
 // Status sets the one-line status shown by systemctl status, if it
 // changed since the last call.

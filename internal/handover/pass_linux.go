@@ -5,6 +5,7 @@ package handover
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -16,19 +17,42 @@ import (
 	"rsp/internal/activation"
 )
 
-// Exec starts the program at path with args, passing p's files as
-// systemd passes sockets (from descriptor 3, with LISTEN_FDS and
-// LISTEN_FDNAMES), and waits up to timeout for it to say that it serves
-// (Ready). On any failure the new process is killed and an error
+// Exec starts the program at path with args, passing p's files as systemd passes sockets (from descriptor 3,
+// with LISTEN_FDS and LISTEN_FDNAMES), and waits up to timeout for it to
+// say that it serves (Ready). It then tells the new process to resume
+// the connections: from that moment they are its own. On any failure
+// before, the new process is killed, has resumed nothing, and an error is
 // returned; p is left to the caller.
 func Exec(path string, args []string, p *Packed, timeout time.Duration) (*os.Process, error) {
-	r, w, err := os.Pipe()
+	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("readiness pipe: %w", err)
+		return nil, fmt.Errorf("readiness socket: %w", err)
 	}
-	defer r.Close()
-	files := append(append([]*os.File{}, p.Files...), w)
-	names := append(append([]string{}, p.Names...), ReadyName)
+	ours := os.NewFile(uintptr(sp[0]), "ready")
+	theirs := os.NewFile(uintptr(sp[1]), ReadyName)
+	conn, err := net.FileConn(ours)
+	ours.Close()
+	if err != nil {
+		theirs.Close()
+		return nil, fmt.Errorf("readiness socket: %w", err)
+	}
+	defer conn.Close()
+	// Named descriptors first; the connections' ones, unnamed, last: a
+	// name each would make LISTEN_FDNAMES longer than the kernel lets
+	// one environment string be (128 KiB) past some 18,000 descriptors.
+	var files []*os.File
+	var names []string
+	for i, f := range p.Files {
+		if p.Names[i] != FDName {
+			files, names = append(files, f), append(names, p.Names[i])
+		}
+	}
+	files, names = append(files, theirs), append(names, ReadyName)
+	for i, f := range p.Files {
+		if p.Names[i] == FDName {
+			files = append(files, f)
+		}
+	}
 	cmd := exec.Command(path, args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.ExtraFiles = files
@@ -36,20 +60,27 @@ func Exec(path string, args []string, p *Packed, timeout time.Duration) (*os.Pro
 		"LISTEN_FDS="+strconv.Itoa(len(files)),
 		"LISTEN_FDNAMES="+strings.Join(names, ":"),
 		activation.ParentEnv+"="+strconv.Itoa(os.Getpid()))
-	if err := cmd.Start(); err != nil {
-		w.Close()
+	err = cmd.Start()
+	theirs.Close()
+	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", path, err)
 	}
-	w.Close()
-	r.SetReadDeadline(time.Now().Add(timeout))
-	var b [1]byte
-	if n, err := r.Read(b[:]); n != 1 {
+	fail := func(err error) (*os.Process, error) {
 		cmd.Process.Kill()
 		cmd.Wait()
+		return nil, err
+	}
+	conn.SetDeadline(time.Now().Add(timeout))
+	var b [1]byte
+	if n, err := conn.Read(b[:]); n != 1 {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return nil, fmt.Errorf("%s did not say it serves within %v", path, timeout)
+			return fail(fmt.Errorf("%s did not say it serves within %v", path, timeout))
 		}
-		return nil, fmt.Errorf("%s exited before it served (see its log above)", path)
+		return fail(fmt.Errorf("%s exited before it served (see its log above)", path))
+	}
+	// The new process waits for this byte before it resumes anything.
+	if _, err := conn.Write(b[:]); err != nil {
+		return fail(fmt.Errorf("%s: %w", path, err))
 	}
 	go cmd.Wait() // reaped if it ends before this process
 	return cmd.Process, nil
@@ -69,14 +100,31 @@ func withoutActivation(env []string) []string {
 }
 
 // Ready tells the process that started this one by Exec that it serves,
-// through the descriptor named ReadyName among files.
-func Ready(files []*os.File, names []string) {
+// through the descriptor named ReadyName among files, and waits up to
+// timeout for its answer: true means the connections are this process's
+// to resume; false means they went back to the other process (or there
+// is none: a hand-over through systemd's store needs no answer and
+// gives true).
+func Ready(files []*os.File, names []string, timeout time.Duration) bool {
 	for i, n := range names {
-		if n == ReadyName {
-			files[i].Write([]byte{1})
-			files[i].Close()
+		if n != ReadyName {
+			continue
 		}
+		conn, err := net.FileConn(files[i])
+		files[i].Close()
+		if err != nil {
+			return false
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(timeout))
+		b := []byte{1}
+		if _, err := conn.Write(b); err != nil {
+			return false
+		}
+		n, _ := conn.Read(b)
+		return n == 1
 	}
+	return true
 }
 
 // maxFDsPerMessage stays under the kernel's SCM_MAX_FD (253).

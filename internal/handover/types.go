@@ -14,24 +14,19 @@ import (
 	"net"
 	"os"
 
+	"rsp/internal/activation"
 	"rsp/internal/splice"
 )
 
 // Names of the descriptors a hand-over passes (systemd's FDNAME).
 const (
-	StateName  = "rsp-state"  // the memfd describing the rest
-	FDName     = "rsp-fd"     // a connection's socket or pipe
-	ListenName = "rsp-listen" // a listener rsp bound itself
+	StateName  = activation.HandoverState  // the memfd describing the rest
+	FDName     = activation.HandoverFD     // a connection's socket or pipe
+	ListenName = activation.HandoverListen // a listener rsp bound itself
+	// ReadyName names the socket on which a process started by Exec
+	// says that it serves, and hears that it may resume.
+	ReadyName = activation.HandoverReady
 )
-
-// IsHandover reports whether name is one of a hand-over's descriptors.
-func IsHandover(name string) bool {
-	return name == StateName || name == FDName || name == ListenName
-}
-
-// ReadyName names the pipe on which a process started by Exec says that
-// it serves.
-const ReadyName = "rsp-ready"
 
 // Listener is a listening socket rsp bound itself, by its key.
 type Listener struct {

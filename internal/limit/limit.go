@@ -255,12 +255,12 @@ func (l *Limiter) Take(a netip.Addr, now int64) error {
 	a = a.Unmap()
 	k := key(a.As16())
 	if l.trackAddr {
-		if err := l.takeAddr(k, a, now); err != nil {
+		if err := l.takeAddr(k, a, now, false); err != nil {
 			return err
 		}
 	}
 	if l.perPrefix > 0 {
-		if err := l.takePrefix(l.prefixKey(k, a), a, now); err != nil {
+		if err := l.takePrefix(l.prefixKey(k, a), a, now, false); err != nil {
 			if l.trackAddr {
 				l.undoAddr(k)
 			}
@@ -268,6 +268,23 @@ func (l *Limiter) Take(a netip.Addr, now int64) error {
 		}
 	}
 	return nil
+}
+
+// Hold counts a connection from a that is open already (handed over by
+// the rsp process before this one), whatever the limits say and without
+// spending a rate token; Release(a) ends it as one taken by Take.
+func (l *Limiter) Hold(a netip.Addr, now int64) {
+	if l == nil || !a.IsValid() {
+		return
+	}
+	a = a.Unmap()
+	k := key(a.As16())
+	if l.trackAddr {
+		l.takeAddr(k, a, now, true)
+	}
+	if l.perPrefix > 0 {
+		l.takePrefix(l.prefixKey(k, a), a, now, true)
+	}
 }
 
 // Release gives back what a successful Take(a) took. Releasing an address
@@ -321,20 +338,20 @@ func (l *Limiter) Sweep(now int64) int {
 	return n
 }
 
-func (l *Limiter) takeAddr(k key, a netip.Addr, now int64) error {
+func (l *Limiter) takeAddr(k key, a netip.Addr, now int64, hold bool) error {
 	s := l.shardOf(k)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.advance(now)
 	e, ok := s.addrs[k]
-	if !ok && !s.room(l.share) {
+	if !ok && !s.room(l.share) && !hold {
 		return &refusal{err: ErrTooManySources, addr: a, limit: l.maxSrc}
 	}
-	if l.countConns && int(e.conns) >= l.perAddr {
+	if l.countConns && int(e.conns) >= l.perAddr && !hold {
 		s.tick()
 		return &refusal{err: ErrPerAddr, addr: a, count: int(e.conns), limit: l.perAddr}
 	}
-	if l.interval > 0 {
+	if l.interval > 0 && !hold {
 		t := max(e.tat, s.now) + l.interval
 		if t-s.now > l.span {
 			s.tick()
@@ -385,16 +402,16 @@ func (l *Limiter) releaseAddr(k key) {
 	s.put(k, e)
 }
 
-func (l *Limiter) takePrefix(k key, a netip.Addr, now int64) error {
+func (l *Limiter) takePrefix(k key, a netip.Addr, now int64, hold bool) error {
 	s := l.shardOf(k)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.advance(now)
 	n, ok := s.prefixes[k]
-	if !ok && !s.room(l.share) {
+	if !ok && !s.room(l.share) && !hold {
 		return &refusal{err: ErrTooManySources, addr: a, limit: l.maxSrc}
 	}
-	if int(n) >= l.perPrefix {
+	if int(n) >= l.perPrefix && !hold {
 		return &refusal{err: ErrPerPrefix, addr: a, bits: l.prefixBits(a), count: int(n), limit: l.perPrefix}
 	}
 	s.prefixes[k] = n + 1

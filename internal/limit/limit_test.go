@@ -437,3 +437,22 @@ func TestShardSpread(t *testing.T) {
 		}
 	}
 }
+
+// TestHold: a connection handed over is counted whatever the limits, and
+// spends no rate token; it is released as any other.
+func TestHold(t *testing.T) {
+	a := netip.MustParseAddr("192.0.2.1")
+	l := New(Config{PerAddr: 1, PerPrefix: 1, Rate: 1, Burst: 1})
+	if err := l.Take(a, 0); err != nil {
+		t.Fatal(err)
+	}
+	l.Hold(a, 0) // over every limit: counted all the same
+	l.Release(a)
+	if err := l.Take(a, int64(10e9)); !errors.Is(err, ErrPerAddr) {
+		t.Errorf("Take with one held connection left = %v; want ErrPerAddr", err)
+	}
+	l.Release(a)
+	if err := l.Take(a, int64(10e9)); err != nil {
+		t.Errorf("Take once both ended = %v; want admitted (Hold spent no token)", err)
+	}
+}

@@ -179,6 +179,7 @@ func (l *loop) thawConn(th *thawing) {
 	if fc.HalfClosed > 0 {
 		c.halfAt = l.now - int64(fc.HalfClosed)
 	}
+	c.holdLimits(l.now)
 	c.fe = l.tally.frontend(rt.Name)
 	c.fe.Active++
 	c.srv = l.tally.server(th.t.Name())

@@ -382,6 +382,10 @@ func (cl *ConnLimit) take() bool {
 
 func (cl *ConnLimit) release() { cl.n.Add(-1) }
 
+// hold counts a connection that is open already (handed over), whatever
+// the limit.
+func (cl *ConnLimit) hold() { cl.n.Add(1) }
+
 // peerError is a failure of one peer's socket: a reset, a failed read or
 // write. It tells a client's failure from a server's.
 type peerError struct {

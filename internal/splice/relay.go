@@ -167,8 +167,11 @@ type SourceLimiter interface {
 	// Take counts a new connection from addr at now (a monotonic clock in
 	// ns); an error refuses it, saying which limit.
 	Take(addr netip.Addr, now int64) error
-	// Release ends a connection counted by a successful Take.
+	// Release ends a connection counted by a successful Take or by Hold.
 	Release(addr netip.Addr)
+	// Hold counts a connection from addr that is open already (handed
+	// over by another process), whatever the limits.
+	Hold(addr netip.Addr, now int64)
 }
 
 // KeepAlive configures how a TCP socket notices a peer that vanished: TCP

@@ -72,6 +72,20 @@ func (d *dialing) takeSource(now int64) error {
 	return nil
 }
 
+// holdLimits counts a connection handed over by another process against
+// the route's frontend and per-source limits, whatever they say: it is
+// open already. Its end releases them as for any other.
+func (d *dialing) holdLimits(now int64) {
+	if d.rt.Limit != nil {
+		d.rt.Limit.hold()
+		d.limited = true
+	}
+	if s := d.rt.Sources; s != nil && d.peer.IsValid() {
+		s.Hold(d.peer.Addr(), now)
+		d.sources = s
+	}
+}
+
 // releaseSource gives back what takeSource counted.
 func (d *dialing) releaseSource() {
 	if d.sources != nil {
