@@ -608,6 +608,11 @@ func exercise(t *testing.T, c *container, in instance, second string) {
 	// Restart with live streams: rsp hands them to the next rsp through
 	// systemd's file descriptor store; none is cut, no byte is lost.
 	pid = c.prop(t, in.service, "MainPID")
+	sockets := func(pid string) int {
+		out, _ := c.run("sh", "-c", "ls -l /proc/"+pid+"/fd | grep -c socket:")
+		return atoi(strings.TrimSpace(out))
+	}
+	base := sockets(pid)
 	waited := streamsAcross(t, in.addr, handoverStreams, func() { c.must(t, "systemctl", "restart", in.service) })
 	if p := c.prop(t, in.service, "MainPID"); p == pid || p == "0" {
 		t.Errorf("%s MainPID %s after restart, was %s", in.service, p, pid)
@@ -620,6 +625,12 @@ func exercise(t *testing.T, c *container, in instance, second string) {
 		t.Errorf("%s: took over %s connections and lost %s; want at least %d and 0", in.service, m[1], m[2], handoverStreams)
 	} else {
 		t.Logf("systemctl restart %s with %d live streams: took over %s (%s bytes in pipes), lost %s; a new client waited %v at most", in.service, handoverStreams+1, m[1], m[3], m[2], waited.Round(time.Millisecond))
+	}
+	// Once every stream ended, the new rsp holds the sockets the old one
+	// held with no client: nothing handed over is left behind.
+	newPID, got := c.prop(t, in.service, "MainPID"), 0
+	if !eventually(5*time.Second, func() bool { got = sockets(newPID); return got == base }) {
+		t.Errorf("%s: the new rsp holds %d sockets once the streams ended; the old one held %d with no client", in.service, got, base)
 	}
 	if fds := c.prop(t, in.service, "NFileDescriptorStore"); fds != "" && fds != "0" { // systemd 254+
 		t.Errorf("%s: %s descriptors left in systemd's store after the take-over; want 0", in.service, fds)
