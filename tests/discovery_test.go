@@ -181,10 +181,11 @@ func TestDiscoverySRV(t *testing.T) {
 	a, b, c := newIDServer(t, "a"), newIDServer(t, "b"), newIDServer(t, "c")
 	portOf := func(s *idServer) uint16 { return uint16(s.ln.Addr().(*net.TCPAddr).Port) }
 	lo := []netip.Addr{netip.MustParseAddr("127.0.0.1")}
+	d.SetIP("a.svc.test", time.Hour, lo...)
 	d.SetIP("b.svc.test", time.Hour, lo...)
 	const name = "_app._tcp.svc.test"
 	d.SetSRV(name, time.Hour,
-		dns.SRV{Target: "a.svc.test", Port: portOf(a), Weight: 1, Addrs: lo}, // address in the additional section
+		dns.SRV{Target: "a.svc.test", Port: portOf(a), Weight: 1, Addrs: lo}, // IPv4 glue only: asked too
 		dns.SRV{Target: "b.svc.test", Port: portOf(b), Weight: 3},            // address by its own lookup
 		dns.SRV{Target: "a.svc.test", Port: portOf(c), Priority: 1, Weight: 1, Addrs: lo})
 	conf := fmt.Sprintf("[global]\nresolvers = [%q]\n[frontend.f]\nlisten = \"127.0.0.1:0\"\nbackend = \"app\"\n[backend.app.server.pool]\nsrv = %q\nresolve_every = \"1s\"\n", d.Addr(), name)

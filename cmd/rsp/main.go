@@ -410,7 +410,7 @@ func applyNames(u discovery.Update, cur *config.Config, px *proxy.Proxy, names *
 func reload(o *options, cur *config.Config, px *proxy.Proxy, relay *splice.Relay, n *activation.Notifier, logger *slog.Logger, level *slog.LevelVar) (*config.Config, error) {
 	n.Reloading()
 	defer n.Ready()
-	cfg, err := config.Load(o.config)
+	cfg, err := config.LoadAfter(o.config, cur)
 	if err == nil {
 		err = px.Apply(cfg)
 	}

@@ -10,6 +10,7 @@
 package config
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -383,22 +384,28 @@ func (e *Error) Error() string {
 // Load reads and checks the configuration file at path. Host names of
 // servers are resolved now. The error lists every mistake found, one per
 // line.
-func Load(path string) (*Config, error) {
+func Load(path string) (*Config, error) { return LoadAfter(path, nil) }
+
+// LoadAfter is Load for a reload of running: a server with resolve =
+// "first" keeps the address it has while its name still gives it, as
+// between two lookups while rsp runs.
+func LoadAfter(path string, running *Config) (*Config, error) {
 	src, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	return Parse(path, string(src))
+	return parseAfter(path, string(src), NewLookup, running)
 }
 
 // checker collects the mistakes of one file.
 type checker struct {
-	path   string
-	idx    lineIndex
-	errs   []error
-	lookup func(resolvers []string) Lookup
-	dns    Lookup        // set once [global] is read
-	names  []pendingName // resolved once the whole file is read
+	path    string
+	idx     lineIndex
+	errs    []error
+	lookup  func(resolvers []string) Lookup
+	dns     Lookup        // set once [global] is read
+	names   []pendingName // resolved once the whole file is read
+	running *Config       // the configuration a reload replaces; nil at start
 }
 
 func (c *checker) add(key []string, format string, a ...any) {
@@ -421,6 +428,11 @@ func NewLookup(resolvers []string) Lookup { return &dns.Client{Servers: resolver
 // parse is Parse with the name lookup given (the fuzz test resolves
 // nothing over the network).
 func parse(path, src string, lookup func([]string) Lookup) (*Config, error) {
+	return parseAfter(path, src, lookup, nil)
+}
+
+// parseAfter is parse for a reload of running (nil at start).
+func parseAfter(path, src string, lookup func([]string) Lookup, running *Config) (*Config, error) {
 	var f fileConfig
 	md, err := toml.Decode(src, &f)
 	if err != nil {
@@ -430,7 +442,7 @@ func parse(path, src string, lookup func([]string) Lookup) (*Config, error) {
 		}
 		return nil, &Error{Path: path, Msg: err.Error()}
 	}
-	c := &checker{path: path, idx: indexLines(src), lookup: lookup}
+	c := &checker{path: path, idx: indexLines(src), lookup: lookup, running: running}
 	c.unknownKeys(md.Undecoded())
 	cfg := c.build(&f)
 	c.resolveNames()
@@ -438,6 +450,14 @@ func parse(path, src string, lookup func([]string) Lookup) (*Config, error) {
 		b.expand()
 	}
 	if len(c.errs) > 0 {
+		// In file order: names are resolved after every other check.
+		slices.SortStableFunc(c.errs, func(a, b error) int {
+			var ea, eb *Error
+			if !errors.As(a, &ea) || !errors.As(b, &eb) {
+				return 0
+			}
+			return cmp.Compare(ea.Line, eb.Line)
+		})
 		return nil, errors.Join(c.errs...)
 	}
 	return cfg, nil
@@ -870,7 +890,7 @@ func (c *checker) server(b *Backend, sname string, ss serverSection) *NameServer
 		case "all":
 			n.All = true
 		default:
-			c.add(at("resolve"), "server %s/%s: unknown resolve %q: use \"first\" (one server, the name's first address) or \"all\" (a server for each address)", name, sname, *ss.Resolve)
+			c.add(at("resolve"), "server %s/%s: unknown resolve %q: use \"first\" (one server, at one of the name's addresses) or \"all\" (a server for each address)", name, sname, *ss.Resolve)
 		}
 	}
 	if ss.ResolveEvery != nil {
@@ -924,12 +944,19 @@ func (c *checker) server(b *Backend, sname string, ss serverSection) *NameServer
 			c.add(at("address"), "server %s/%s: address %q: brackets hold an IPv6 address, not a host name: write \"%s\"", name, sname, *ss.Address, net.JoinHostPort(host, port))
 			return nil
 		}
+		if strings.TrimSuffix(host, ".") == "" {
+			c.add(at("address"), "server %s/%s: address %q has no host: write \"HOST:PORT\"", name, sname, *ss.Address)
+			return nil
+		}
 		if err := checkHostName(strings.TrimSuffix(host, ".")); err != nil {
 			c.add(at("address"), "server %s/%s: address %q: %v", name, sname, *ss.Address, err)
 			return nil
 		}
 		n.Host = host
 		n.Port, _ = strconv.Atoi(port)
+		if old := c.running.nameServer(n.Key()); old != nil && old.Host == n.Host && old.Port == n.Port && !old.All && !n.All {
+			n.Found = old.Found // resolve = "first" keeps its address
+		}
 	}
 	key, hint := at("address"), "check the name and the DNS servers (resolvers), or give an IP address"
 	if n.SRV != "" {
@@ -938,6 +965,9 @@ func (c *checker) server(b *Backend, sname string, ss serverSection) *NameServer
 	c.names = append(c.names, pendingName{n: n, key: key, hint: hint})
 	return n
 }
+
+// maxParallelNames bounds the names asked at once while a file loads.
+const maxParallelNames = 16
 
 // pendingName is a name server to resolve once the file is read, and
 // where to report its failure.
@@ -953,8 +983,13 @@ type pendingName struct {
 func (c *checker) resolveNames() {
 	errs := make([]error, len(c.names))
 	var wg sync.WaitGroup
+	// A bound, so that a file of hundreds of names does not open a socket
+	// per query at once (fd limits, a local forwarder's queue).
+	sem := make(chan struct{}, maxParallelNames)
 	for i, p := range c.names {
 		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
 			p.n.Found, p.n.TTL, errs[i] = p.n.Resolve(context.Background(), c.dns)
 		})
 	}

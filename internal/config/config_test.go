@@ -473,7 +473,25 @@ resolve = "all"
 		t.Errorf("Refresh(48h) = %s; want %s", got, MaxRefresh)
 	}
 
+	// Errors come in file order, names resolved last or not.
+	_, err = parse("e.conf", "[frontend.f]\nlisten = \"127.0.0.1:0\"\nbackend = \"b\"\n[backend.b.server.r]\naddress = \"gone.test:80\"\n[backend.b.server.w]\naddress = \"127.0.0.1:1\"\nweight = -1\n", lookup)
+	if err == nil || !strings.HasPrefix(err.Error(), "e.conf:5:") || !strings.Contains(err.Error(), "\ne.conf:8:") {
+		t.Errorf("errors of lines 5 (a name) and 8: %v; want line 5 first", err)
+	}
+
+	// A reload keeps the address "first" has while the name gives it.
+	running, err := parse("e.conf", "[frontend.f]\nlisten = \"127.0.0.1:0\"\nbackend = \"b\"\n[backend.b.server.r]\naddress = \"rot.test:80\"\n", lookup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running = running.WithFound("b/r", []balance.ServerConfig{{Name: "r", Addr: &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 80}, Weight: 1}}, time.Minute)
+	reloaded, err := parseAfter("e.conf", "[frontend.f]\nlisten = \"127.0.0.1:0\"\nbackend = \"b\"\n[backend.b.server.r]\naddress = \"rot.test:80\"\n", lookup, running)
+	if err != nil || reloaded.Backend("b").Servers[0].Addr.String() != "10.0.0.1:80" {
+		t.Errorf("reload of a first server on 10.0.0.1, still given: %v, %v; want it kept", reloaded.Backend("b").Servers, err)
+	}
+
 	for addr, want := range map[string]string{
+		`".:80"`:         `has no host: write "HOST:PORT"`,
 		`"web..test:80"`: "labels of 1 to 63",
 		`"` + strings.Repeat("a", 70) + `.test:80"`: "labels of 1 to 63",
 		`"we b.test:80"`:  "not allowed in a DNS name",

@@ -209,6 +209,19 @@ func (c *Config) WithFound(key string, found []balance.ServerConfig, ttl time.Du
 	return nil
 }
 
+// nameServer returns c's name server of key, or nil (c may be nil).
+func (c *Config) nameServer(key string) *NameServer {
+	if c == nil {
+		return nil
+	}
+	for _, n := range c.Names() {
+		if n.Key() == key {
+			return n
+		}
+	}
+	return nil
+}
+
 // Names returns every name server of every backend.
 func (c *Config) Names() []*NameServer {
 	var out []*NameServer

@@ -212,7 +212,7 @@ func (c *Client) LookupSRV(ctx context.Context, name string) ([]SRV, time.Durati
 }
 
 // targetAddrs returns an SRV target's addresses: those in msg's additional
-// section when the server gave them, else LookupIP's. A target without
+// section when it holds both families, else LookupIP's. A target without
 // addresses has none, and does not lower the TTL.
 func (c *Client) targetAddrs(ctx context.Context, msg *dnsmessage.Message, target string) ([]netip.Addr, uint32, error) {
 	var v4, v6 []netip.Addr
@@ -231,9 +231,11 @@ func (c *Client) targetAddrs(ctx context.Context, msg *dnsmessage.Message, targe
 		}
 		ttl = min(ttl, rr.Header.TTL)
 	}
-	if len(v4)+len(v6) > 0 {
+	if len(v4) > 0 && len(v6) > 0 {
 		return append(v4, v6...), ttl, nil
 	}
+	// Glue of one family only may be all the target has, or half of it:
+	// ask, rather than drop the other family's servers.
 	addrs, d, err := c.LookupIP(ctx, target+".")
 	var nf *NotFoundError
 	if errors.As(err, &nf) {
@@ -259,13 +261,13 @@ func appendAddr(addrs []netip.Addr, body dnsmessage.ResourceBody) []netip.Addr {
 
 // search calls try with each name that host stands for (see candidates)
 // until one has records. NXDOMAIN and NODATA move on to the next name; any
-// other failure is kept and, when no name has records, returned rather than
-// a *NotFoundError, so that a failing server does not read as "no such name".
+// other failure ends the search with that error: moving on could find the
+// name under a search domain (a wildcard, say) when it exists as asked but
+// its server failed for a moment.
 func (cf *config) search(ctx context.Context, host, what string, try func(fqdn string) error) error {
 	if strings.TrimSuffix(host, ".") == "" {
 		return fmt.Errorf("look up %s: empty name", what)
 	}
-	var failed error
 	nxdomain := true
 	for _, fqdn := range cf.candidates(host) {
 		err := try(fqdn)
@@ -275,14 +277,9 @@ func (cf *config) search(ctx context.Context, host, what string, try func(fqdn s
 			return nil
 		case errors.As(err, &nf):
 			nxdomain = nxdomain && nf.nxdomain
-		case ctx.Err() != nil:
+		default:
 			return err
-		case failed == nil:
-			failed = err
 		}
-	}
-	if failed != nil {
-		return failed
 	}
 	return &NotFoundError{Name: host, Type: what, nxdomain: nxdomain}
 }

@@ -238,6 +238,10 @@ func TestLookupSRV(t *testing.T) {
 		dns.SRV{Target: "db1.svc.test.", Port: 5432, Priority: 1, Weight: 1},
 		dns.SRV{Target: "gone.svc.test", Port: 5432, Priority: 2, Weight: 1},
 	)
+	// Targets with glue of one family only are asked for the other.
+	srv.SetIP("b.svc.test", time.Minute, ips("10.0.0.2")...)
+	srv.SetIP("c.svc.test", time.Minute, ips("10.0.0.3")...)
+	srv.SetIP("d.svc.test", time.Minute, ips("10.0.0.4", "fd00::4")...)
 	srv.SetIP("db1.svc.test", 9*time.Second, ips("10.0.1.1")...)
 	srv.SetIP("db2.svc.test", 30*time.Second, ips("fd00::2", "10.0.1.2")...)
 	c := client(t, srv.Addr())
@@ -246,7 +250,7 @@ func TestLookupSRV(t *testing.T) {
 		want string
 		ttl  time.Duration
 	}{
-		{"_http._tcp.svc.test", "[{c.svc.test 80 5 1 [10.0.0.3]} {d.svc.test 80 10 50 [10.0.0.4]} " +
+		{"_http._tcp.svc.test", "[{c.svc.test 80 5 1 [10.0.0.3]} {d.svc.test 80 10 50 [10.0.0.4 fd00::4]} " +
 			"{a.svc.test 79 10 5 [10.0.0.1 fd00::1]} {a.svc.test 80 10 5 [10.0.0.1 fd00::1]} {b.svc.test 8080 10 5 [10.0.0.2]}]", time.Minute},
 		{"_db._tcp.svc.test", "[{db1.svc.test 5432 1 1 [10.0.1.1]} {db2.svc.test 5432 1 1 [10.0.1.2 fd00::2]} {gone.svc.test 5432 2 1 []}]", 9 * time.Second},
 	} {
@@ -256,7 +260,7 @@ func TestLookupSRV(t *testing.T) {
 		}
 	}
 	if n := srv.Queries("a.svc.test"); n != 0 {
-		t.Errorf("queries for a target given in the additional section = %d; want 0", n)
+		t.Errorf("queries for a target given in the additional section, both families = %d; want 0", n)
 	}
 	if n := srv.Queries("db1.svc.test"); n != 2 {
 		t.Errorf("queries for a target without additional records = %d; want 2 (A and AAAA)", n)
@@ -337,6 +341,14 @@ func TestSearchList(t *testing.T) {
 	_, _, err = c.LookupIP(ctx(t), "down")
 	if err == nil || errors.As(err, &nf) || !strings.Contains(err.Error(), "SERVFAIL") {
 		t.Errorf("LookupIP(down), where down.svc.test fails: error = %v; want SERVFAIL, not NotFound", err)
+	}
+	// A failure ends the search: a later candidate must not stand in for
+	// a name that exists but whose server failed.
+	srv.SetIP("dual.svc.test", time.Minute, ips("10.0.0.7")...)
+	srv.SetIP("dual.svc.test.cluster.test", time.Minute, ips("10.9.9.9")...)
+	srv.SetFailAAAA("dual.svc.test", true)
+	if got, _, err := c.LookupIP(ctx(t), "dual.svc.test"); err == nil {
+		t.Errorf("LookupIP(dual.svc.test) with its AAAA failing = %v; want the failure, not a search domain's answer", got)
 	}
 	_, _, err = c.LookupIP(ctx(t), "")
 	if err == nil || errors.As(err, &nf) {
