@@ -118,10 +118,12 @@ func (in *inherited) abandon() {
 	in.u = nil
 }
 
-// ready tells the rsp that started this one that it serves, and
-// reports whether the connections are now this process's to resume.
-func (in *inherited) ready() bool {
-	return in == nil || handover.Ready(in.passed.Handover, in.passed.HandoverNames, handoverTimeout)
+// ready tells the rsp that started this one that it serves, and returns
+// once the connections are this process's to resume.
+func (in *inherited) ready() {
+	if in != nil {
+		handover.Ready(in.passed.Handover, in.passed.HandoverNames)
+	}
 }
 
 // successor is what a hand-over to a new process (SIGUSR2) needs.

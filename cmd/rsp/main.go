@@ -228,12 +228,7 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 	}
 	// Nothing can fail from here on: the rsp before this one lets go of
 	// the connections, and this one resumes them.
-	if !taken.ready() {
-		abort()
-		px.Close()
-		printErr(stderr, errors.New("the rsp before this one kept its connections (it gave up waiting); exiting"))
-		return 1
-	}
+	taken.ready()
 	taken.resume(px, relay, logger)
 	notifier := activation.NewNotifier(logger)
 	notifier.Ready()
@@ -294,7 +289,7 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 			logStats(logger, relay.Stats())
 			continue
 		case syscall.SIGUSR2:
-			if os.Getenv("NOTIFY_SOCKET") != "" {
+			if os.Getenv("NOTIFY_SOCKET") != "" || os.Getenv("INVOCATION_ID") != "" {
 				// A successor would not be systemd's child: systemd
 				// cannot watch it, and kills it at once on stop.
 				logger.Warn("SIGUSR2 ignored under systemd: `systemctl restart` hands the live connections over (see handover)")

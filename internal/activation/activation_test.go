@@ -37,25 +37,28 @@ func TestListenErrors(t *testing.T) {
 }
 
 // TestHandoverName: only the hand-over's own names are taken from
-// systemd's sockets (a socket unit named "rsp-web" stays a listener);
-// from the rsp before this one, the unnamed descriptors are connections'.
+// systemd's sockets (a socket unit named "rsp-web", or an unnamed
+// LISTEN_FD_3, stays a listener); from the rsp before this one, the
+// descriptors from HandoverFDsEnv on are connections'.
 func TestHandoverName(t *testing.T) {
 	for _, tc := range []struct {
-		name       string
-		fromParent bool
-		want       string
+		i    int
+		name string
+		from int
+		want string
 	}{
-		{"rsp-state", false, HandoverState},
-		{"rsp-fd", false, HandoverFD},
-		{"rsp-listen", true, HandoverListen},
-		{"rsp-ready", true, HandoverReady},
-		{"rsp-web", false, ""},
-		{"web", true, ""},
-		{"LISTEN_FD_9", false, ""},
-		{"LISTEN_FD_9", true, HandoverFD},
+		{0, "rsp-state", -1, HandoverState},
+		{1, "rsp-fd", -1, HandoverFD},
+		{2, "rsp-listen", 5, HandoverListen},
+		{3, "rsp-ready", 5, HandoverReady},
+		{0, "rsp-web", -1, ""},
+		{1, "web", 5, ""},
+		{0, "LISTEN_FD_3", -1, ""},
+		{4, "LISTEN_FD_7", 5, ""},
+		{5, "LISTEN_FD_8", 5, HandoverFD},
 	} {
-		if got := handoverName(tc.name, tc.fromParent); got != tc.want {
-			t.Errorf("handoverName(%q, %v) = %q; want %q", tc.name, tc.fromParent, got, tc.want)
+		if got := handoverName(tc.i, tc.name, tc.from); got != tc.want {
+			t.Errorf("handoverName(%d, %q, %d) = %q; want %q", tc.i, tc.name, tc.from, got, tc.want)
 		}
 	}
 }

@@ -9,7 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"strings"
+	"strconv"
 	"syscall"
 
 	"github.com/coreos/go-systemd/v22/activation"
@@ -37,17 +37,21 @@ const (
 	HandoverReady  = "rsp-ready"  // how a successor started by rsp says it serves
 )
 
-// handoverName returns the hand-over name of a descriptor passed under
-// name, or "" if it is not one. The rsp before this one leaves the names
-// of connections' descriptors out (they would make LISTEN_FDNAMES longer
-// than an environment string may be), so go-systemd names them
-// LISTEN_FD_N.
-func handoverName(name string, fromParent bool) string {
+// HandoverFDsEnv names the environment variable with which the rsp
+// before this one says from which descriptor on (counting from 0 at
+// descriptor 3) it passed connections' descriptors, unnamed: a name each
+// would make LISTEN_FDNAMES longer than an environment string may be.
+const HandoverFDsEnv = "RSP_HANDOVER_FDS"
+
+// handoverName returns the hand-over name of the i-th descriptor passed,
+// under name, or "" if it is not one; from is where unnamed connection
+// descriptors begin (HandoverFDsEnv), or -1.
+func handoverName(i int, name string, from int) string {
 	switch {
+	case from >= 0 && i >= from:
+		return HandoverFD
 	case name == HandoverState, name == HandoverFD, name == HandoverListen, name == HandoverReady:
 		return name
-	case fromParent && strings.HasPrefix(name, "LISTEN_FD_"):
-		return HandoverFD
 	}
 	return ""
 }
@@ -87,15 +91,20 @@ func FromSystemd() (Passed, error) {
 		return p, nil
 	}
 	p.FromParent = os.Getenv("LISTEN_PID") == ""
+	from := -1
+	if n, err := strconv.Atoi(os.Getenv(HandoverFDsEnv)); err == nil && p.FromParent {
+		from = n
+	}
 	os.Setenv("LISTEN_PID", fmt.Sprint(os.Getpid())) // activation.Files checks it
 	os.Unsetenv(ParentEnv)
+	os.Unsetenv(HandoverFDsEnv)
 	files := activation.Files(true)
 	var (
 		out  []Listener
 		errs []error
 	)
 	for i, f := range files {
-		if name := handoverName(f.Name(), p.FromParent); name != "" {
+		if name := handoverName(i, f.Name(), from); name != "" {
 			p.Handover = append(p.Handover, f)
 			p.HandoverNames = append(p.HandoverNames, name)
 			continue

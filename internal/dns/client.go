@@ -29,6 +29,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
@@ -105,6 +106,14 @@ func (c *Client) LookupIP(ctx context.Context, host string) ([]netip.Addr, time.
 	return addrs, seconds(ttl), nil
 }
 
+// partialError is the failure of one address family of a name whose
+// other family has records: the name exists, so a search list must not
+// move on to another name.
+type partialError struct{ err error }
+
+func (e *partialError) Error() string { return e.err.Error() }
+func (e *partialError) Unwrap() error { return e.err }
+
 // addrResult is what a query for one address family gave.
 type addrResult struct {
 	addrs []netip.Addr
@@ -121,10 +130,14 @@ func (cf *config) lookupIP(ctx context.Context, fqdn string) ([]netip.Addr, uint
 	var nf4, nf6 *NotFoundError
 	notFound4, notFound6 := errors.As(v4.err, &nf4), errors.As(v6.err, &nf6)
 	switch {
+	// A failure of one family fails the lookup even if the other
+	// answered: returning half the addresses would remove the servers of
+	// the other family until the next lookup.
+	case v4.err != nil && !notFound4 && v6.err == nil:
+		return nil, 0, &partialError{v4.err}
+	case v6.err != nil && !notFound6 && v4.err == nil:
+		return nil, 0, &partialError{v6.err}
 	case v4.err != nil && !notFound4:
-		// A failure of one family fails the lookup even if the other
-		// answered: returning half the addresses would remove the
-		// servers of the other family until the next lookup.
 		return nil, 0, v4.err
 	case v6.err != nil && !notFound6:
 		return nil, 0, v6.err
@@ -194,22 +207,40 @@ func (c *Client) LookupSRV(ctx context.Context, name string) ([]SRV, time.Durati
 		return cmp.Or(cmp.Compare(a.Priority, b.Priority), cmp.Compare(b.Weight, a.Weight),
 			strings.Compare(a.Target, b.Target), cmp.Compare(a.Port, b.Port))
 	})
-	resolved := make(map[string][]netip.Addr) // by target: one host often serves several ports
+	// Each target once (one host often serves several ports), a few at a
+	// time: a pool of many targets is asked in about the time of one.
+	type found struct {
+		addrs []netip.Addr
+		ttl   uint32
+		err   error
+	}
+	resolved := make(map[string]*found)
 	for i := range srvs {
-		target := strings.ToLower(srvs[i].Target)
-		addrs, ok := resolved[target]
-		if !ok {
-			var attl uint32
-			if addrs, attl, err = c.targetAddrs(ctx, msg, target); err != nil {
-				return nil, 0, fmt.Errorf("SRV %s: target %s: %w", name, srvs[i].Target, err)
-			}
-			resolved[target] = addrs
-			ttl = min(ttl, attl)
+		resolved[strings.ToLower(srvs[i].Target)] = &found{}
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, maxParallelTargets)
+	for target, f := range resolved { // each goroutine fills its own found
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			f.addrs, f.ttl, f.err = c.targetAddrs(ctx, msg, target)
+		})
+	}
+	wg.Wait()
+	for i := range srvs {
+		f := resolved[strings.ToLower(srvs[i].Target)]
+		if f.err != nil {
+			return nil, 0, fmt.Errorf("SRV %s: target %s: %w", name, srvs[i].Target, f.err)
 		}
-		srvs[i].Addrs = addrs
+		srvs[i].Addrs = f.addrs
+		ttl = min(ttl, f.ttl)
 	}
 	return srvs, seconds(ttl), nil
 }
+
+// maxParallelTargets bounds the SRV targets asked at once.
+const maxParallelTargets = 8
 
 // targetAddrs returns an SRV target's addresses: those in msg's additional
 // section when it holds both families, else LookupIP's. A target without
@@ -231,17 +262,23 @@ func (c *Client) targetAddrs(ctx context.Context, msg *dnsmessage.Message, targe
 		}
 		ttl = min(ttl, rr.Header.TTL)
 	}
+	glue := append(v4, v6...)
 	if len(v4) > 0 && len(v6) > 0 {
-		return append(v4, v6...), ttl, nil
+		return glue, ttl, nil
 	}
 	// Glue of one family only may be all the target has, or half of it:
-	// ask, rather than drop the other family's servers.
+	// ask. If the answer fails or has nothing, the glue is kept.
 	addrs, d, err := c.LookupIP(ctx, target+".")
 	var nf *NotFoundError
-	if errors.As(err, &nf) {
+	switch {
+	case err == nil && len(addrs) > 0:
+		return addrs, min(ttl, uint32(d/time.Second)), nil
+	case len(glue) > 0:
+		return glue, ttl, nil
+	case errors.As(err, &nf):
 		return nil, ttl, nil
 	}
-	return addrs, uint32(d / time.Second), err
+	return nil, 0, err
 }
 
 // appendAddr appends the address in an A or AAAA record, unless it is there.
@@ -260,26 +297,36 @@ func appendAddr(addrs []netip.Addr, body dnsmessage.ResourceBody) []netip.Addr {
 }
 
 // search calls try with each name that host stands for (see candidates)
-// until one has records. NXDOMAIN and NODATA move on to the next name; any
-// other failure ends the search with that error: moving on could find the
-// name under a search domain (a wildcard, say) when it exists as asked but
-// its server failed for a moment.
+// until one has records. NXDOMAIN and NODATA move on to the next name; so
+// does any other failure, which is kept and, when no name has records,
+// returned rather than a *NotFoundError, so that a failing server does not
+// read as "no such name" (as glibc and Go move on past a SERVFAIL). A name
+// that has records of one family while the other fails ends the search
+// with that failure: it exists, and a later name (a search domain's
+// wildcard) must not stand in for it.
 func (cf *config) search(ctx context.Context, host, what string, try func(fqdn string) error) error {
 	if strings.TrimSuffix(host, ".") == "" {
 		return fmt.Errorf("look up %s: empty name", what)
 	}
+	var failed error
 	nxdomain := true
 	for _, fqdn := range cf.candidates(host) {
 		err := try(fqdn)
 		var nf *NotFoundError
+		var partial *partialError
 		switch {
 		case err == nil:
 			return nil
 		case errors.As(err, &nf):
 			nxdomain = nxdomain && nf.nxdomain
-		default:
+		case errors.As(err, &partial), ctx.Err() != nil:
 			return err
+		case failed == nil:
+			failed = err
 		}
+	}
+	if failed != nil {
+		return failed
 	}
 	return &NotFoundError{Name: host, Type: what, nxdomain: nxdomain}
 }

@@ -342,8 +342,14 @@ func TestSearchList(t *testing.T) {
 	if err == nil || errors.As(err, &nf) || !strings.Contains(err.Error(), "SERVFAIL") {
 		t.Errorf("LookupIP(down), where down.svc.test fails: error = %v; want SERVFAIL, not NotFound", err)
 	}
-	// A failure ends the search: a later candidate must not stand in for
-	// a name that exists but whose server failed.
+	// A candidate that fails outright is passed, as glibc and Go do.
+	srv.SetFail("up.svc.test", true)
+	srv.SetIP("up.cluster.test", time.Minute, ips("10.0.0.8")...)
+	if got, _, err := c.LookupIP(ctx(t), "up"); err != nil || fmt.Sprint(got) != "[10.0.0.8]" {
+		t.Errorf("LookupIP(up), where up.svc.test fails and up.cluster.test exists = %v, %v; want [10.0.0.8]", got, err)
+	}
+	// A name with records of one family and a failure of the other ends
+	// the search: a later candidate must not stand in for it.
 	srv.SetIP("dual.svc.test", time.Minute, ips("10.0.0.7")...)
 	srv.SetIP("dual.svc.test.cluster.test", time.Minute, ips("10.9.9.9")...)
 	srv.SetFailAAAA("dual.svc.test", true)

@@ -31,8 +31,8 @@ func Unpack(files []*os.File, _ []string) (*Unpacked, int, error) {
 // Exec fails off Linux.
 func Exec(string, []string, *Packed, time.Duration) (*os.Process, error) { return nil, errLinux }
 
-// Ready has nothing to answer off Linux.
-func Ready([]*os.File, []string, time.Duration) bool { return true }
+// Ready does nothing off Linux.
+func Ready([]*os.File, []string) {}
 
 // Store fails off Linux.
 func Store(*Packed) error { return errLinux }

@@ -59,6 +59,7 @@ func Exec(path string, args []string, p *Packed, timeout time.Duration) (*os.Pro
 	cmd.Env = append(withoutActivation(os.Environ()),
 		"LISTEN_FDS="+strconv.Itoa(len(files)),
 		"LISTEN_FDNAMES="+strings.Join(names, ":"),
+		activation.HandoverFDsEnv+"="+strconv.Itoa(len(names)),
 		activation.ParentEnv+"="+strconv.Itoa(os.Getpid()))
 	err = cmd.Start()
 	theirs.Close()
@@ -92,7 +93,7 @@ func withoutActivation(env []string) []string {
 	out := env[:0:0]
 	for _, e := range env {
 		k, _, _ := strings.Cut(e, "=")
-		if k != "LISTEN_FDS" && k != "LISTEN_FDNAMES" && k != "LISTEN_PID" && k != activation.ParentEnv {
+		if k != "LISTEN_FDS" && k != "LISTEN_FDNAMES" && k != "LISTEN_PID" && k != activation.ParentEnv && k != activation.HandoverFDsEnv {
 			out = append(out, e)
 		}
 	}
@@ -100,12 +101,13 @@ func withoutActivation(env []string) []string {
 }
 
 // Ready tells the process that started this one by Exec that it serves,
-// through the descriptor named ReadyName among files, and waits up to
-// timeout for its answer: true means the connections are this process's
-// to resume; false means they went back to the other process (or there
-// is none: a hand-over through systemd's store needs no answer and
-// gives true).
-func Ready(files []*os.File, names []string, timeout time.Duration) bool {
+// through the descriptor named ReadyName among files, and waits for its
+// answer, with no deadline: that process either answers, letting go of
+// the connections, or kills this one (it gave up waiting). An end of the
+// socket without an answer means it died: the connections are this
+// process's either way. Without such a descriptor (a hand-over through
+// systemd's store) it returns at once.
+func Ready(files []*os.File, names []string) {
 	for i, n := range names {
 		if n != ReadyName {
 			continue
@@ -113,18 +115,14 @@ func Ready(files []*os.File, names []string, timeout time.Duration) bool {
 		conn, err := net.FileConn(files[i])
 		files[i].Close()
 		if err != nil {
-			return false
+			return
 		}
-		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(timeout))
 		b := []byte{1}
-		if _, err := conn.Write(b); err != nil {
-			return false
+		if _, err := conn.Write(b); err == nil {
+			conn.Read(b)
 		}
-		n, _ := conn.Read(b)
-		return n == 1
+		conn.Close()
 	}
-	return true
 }
 
 // maxFDsPerMessage stays under the kernel's SCM_MAX_FD (253).
