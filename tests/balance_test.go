@@ -491,6 +491,12 @@ func echoThroughSlow(c *net.TCPConn, seed uint64, n int64) error {
 // echoPaced sends n bytes from seed through c, pausing for pause after
 // every per bytes, half-closes, and checks that the same bytes come back.
 func echoPaced(c *net.TCPConn, seed uint64, n int64, per int, pause time.Duration) error {
+	return echoVia(c, &pacer{w: c, per: per, pause: pause}, seed, n)
+}
+
+// echoVia sends n bytes from seed through w, a writer to c, half-closes
+// c, and checks that the same bytes come back.
+func echoVia(c *net.TCPConn, w io.Writer, seed uint64, n int64) error {
 	c.SetDeadline(time.Now().Add(2 * time.Minute))
 	got := make(chan error, 1)
 	var back digest
@@ -499,7 +505,7 @@ func echoPaced(c *net.TCPConn, seed uint64, n int64, per int, pause time.Duratio
 		back, err = receive(bufio.NewReader(c))
 		got <- err
 	}()
-	sent, err := send(&pacer{w: c, per: per, pause: pause}, seed, n)
+	sent, err := send(w, seed, n)
 	if err != nil {
 		return fmt.Errorf("send: %w", err)
 	}

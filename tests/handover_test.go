@@ -83,26 +83,7 @@ func (g *gate) Write(b []byte) (int, error) {
 
 // echoGated is echoPaced whose sender waits for open halfway.
 func echoGated(c *net.TCPConn, seed uint64, n int64, open <-chan struct{}) error {
-	c.SetDeadline(time.Now().Add(2 * time.Minute))
-	got := make(chan error, 1)
-	var back digest
-	go func() {
-		var err error
-		back, err = receive(bufio.NewReader(c))
-		got <- err
-	}()
-	sent, err := send(&gate{w: c, at: int(n / 2), open: open}, seed, n)
-	if err != nil {
-		return fmt.Errorf("send: %w", err)
-	}
-	c.CloseWrite()
-	if err := <-got; err != nil {
-		return fmt.Errorf("receive after %d bytes: %w", back.n, err)
-	}
-	if back != sent {
-		return fmt.Errorf("echo differs: sent %v, got back %v", sent, back)
-	}
-	return nil
+	return echoVia(c, &gate{w: c, at: int(n / 2), open: open}, seed, n)
 }
 
 var handedRE = regexp.MustCompile(`msg="handed over" pid=(\d+) conns=(\d+)`)
