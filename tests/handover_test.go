@@ -401,3 +401,30 @@ server.s = { address = %q }
 		t.Errorf("rsp exited %d after SIGTERM", code)
 	}
 }
+
+// TestHandoverCopyRelay: the copy relay holds bytes in flight in user
+// space, where no other process can take them: SIGUSR2 is refused with
+// why, and rsp serves on, its connections untouched.
+func TestHandoverCopyRelay(t *testing.T) {
+	be := echoBackend(t)
+	p := startRsp(t, "-listen", "127.0.0.1:0", "-backend", be.Addr().String(), "-relay", "copy")
+	live := dial(t, p.addr)
+	defer live.Close()
+	if err := echoOne(live, "before"); err != nil {
+		t.Fatal(err)
+	}
+	p.signal(syscall.SIGUSR2)
+	if !eventually(10*time.Second, func() bool {
+		return strings.Contains(p.stderr.String(), `msg="hand-over failed; this rsp serves on"`)
+	}) || !strings.Contains(p.stderr.String(), "splice relay only") {
+		t.Fatalf("no refusal saying why:\n%s", p.stderr.String())
+	}
+	if err := echoOne(live, "after"); err != nil {
+		t.Errorf("connection after the refused hand-over: %v", err)
+	}
+	fresh := dial(t, p.addr)
+	defer fresh.Close()
+	if err := echoOne(fresh, "new"); err != nil {
+		t.Errorf("new client after the refused hand-over: %v", err)
+	}
+}
