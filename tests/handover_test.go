@@ -428,3 +428,28 @@ func TestHandoverCopyRelay(t *testing.T) {
 		t.Errorf("new client after the refused hand-over: %v", err)
 	}
 }
+
+// TestHandoverToCopyRelay: a file switched to relay = "copy" cannot
+// resume handed-over connections: the successor refuses before it says
+// it serves, and the old rsp serves on with them.
+func TestHandoverToCopyRelay(t *testing.T) {
+	be := echoBackend(t)
+	path := writeConfig(t, "", fmt.Sprintf("[frontend.f]\nlisten = \"127.0.0.1:0\"\nbackend = \"b\"\n[backend.b]\nserver.s = { address = %q }\n", be.Addr()))
+	p := startRsp(t, "-config", path)
+	live := dial(t, p.addr)
+	defer live.Close()
+	if err := echoOne(live, "before"); err != nil {
+		t.Fatal(err)
+	}
+	text, _ := os.ReadFile(path)
+	os.WriteFile(path, append([]byte("[global]\nrelay = \"copy\"\n"), text...), 0o644)
+	p.signal(syscall.SIGUSR2)
+	if !eventually(15*time.Second, func() bool {
+		return strings.Contains(p.stderr.String(), `msg="hand-over failed; this rsp serves on"`)
+	}) || !strings.Contains(p.stderr.String(), "cannot resume them") {
+		t.Fatalf("no refusal saying why:\n%s", p.stderr.String())
+	}
+	if err := echoOne(live, "after"); err != nil {
+		t.Errorf("connection after the refused hand-over: %v", err)
+	}
+}

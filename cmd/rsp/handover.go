@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"rsp/internal/activation"
@@ -33,6 +34,15 @@ type inherited struct {
 	u         *handover.Unpacked
 	lost      int
 	listeners int // how many listeners came
+	parent    int // the pid of the rsp that handed over, with SIGUSR2
+}
+
+// conns is how many connections came.
+func (in *inherited) conns() int {
+	if in == nil || in.u == nil {
+		return 0
+	}
+	return len(in.u.Conns)
 }
 
 // unpackHandover reads the hand-over among the descriptors passed, if
@@ -45,7 +55,7 @@ func unpackHandover(passed activation.Passed, logger *slog.Logger) (*inherited, 
 	if len(passed.Handover) == 0 {
 		return nil, nil
 	}
-	in := &inherited{passed: passed}
+	in := &inherited{passed: passed, parent: os.Getppid()}
 	u, lost, err := handover.Unpack(passed.Handover, passed.HandoverNames)
 	if err != nil {
 		if passed.FromParent {
@@ -91,7 +101,7 @@ func (in *inherited) resume(px *proxy.Proxy, relay *splice.Relay, logger *slog.L
 	}
 	from := "systemd's file descriptor store"
 	if in.passed.FromParent {
-		from = fmt.Sprintf("rsp pid %d", os.Getppid())
+		from = fmt.Sprintf("rsp pid %d", in.parent)
 	}
 	logger.Info("took over live connections", "from", from, "conns", resumed, "lost", in.lost+failed, "listeners", in.listeners, "bytes_in_pipes", inPipes)
 	if !in.passed.FromParent {
@@ -231,21 +241,25 @@ func (s *successor) toStore(limit int) (conns int, err error) {
 }
 
 // storeWanted says whether SIGTERM should hand the live connections over
-// through systemd's store, under handover mode: limit is how many
-// descriptors the store takes; why, when not empty, says why not.
-func storeWanted(mode string) (limit int, why string) {
-	if mode == "off" {
+// through systemd's store, under handover mode and relay: limit is how
+// many descriptors the store takes; why, when not empty, says why not.
+func storeWanted(mode, relay string) (limit int, why string) {
+	switch {
+	case mode == "off":
 		return 0, "handover = \"off\""
-	}
-	if os.Getenv("NOTIFY_SOCKET") == "" {
+	case relay != "splice":
+		return 0, "relay = \"" + relay + "\": only the splice relay hands connections over"
+	case os.Getenv("NOTIFY_SOCKET") == "" && os.Getenv("INVOCATION_ID") != "":
+		return 0, "no NOTIFY_SOCKET: the unit is not Type=notify"
+	case os.Getenv("NOTIFY_SOCKET") == "":
 		return 0, "not run by systemd (SIGUSR2 hands over without it)"
 	}
 	limit, _ = strconv.Atoi(os.Getenv("FDSTORE"))
 	if limit <= 0 {
 		return 0, "the unit sets no FileDescriptorStoreMax= with Environment=FDSTORE= of the same value"
 	}
-	restart, err := restartMarked()
-	if !restart && err == nil {
+	restart, known, err := stopMark()
+	if !known && err == nil {
 		// No ExecStop= helper in the unit: ask systemd directly, which
 		// needs D-Bus and a user dbus-daemon knows (not a DynamicUser=).
 		restart, err = restartPending("")
@@ -259,62 +273,80 @@ func storeWanted(mode string) (limit int, why string) {
 	return limit, ""
 }
 
-// restartMarker is the file, in the unit's RuntimeDirectory=, by which
+// stopMarker is the file, in the unit's RuntimeDirectory=, by which
 // `rsp prepare-stop` (ExecStop=+, as root, before systemd's SIGTERM)
-// tells rsp that systemd restarts it.
-const restartMarker = "restart-pending"
+// tells rsp whether systemd restarts or stops it: "restart" or "stop".
+const stopMarker = "stop-kind"
 
-// restartMarked reports whether `rsp prepare-stop` marked this stop as
-// a restart, and removes the mark.
-func restartMarked() (bool, error) {
-	dir := os.Getenv("RUNTIME_DIRECTORY")
-	if dir == "" {
-		return false, nil
+// markerPath is where stopMarker lives: in the first directory of
+// RUNTIME_DIRECTORY (systemd joins several with ':'); "" if none.
+func markerPath() string {
+	dir, _, _ := strings.Cut(os.Getenv("RUNTIME_DIRECTORY"), ":")
+	if strings.TrimSpace(dir) == "" {
+		return ""
 	}
-	path := filepath.Join(strings.Fields(dir)[0], restartMarker)
-	err := os.Remove(path)
-	switch {
-	case err == nil:
-		return true, nil
-	case errors.Is(err, fs.ErrNotExist):
-		return false, nil
-	}
-	return false, fmt.Errorf("restart mark: %w", err)
+	return filepath.Join(dir, stopMarker)
 }
 
-// clearRestartMark removes a mark left by a stop that did not end in
+// stopMark reads and removes the mark of `rsp prepare-stop`: restart
+// tells a restart from a stop, known whether there was a mark.
+func stopMark() (restart, known bool, err error) {
+	path := markerPath()
+	if path == "" {
+		return false, false, nil
+	}
+	b, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return false, false, nil
+	case err != nil:
+		return false, false, fmt.Errorf("stop mark: %w", err)
+	}
+	os.Remove(path)
+	return strings.TrimSpace(string(b)) == "restart", true, nil
+}
+
+// clearStopMark removes a mark left by a stop that did not end in
 // SIGTERM (rsp had already exited).
-func clearRestartMark() {
-	if dir := os.Getenv("RUNTIME_DIRECTORY"); dir != "" {
-		os.Remove(filepath.Join(strings.Fields(dir)[0], restartMarker))
+func clearStopMark() {
+	if path := markerPath(); path != "" {
+		os.Remove(path)
 	}
 }
 
 // runPrepareStop is `rsp prepare-stop UNIT`, run by the unit's
 // ExecStop=+ as root before systemd sends SIGTERM: it marks the stop as
-// a restart when systemd has a restart job for UNIT, so that rsp hands
-// its connections over instead of draining them. It never fails the
-// stop.
+// a restart when systemd has a restart job for UNIT, else as a stop, so
+// that rsp hands its connections over or drains them. It never fails the
+// stop. The directory is the rsp user's: the file is made anew, never
+// followed through a link.
 func runPrepareStop(args []string, stderr io.Writer) int {
 	if len(args) != 1 {
 		fmt.Fprintln(stderr, "rsp: usage: rsp prepare-stop UNIT (ExecStop=+/usr/bin/rsp prepare-stop %n)")
 		return 0
 	}
-	dir := os.Getenv("RUNTIME_DIRECTORY")
-	if dir == "" {
+	path := markerPath()
+	if path == "" {
 		fmt.Fprintln(stderr, "rsp prepare-stop: no RUNTIME_DIRECTORY: set RuntimeDirectory= in the unit; rsp will drain")
 		return 0
 	}
-	path := filepath.Join(strings.Fields(dir)[0], restartMarker)
+	kind := "stop"
 	restart, err := restartPending(args[0])
 	if err != nil {
 		fmt.Fprintf(stderr, "rsp prepare-stop: %v; rsp will drain\n", err)
+	} else if restart {
+		kind = "restart"
 	}
-	if !restart {
-		os.Remove(path)
-		return 0
+	os.Remove(path)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o644)
+	if err == nil {
+		// Readable by rsp's user whatever the unit's UMask=.
+		if err = f.Chmod(0o644); err == nil {
+			_, err = f.WriteString(kind + "\n")
+		}
+		f.Close()
 	}
-	if err := os.WriteFile(path, []byte("restart\n"), 0o644); err != nil {
+	if err != nil {
 		fmt.Fprintf(stderr, "rsp prepare-stop: %v; rsp will drain\n", err)
 	}
 	return 0

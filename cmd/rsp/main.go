@@ -118,7 +118,7 @@ func loadConfig(o *options, sd []activation.Listener) (*config.Config, error) {
 func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]string)) int {
 	logger := newLogger(stderr, level, "text")
 	self, _ := os.Executable() // before an upgrade replaces the file
-	clearRestartMark()
+	clearStopMark()
 	var sd, metricsSockets []activation.Listener
 	var taken *inherited
 	if activation.Activated() {
@@ -226,6 +226,17 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 		printErr(stderr, errors.New("test: failing after a hand-over (RSP_TEST_FAIL_TAKEOVER)"))
 		return 1
 	}
+	if taken.conns() > 0 && mode != splice.ModeSplice {
+		// The copy relay cannot resume them: they would all be reset.
+		err := fmt.Errorf("%d live connections were handed over, and relay = %q cannot resume them: only the splice relay can; change relay with a stop and a start", taken.conns(), cfg.Relay)
+		if taken.passed.FromParent {
+			abort()
+			px.Close()
+			printErr(stderr, err)
+			return 1
+		}
+		logger.Error("handed-over connections reset", "err", err)
+	}
 	// Nothing can fail from here on: the rsp before this one lets go of
 	// the connections, and this one resumes them.
 	taken.ready()
@@ -270,8 +281,9 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 		px.CloseHandedOver()
 		logger.Info(msg, args...)
 		// Connections the splice relay could not carry (the copy
-		// relay's) drain here.
+		// relay's) drain here; a second SIGTERM or SIGINT ends it.
 		ctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+		go endDrainOnSignal(sigs, cancel)
 		relay.Shutdown(ctx)
 		cancel()
 		logger.Info("stopped", "accepted", relay.Stats().Accepted)
@@ -323,7 +335,7 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 	}
 
 	if stopSig == syscall.SIGTERM {
-		if limit, why := storeWanted(cfg.Handover); why != "" {
+		if limit, why := storeWanted(cfg.Handover, cfg.Relay); why != "" {
 			lvl := slog.LevelInfo
 			if cfg.Handover == "restart" {
 				lvl = slog.LevelWarn
@@ -341,21 +353,23 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 	logger.Info("stopping: no new connections; draining live ones", "active", st.Active, "drain_timeout", cfg.DrainTimeout.String())
 	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
 	defer cancel()
-	go func() {
-		// A second SIGTERM/SIGINT ends the drain at once.
-		for sig := range sigs {
-			if sig == syscall.SIGTERM || sig == syscall.SIGINT {
-				cancel()
-				return
-			}
-		}
-	}()
+	go endDrainOnSignal(sigs, cancel)
 	if err := relay.Shutdown(drainCtx); err != nil {
 		logger.Warn("drain ended before all connections finished; closed the rest", "err", err)
 	}
 	px.Close()
 	logger.Info("stopped", "accepted", relay.Stats().Accepted)
 	return 0
+}
+
+// endDrainOnSignal ends a drain (cancel) at the next SIGTERM or SIGINT.
+func endDrainOnSignal(sigs <-chan os.Signal, cancel context.CancelFunc) {
+	for sig := range sigs {
+		if sig == syscall.SIGTERM || sig == syscall.SIGINT {
+			cancel()
+			return
+		}
+	}
 }
 
 // signalsAndNames yields the signals received, and passes each update
