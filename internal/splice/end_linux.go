@@ -36,6 +36,14 @@ func (l *loop) finish(c *conn, reason error, reset bool) {
 		}
 		unix.Close(fd)
 	}
+	t := l.releaseConn(c)
+	l.ended(c, t, reason, endCause(reason, &c.dialing, clean, c.clientFirst, l.e.r.drain.Load()))
+}
+
+// releaseConn gives back what c holds of the relay's accounting — its server,
+// its frontend and per-source counts, its connection slot — and returns
+// the server it had (nil if none).
+func (l *loop) releaseConn(c *conn) Target {
 	t := c.target
 	if t != nil {
 		t.Release()
@@ -43,23 +51,30 @@ func (l *loop) finish(c *conn, reason error, reset bool) {
 	}
 	if c.limited {
 		c.rt.Limit.release()
+		c.limited = false
 	}
 	c.releaseSource()
 	l.e.r.connDone(1)
-	l.ended(c, t, reason, endCause(reason, &c.dialing, clean, c.clientFirst, l.e.r.drain.Load()))
+	return t
+}
+
+// leave takes c out of its frontend's live count and adds its bytes to
+// its frontend's totals, and to its server's if toServer.
+func (c *conn) leave(toServer bool) {
+	c.fe.Active--
+	c.fe.BytesIn += c.up.sent
+	c.fe.BytesOut += c.down.sent
+	if toServer && c.srv != nil {
+		c.srv.BytesIn += c.up.sent
+		c.srv.BytesOut += c.down.sent
+	}
 }
 
 // ended counts c's end by cause and its bytes, and reports it. t is the
 // server it was relayed to, or nil if none was connected.
 func (l *loop) ended(c *conn, t Target, reason error, cause Cause) {
-	c.fe.Active--
+	c.leave(t != nil)
 	c.fe.Ended[cause]++
-	c.fe.BytesIn += c.up.sent
-	c.fe.BytesOut += c.down.sent
-	if t != nil && c.srv != nil {
-		c.srv.BytesIn += c.up.sent
-		c.srv.BytesOut += c.down.sent
-	}
 	r := l.e.r
 	if r.OnEnd == nil && cause.Clean() {
 		return // nothing to log
@@ -118,24 +133,14 @@ func (l *loop) handoff(c *conn) {
 		if backend != nil {
 			backend.Close()
 		}
-		t := c.target
-		t.Release()
-		if c.limited {
-			c.rt.Limit.release()
-		}
-		c.releaseSource()
-		l.e.r.connDone(1)
+		t := l.releaseConn(c)
 		err := errors.Join(err1, err2)
 		l.e.r.logs.warn(l.e.r.logger(), "handoff", "cannot hand connection to copy relay", "client", c.peer.String(), "err", err)
 		l.ended(c, t, fmt.Errorf("hand-off to the copy relay: %w", err), CauseError)
 		return
 	}
 	// The copy engine counts the connection from here on.
-	c.fe.Active--
-	c.fe.BytesIn += c.up.sent
-	c.fe.BytesOut += c.down.sent
-	c.srv.BytesIn += c.up.sent
-	c.srv.BytesOut += c.down.sent
+	c.leave(true)
 	// The copy engine releases the target and counts the connection as
 	// done when it ends.
 	start := l.e.start.Add(time.Duration(c.born))

@@ -15,18 +15,9 @@ func (fc *FrozenConn) Close() {
 	for _, fd := range [2]int{fc.ClientFD, fc.ServerFD} {
 		if fd >= 0 {
 			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-			unix.Close(fd)
 		}
 	}
-	for _, h := range [2]*FrozenHalf{&fc.Up, &fc.Down} {
-		for _, fd := range [2]int{h.PipeR, h.PipeW} {
-			if fd >= 0 {
-				unix.Close(fd)
-			}
-		}
-	}
-	fc.ClientFD, fc.ServerFD = -1, -1
-	fc.Up.PipeR, fc.Up.PipeW, fc.Down.PipeR, fc.Down.PipeW = -1, -1, -1, -1
+	fc.Forget()
 }
 
 // unfreeze lets every loop accept again.
@@ -103,22 +94,10 @@ func (l *loop) freezeConn(c *conn) (FrozenConn, bool) {
 	}
 	c.closed = true
 	l.unlink(c)
-	c.fe.Active--
-	c.fe.BytesIn += c.up.sent
-	c.fe.BytesOut += c.down.sent
-	if c.srv != nil {
-		c.srv.BytesIn += c.up.sent
-		c.srv.BytesOut += c.down.sent
-	}
-	// The target, frontend limit and source count go with the process:
-	// the next one counts the connection anew.
-	c.target.Release()
-	c.target = nil
-	if c.limited {
-		c.rt.Limit.release()
-	}
-	c.releaseSource()
-	l.e.r.connDone(1)
+	c.leave(true)
+	// The server, limits and slot go with the process: the next one
+	// counts the connection anew.
+	l.releaseConn(c)
 	return fc, true
 }
 
