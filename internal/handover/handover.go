@@ -33,12 +33,24 @@ type state struct {
 	Listeners []listenerRef
 }
 
-// conn is a frozen connection with its descriptors named by FileID.
+// conn is a frozen connection with its descriptors named by FileID, in
+// the order of fdsOf. Its descriptor numbers are the old process's; one
+// of -1 was not passed.
 type conn struct {
 	splice.FrozenConn
-	ClientID, ServerID     FileID // not Client and Server: FrozenConn.Server
-	UpR, UpW, DownR, DownW FileID
-	HasUpPipe, HasDownPipe bool
+	IDs []FileID
+}
+
+// fdsOf points at the descriptors of fc that it has: its two sockets,
+// then the ends of the pipes that hold bytes.
+func fdsOf(fc *splice.FrozenConn) []*int {
+	out := []*int{&fc.ClientFD, &fc.ServerFD}
+	for _, fd := range []*int{&fc.Up.PipeR, &fc.Up.PipeW, &fc.Down.PipeR, &fc.Down.PipeW} {
+		if *fd >= 0 {
+			out = append(out, fd)
+		}
+	}
+	return out
 }
 
 // listenerRef is a listener rsp bound: Key is how the configuration
@@ -80,30 +92,12 @@ func Pack(conns []splice.FrozenConn, listeners []Listener) (*Packed, error) {
 		for _, fd := range [2]int{fc.ClientFD, fc.ServerFD} {
 			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 		}
-		var err error
-		if c.ClientID, err = add(fc.ClientFD, FDName); err != nil {
-			return fail(err)
-		}
-		if c.ServerID, err = add(fc.ServerFD, FDName); err != nil {
-			return fail(err)
-		}
-		if fc.Up.PipeR >= 0 {
-			c.HasUpPipe = true
-			if c.UpR, err = add(fc.Up.PipeR, FDName); err == nil {
-				c.UpW, err = add(fc.Up.PipeW, FDName)
-			}
+		for _, fd := range fdsOf(&fc) {
+			id, err := add(*fd, FDName)
 			if err != nil {
 				return fail(err)
 			}
-		}
-		if fc.Down.PipeR >= 0 {
-			c.HasDownPipe = true
-			if c.DownR, err = add(fc.Down.PipeR, FDName); err == nil {
-				c.DownW, err = add(fc.Down.PipeW, FDName)
-			}
-			if err != nil {
-				return fail(err)
-			}
+			c.IDs = append(c.IDs, id)
 		}
 		st.Conns = append(st.Conns, c)
 	}
@@ -203,16 +197,16 @@ func Unpack(files []*os.File, names []string) (u *Unpacked, lost int, err error)
 	}
 	for _, c := range st.Conns {
 		fc := c.FrozenConn
-		fc.ClientFD, fc.ServerFD = take(c.ClientID), take(c.ServerID)
-		fc.Up.PipeR, fc.Up.PipeW, fc.Down.PipeR, fc.Down.PipeW = -1, -1, -1, -1
-		if c.HasUpPipe {
-			fc.Up.PipeR, fc.Up.PipeW = take(c.UpR), take(c.UpW)
+		fds := fdsOf(&fc) // still the old process's numbers
+		whole := len(fds) == len(c.IDs)
+		for i, fd := range fds {
+			*fd = -1
+			if i < len(c.IDs) {
+				*fd = take(c.IDs[i])
+			}
+			whole = whole && *fd >= 0
 		}
-		if c.HasDownPipe {
-			fc.Down.PipeR, fc.Down.PipeW = take(c.DownR), take(c.DownW)
-		}
-		if fc.ClientFD < 0 || fc.ServerFD < 0 || c.HasUpPipe && (fc.Up.PipeR < 0 || fc.Up.PipeW < 0) ||
-			c.HasDownPipe && (fc.Down.PipeR < 0 || fc.Down.PipeW < 0) {
+		if !whole {
 			fc.Close()
 			lost++
 			continue
