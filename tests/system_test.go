@@ -650,6 +650,7 @@ func exercise(t *testing.T, c *container, in instance, second string) {
 		t.Errorf("%s: MainPID %s after a refused SIGUSR2, was %s", in.service, p, pid)
 	}
 	mustServe(t, in)
+	crashAcross(t, c, in, good, sockets)
 
 	// Stop with a client connected: rsp drains, closes it at
 	// drain_timeout and exits 0.
@@ -990,7 +991,11 @@ func streamsAcross(t *testing.T, addr string, n int, do func()) (longest time.Du
 			}
 			begin := time.Now()
 			if err := pingOnce(addr, fmt.Sprintf("wait %d", i)); err != nil {
+				// One error says it; more would fill errs and block.
 				errs <- fmt.Errorf("new client during the change: %w", err)
+				<-stop
+				pinged <- worst
+				return
 			}
 			worst = max(worst, time.Since(begin))
 			time.Sleep(5 * time.Millisecond)
@@ -1007,4 +1012,67 @@ func streamsAcross(t *testing.T, addr string, n int, do func()) (longest time.Du
 		t.Error(err)
 	}
 	return longest
+}
+
+// crashAcross: with handover = "crash" each connection lives in systemd's
+// store beside rsp; kill -9 mid-stream, and the rsp that Restart= starts
+// resumes every stream byte-exact, and in the end holds the sockets the
+// first held with no client. good is the instance's config.
+func crashAcross(t *testing.T, c *container, in instance, good string, sockets func(string) int) {
+	t.Helper()
+	c.write(t, in.conf, strings.Replace(good, "[global]\n", "[global]\nhandover = \"crash\"\n", 1))
+	defer func() {
+		c.write(t, in.conf, good)
+		c.must(t, "systemctl", "reset-failed", in.service)
+		c.must(t, "systemctl", "restart", in.service)
+	}()
+	// The restarts before count against StartLimitBurst= (5 in 10 s).
+	c.must(t, "systemctl", "reset-failed", in.service)
+	c.must(t, "systemctl", "restart", in.service)
+	if !eventually(5*time.Second, func() bool {
+		j, _ := c.run("journalctl", "-u", in.service, "--no-pager", "-o", "cat")
+		return strings.Contains(j, "crash survival on")
+	}) {
+		t.Errorf("%s: handover = \"crash\" did not turn crash survival on", in.service)
+		return
+	}
+	// A restart hands over as without the journal.
+	pid := c.prop(t, in.service, "MainPID")
+	streamsAcross(t, in.addr, handoverStreams, func() { c.must(t, "systemctl", "restart", in.service) })
+	if p := c.prop(t, in.service, "MainPID"); p == pid {
+		t.Errorf("%s MainPID unchanged after restart", in.service)
+	}
+	pid = c.prop(t, in.service, "MainPID")
+	base := 0
+	eventually(5*time.Second, func() bool { n := sockets(pid); ok := n == base; base = n; return ok })
+	var newPID string
+	// Past StartLimitBurst= systemd would refuse to start rsp again
+	// after the crash (and reset every connection in its store).
+	c.must(t, "systemctl", "reset-failed", in.service)
+	waited := streamsAcross(t, in.addr, handoverStreams, func() {
+		c.must(t, "systemctl", "kill", "-s", "SIGKILL", "--kill-who=main", in.service)
+		if !eventually(15*time.Second, func() bool {
+			newPID = c.prop(t, in.service, "MainPID")
+			return newPID != pid && newPID != "0"
+		}) {
+			j, _ := c.run("journalctl", "-u", in.service, "--no-pager", "-o", "cat", "-n", "30")
+			t.Errorf("%s not started again after kill -9; journal:\n%s", in.service, j)
+		}
+	})
+	journal := c.must(t, "journalctl", "-u", in.service, "--no-pager", "-o", "cat")
+	took := regexp.MustCompile(`msg="took over the live connections of an rsp that ended without handing over \(crash survival\)" conns=(\d+) reset=(\d+) bytes_in_pipes=(\d+)`).FindAllStringSubmatch(journal, -1)
+	switch {
+	case took == nil:
+		t.Errorf("%s: no crash take-over logged after kill -9; journal:\n%s", in.service, journal)
+	case atoi(took[len(took)-1][1]) < handoverStreams || took[len(took)-1][2] != "0":
+		m := took[len(took)-1]
+		t.Errorf("%s: resumed %s connections and reset %s after kill -9; want at least %d and 0", in.service, m[1], m[2], handoverStreams)
+	default:
+		m := took[len(took)-1]
+		t.Logf("kill -9 of %s with %d live streams: resumed %s (%s bytes in pipes), reset %s; a new client waited %v at most (RestartSec=1s)", in.service, handoverStreams+1, m[1], m[3], m[2], waited.Round(time.Millisecond))
+	}
+	got := 0
+	if !eventually(5*time.Second, func() bool { got = sockets(newPID); return got == base }) {
+		t.Errorf("%s: the rsp after the crash holds %d sockets once the streams ended; want %d", in.service, got, base)
+	}
 }

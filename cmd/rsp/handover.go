@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -35,14 +36,21 @@ type inherited struct {
 	lost      int
 	listeners int // how many listeners came
 	parent    int // the pid of the rsp that handed over, with SIGUSR2
+	// rec is what the journals of crashed rsp processes left in the
+	// store (handover = "crash"); nil if none.
+	rec *handover.Recovered
 }
 
 // conns is how many connections came.
 func (in *inherited) conns() int {
-	if in == nil || in.u == nil {
-		return 0
+	n := 0
+	if in != nil && in.u != nil {
+		n += len(in.u.Conns)
 	}
-	return len(in.u.Conns)
+	if in != nil && in.rec != nil {
+		n += len(in.rec.Conns)
+	}
+	return n
 }
 
 // unpackHandover reads the hand-over among the descriptors passed, if
@@ -51,12 +59,27 @@ func (in *inherited) conns() int {
 // from systemd's store is logged and dropped from the store, so that its
 // connections are reset (Pack set SO_LINGER 0) and its listeners freed
 // for this process to bind.
+//
+// What crashed processes' journals left is recovered (handover.Recover).
 func unpackHandover(passed activation.Passed, logger *slog.Logger) (*inherited, error) {
 	if len(passed.Handover) == 0 {
 		return nil, nil
 	}
 	in := &inherited{passed: passed, parent: os.Getppid()}
-	u, lost, err := handover.Unpack(passed.Handover, passed.HandoverNames)
+	var files []*os.File
+	var names []string
+	for i, name := range passed.HandoverNames {
+		if !strings.HasPrefix(name, activation.JournalPrefix) {
+			files, names = append(files, passed.Handover[i]), append(names, name)
+		}
+	}
+	if len(files) < len(passed.Handover) {
+		in.rec = handover.Recover(passed.Handover, passed.HandoverNames)
+	}
+	if len(files) == 0 {
+		return in, nil
+	}
+	u, lost, err := handover.Unpack(files, names)
 	if err != nil {
 		if passed.FromParent {
 			return nil, fmt.Errorf("the rsp before this one handed over what this one cannot read: %w", err)
@@ -82,8 +105,22 @@ func (in *inherited) inheritedListeners() map[string]net.Listener {
 // resume thaws the connections handed over into relay, routed by px,
 // and closes the listeners px did not take. It runs after px.Apply.
 func (in *inherited) resume(px *proxy.Proxy, relay *splice.Relay, logger *slog.Logger) {
-	if in == nil || in.u == nil {
+	if in == nil {
 		return
+	}
+	if in.rec != nil {
+		in.resumeCrashed(px, relay, logger)
+	}
+	if in.u == nil {
+		return
+	}
+	if !in.passed.FromParent {
+		// systemd's copies would keep every socket open after rsp
+		// closes it; and a journal (handover = "crash") can store a
+		// socket again only once this copy is gone.
+		if err := handover.Release(); err != nil {
+			logger.Warn("cannot remove the handed-over descriptors from systemd's store", "err", err)
+		}
 	}
 	resumed, failed, inPipes := 0, 0, 0
 	for _, fc := range in.u.Conns {
@@ -104,18 +141,42 @@ func (in *inherited) resume(px *proxy.Proxy, relay *splice.Relay, logger *slog.L
 		from = fmt.Sprintf("rsp pid %d", in.parent)
 	}
 	logger.Info("took over live connections", "from", from, "conns", resumed, "lost", in.lost+failed, "listeners", in.listeners, "bytes_in_pipes", inPipes)
-	if !in.passed.FromParent {
-		// systemd's copies would keep every socket open after rsp
-		// closes it.
-		if err := handover.Release(); err != nil {
-			logger.Warn("cannot remove the handed-over descriptors from systemd's store", "err", err)
-		}
+}
+
+// resumeCrashed resumes what crashed processes' journals left.
+func (in *inherited) resumeCrashed(px *proxy.Proxy, relay *splice.Relay, logger *slog.Logger) {
+	rec := in.rec
+	in.rec = nil
+	if err := handover.Forget(rec.Names); err != nil {
+		logger.Warn("cannot remove a crashed rsp's descriptors from systemd's store", "err", err)
 	}
+	resumed, failed, inPipes := 0, 0, 0
+	for _, fc := range rec.Conns {
+		inPipes += fc.Up.N + fc.Down.N
+		rt, t := px.Resume(fc)
+		if err := relay.Thaw(fc, rt, t); err != nil {
+			failed++
+			continue
+		}
+		resumed++
+	}
+	lvl := slog.LevelWarn
+	if len(rec.Conns)+rec.Reset == 0 {
+		lvl = slog.LevelInfo
+	}
+	logger.Log(context.Background(), lvl, "took over the live connections of an rsp that ended without handing over (crash survival)",
+		"conns", resumed, "reset", rec.Reset+failed, "bytes_in_pipes", inPipes)
 }
 
 // abandon gives up the hand-over when this process cannot start: the
 // connections stay with whoever else holds them, untouched.
 func (in *inherited) abandon() {
+	if in != nil && in.rec != nil {
+		for i := range in.rec.Conns {
+			in.rec.Conns[i].Forget()
+		}
+		in.rec = nil
+	}
 	if in == nil || in.u == nil {
 		return
 	}
@@ -418,5 +479,42 @@ func (s *successor) precheck() error {
 	if err != nil {
 		return fmt.Errorf("%s %v refused: %w: %s", s.self, args, err, config.OneLine(string(out)))
 	}
+	return nil
+}
+
+// openJournal starts crash survival for handover = "crash": a journal of
+// loops event loops, kept in systemd's store. It returns nil, and says
+// why, where that cannot be.
+func openJournal(cfg *config.Config, loops int, logger *slog.Logger) *handover.Journal {
+	if cfg.Handover != "crash" {
+		return nil
+	}
+	limit, _ := strconv.Atoi(os.Getenv("FDSTORE"))
+	why := ""
+	switch {
+	case cfg.Relay != "splice":
+		why = "relay = \"" + cfg.Relay + "\": only the splice relay journals its connections"
+	case os.Getenv("NOTIFY_SOCKET") == "":
+		why = "not run by systemd as Type=notify (no NOTIFY_SOCKET)"
+	case limit <= 0:
+		why = "the unit sets no FileDescriptorStoreMax= with Environment=FDSTORE= of the same value"
+	}
+	if why == "" {
+		if loops <= 0 {
+			loops = runtime.GOMAXPROCS(0)
+		}
+		capacity := limit / 2
+		var rl syscall.Rlimit
+		if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl) == nil && rl.Cur > 0 {
+			capacity = min(capacity, int(min(rl.Cur, 1<<24))/2)
+		}
+		j, err := handover.OpenJournal(loops, capacity)
+		if err == nil {
+			logger.Info("crash survival on: each connection is kept in systemd's store while it lives", "capacity", capacity)
+			return j
+		}
+		why = err.Error()
+	}
+	logger.Warn("handover = \"crash\": connections will not survive a crash", "why", why)
 	return nil
 }

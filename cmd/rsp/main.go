@@ -161,6 +161,9 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 	defer signal.Stop(sigs)
 	mode, _ := splice.ParseMode(cfg.Relay)
 	relay := &splice.Relay{Mode: mode, MaxConn: cfg.MaxConn, PipeSize: cfg.PipeSize, Loops: eventLoops(mode), Logger: logger, OnEnd: connLog.Log}
+	if j := openJournal(cfg, relay.Loops, logger); j != nil {
+		relay.Journal = j // mapped until the process exits: loops write to it to the end
+	}
 	if err := relay.Start(); err != nil {
 		printErr(stderr, fmt.Errorf("start relay: %w", err))
 		return 1

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/coreos/go-systemd/v22/activation"
@@ -35,6 +36,10 @@ const (
 	HandoverFD     = "rsp-fd"     // a connection's socket or pipe
 	HandoverListen = "rsp-listen" // a listener rsp bound itself
 	HandoverReady  = "rsp-ready"  // how a successor started by rsp says it serves
+	// JournalPrefix begins the names of what crash survival keeps in
+	// systemd's store while rsp runs: "rsp-j.PID" (the journal's memfd),
+	// "rsp-j.PID.c.N" (a connection's sockets), "rsp-j.PID.p.N" (a pipe).
+	JournalPrefix = "rsp-j."
 )
 
 // HandoverFDsEnv names the environment variable with which the rsp
@@ -50,7 +55,8 @@ func handoverName(i int, name string, from int) string {
 	switch {
 	case from >= 0 && i >= from:
 		return HandoverFD
-	case name == HandoverState, name == HandoverFD, name == HandoverListen, name == HandoverReady:
+	case name == HandoverState, name == HandoverFD, name == HandoverListen, name == HandoverReady,
+		strings.HasPrefix(name, JournalPrefix):
 		return name
 	}
 	return ""

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"time"
+
+	"rsp/internal/handover"
 )
 
 // Contender is one way of carrying the benchmark's connections.
@@ -27,6 +29,7 @@ func contenders(o *Options) []Contender {
 		{Name: "rsp splice", start: rspStarter("splice")},
 		{Name: "rsp splice observed", start: rspStarter("splice", "-metrics", "127.0.0.1:0", "-conn-log", "all")},
 		{Name: "rsp splice edge", start: startRspEdge},
+		{Name: "rsp splice crash", start: startRspCrash},
 		{Name: "rsp copy", start: rspStarter("copy")},
 		{Name: "Go io.Copy proxy", start: startIOCopy},
 	}
@@ -111,6 +114,54 @@ address = %q
 	return startConfigured("rsp-edge", config, addr, func(_, cfg string) *exec.Cmd {
 		return exec.Command(o.Rsp, "-config", cfg) // -rsp-args are flags that -config refuses
 	})
+}
+
+// startRspCrash runs rsp splice with handover = "crash", which keeps each
+// connection and pipe in a file descriptor store while it lives: a store
+// in this process that speaks systemd's protocol (handover.FDStore), so
+// that "rsp splice crash" beside "rsp splice" is what crash survival
+// costs rsp (not what it costs systemd, which is PID 1's own work).
+func startRspCrash(o *Options, backend, host string) (*process, error) {
+	addr, err := freeAddr(host)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "rsp-bench-store-")
+	if err != nil {
+		return nil, err
+	}
+	store, err := handover.NewFDStore(dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	config := func(string) string {
+		return fmt.Sprintf(`[global]
+relay = "splice"
+handover = "crash"
+[frontend.bench]
+listen = %q
+backend = "bench"
+idle_timeout = "0s"
+[backend.bench.server.s]
+address = %q
+`, addr, backend)
+	}
+	p, err := startConfigured("rsp-crash", config, addr, func(_, cfg string) *exec.Cmd {
+		cmd := exec.Command(o.Rsp, "-config", cfg)
+		cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+store.Path, "FDSTORE=1048576")
+		return cmd
+	})
+	if err != nil {
+		store.Close()
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	p.after = func() {
+		store.Close()
+		os.RemoveAll(dir)
+	}
+	return p, nil
 }
 
 func startIOCopy(o *Options, backend, host string) (*process, error) {

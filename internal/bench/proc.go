@@ -22,6 +22,7 @@ type process struct {
 	addr  string
 	done  chan struct{}
 	dir   string // scratch directory removed on stop, if any
+	after func() // called once stopped, if set
 }
 
 // start runs cmd and waits until re matches a line of its stdout (or
@@ -162,5 +163,8 @@ func (p *process) stop() {
 	}
 	if p.dir != "" {
 		os.RemoveAll(p.dir)
+	}
+	if p.after != nil {
+		p.after()
 	}
 }

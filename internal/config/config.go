@@ -78,7 +78,9 @@ type Config struct {
 	Resolvers []string
 	// Handover is what SIGTERM does under systemd: "auto" (hand over when
 	// systemd restarts rsp and keeps its descriptors, else drain),
-	// "restart" (the same, saying why not when it cannot) or "off"
+	// "restart" (the same, saying why not when it cannot), "crash" (as
+	// "restart", and each connection is kept in systemd's store while it
+	// lives, so that one killed rsp's successor resumes it) or "off"
 	// (always drain).
 	Handover  string
 	Frontends []*Frontend // by name
@@ -646,9 +648,9 @@ func (c *checker) build(f *fileConfig) *Config {
 		c.add([]string{"global", "maxconn"}, "maxconn %d is negative: give the most concurrent connections, or 0 for no limit", cfg.MaxConn)
 	}
 	switch cfg.Handover {
-	case "auto", "restart", "off":
+	case "auto", "restart", "crash", "off":
 	default:
-		c.add([]string{"global", "handover"}, "unknown handover %q: use \"auto\" (hand live connections to the next rsp when systemd restarts it, if the unit sets FileDescriptorStoreMax=), \"restart\" (the same, warning when it cannot) or \"off\" (drain at every stop)", cfg.Handover)
+		c.add([]string{"global", "handover"}, "unknown handover %q: use \"auto\" (hand live connections to the next rsp when systemd restarts it, if the unit sets FileDescriptorStoreMax=), \"restart\" (the same, warning when it cannot), \"crash\" (the same, and connections outlive a killed rsp) or \"off\" (drain at every stop)", cfg.Handover)
 	}
 	if cfg.Relay != "splice" && cfg.Relay != "copy" {
 		c.add([]string{"global", "relay"}, "unknown relay %q: use \"splice\" or \"copy\"", cfg.Relay)

@@ -39,3 +39,37 @@ func Store(*Packed) error { return errLinux }
 
 // Release does nothing off Linux.
 func Release() error { return nil }
+
+// Journal is crash survival's record, which needs Linux.
+type Journal struct{}
+
+// OpenJournal fails off Linux.
+func OpenJournal(int, int) (*Journal, error) { return nil, errLinux }
+
+// Loop is never called off Linux.
+func (j *Journal) Loop(int) splice.LoopJournal { return nil }
+
+// Close does nothing off Linux.
+func (j *Journal) Close() {}
+
+// Recovered is empty off Linux.
+type Recovered struct {
+	Conns []splice.FrozenConn
+	Reset int
+	Names []string
+}
+
+// Recover finds nothing off Linux.
+func Recover([]*os.File, []string) *Recovered { return &Recovered{} }
+
+// Forget does nothing off Linux.
+func Forget([]string) error { return nil }
+
+// FDStore is a stand-in for systemd's store, which needs Linux.
+type FDStore struct{ Path string }
+
+// NewFDStore fails off Linux.
+func NewFDStore(string) (*FDStore, error) { return nil, errLinux }
+
+// Close does nothing off Linux.
+func (s *FDStore) Close() {}

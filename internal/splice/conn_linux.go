@@ -75,6 +75,7 @@ type conn struct {
 	clientFirst bool           // the client's stream ended first
 	fe          *FrontendStats // the loop's counters of this frontend
 	srv         *ServerStats   // the loop's counters of the target; nil before the first connect
+	jref        int32          // c's ref in the loop's journal; 0 if not recorded
 }
 
 // open starts relaying a freshly accepted client socket: it picks a
@@ -90,6 +91,9 @@ func (l *loop) open(cfd int, peer netip.AddrPort, ln *listener) {
 	// to request/response traffic.
 	if ln.tcp && !ln.nodelay {
 		unix.SetsockoptInt(cfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	}
+	if l.j != nil {
+		setLinger0(cfd) // until recorded (record)
 	}
 	l.link(c)
 	l.useTimeouts(rt)
@@ -296,6 +300,7 @@ func (l *loop) onEvent(c *conn, fd int, ev uint32) {
 	}
 	if ev&unix.EPOLLPRI != 0 {
 		s.urg, s.urgSeen = true, true
+		l.taint(c)
 	}
 	if ev&unix.EPOLLRDHUP != 0 {
 		s.rdhup = true

@@ -59,6 +59,9 @@ func (l *loop) dial(c *conn) {
 	}
 	c.backend.fd = bfd
 	c.backend.unix = family == unix.AF_UNIX
+	if l.j != nil {
+		setLinger0(bfd) // until recorded (record)
+	}
 	l.linkFD(c, bfd)
 	if family != unix.AF_UNIX {
 		unix.SetsockoptInt(bfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
@@ -168,6 +171,9 @@ func (l *loop) established(c *conn) {
 			l.finish(c, err, true)
 			return
 		}
+	}
+	if l.j != nil {
+		l.record(c)
 	}
 	l.service(c)
 }

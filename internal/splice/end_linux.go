@@ -23,6 +23,7 @@ func (l *loop) finish(c *conn, reason error, reset bool) {
 	}
 	c.closed = true
 	l.unlink(c)
+	l.forget(c)
 	l.dropPipe(&c.up)
 	l.dropPipe(&c.down)
 	clean := reason == nil && (!reset || c.up.done && c.down.done)
@@ -31,8 +32,11 @@ func (l *loop) finish(c *conn, reason error, reset bool) {
 		if fd < 0 {
 			continue
 		}
-		if reset {
-			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		switch {
+		case reset:
+			setLinger0(fd)
+		case l.j != nil:
+			clearLinger(fd) // kept at 0 while journaled (record)
 		}
 		unix.Close(fd)
 	}
@@ -115,6 +119,12 @@ func (l *loop) handoff(c *conn) {
 	if c.up.n > 0 || c.down.n > 0 || c.up.eof || c.down.eof || c.up.oobHeld || c.down.oobHeld {
 		l.finish(c, errors.New("socket cannot splice mid-stream"), true)
 		return
+	}
+	if l.j != nil {
+		// The copy relay keeps no journal, and closes as usual.
+		l.forget(c)
+		clearLinger(c.client.fd)
+		clearLinger(c.backend.fd)
 	}
 	l.dropPipe(&c.up)
 	l.dropPipe(&c.down)

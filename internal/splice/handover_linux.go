@@ -14,7 +14,7 @@ import (
 func (fc *FrozenConn) Close() {
 	for _, fd := range [2]int{fc.ClientFD, fc.ServerFD} {
 		if fd >= 0 {
-			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+			setLinger0(fd)
 		}
 	}
 	fc.Forget()
@@ -71,6 +71,31 @@ func (l *loop) freezeConn(c *conn) (FrozenConn, bool) {
 			return FrozenConn{}, false
 		}
 	}
+	fc := l.frozen(c)
+	l.forget(c)
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.client.fd, nil)
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.backend.fd, nil)
+	for _, h := range [2]*half{&c.up, &c.down} {
+		if h.p != nil && h.n > 0 {
+			l.pool.open.Add(-1) // the pipe leaves with the connection
+			if l.j != nil {
+				l.j.PipeEnd(h.p.jref)
+			}
+			h.p = nil
+		}
+		l.dropPipe(h)
+	}
+	c.closed = true
+	l.unlink(c)
+	c.leave(true)
+	// The server, limits and slot go with the process: the next one
+	// counts the connection anew.
+	l.releaseConn(c)
+	return fc, true
+}
+
+// frozen describes c as a FrozenConn, its pipes included.
+func (l *loop) frozen(c *conn) FrozenConn {
 	fc := FrozenConn{
 		ID: uint64(l.index)<<32 | uint64(c.id), Frontend: c.rt.Name, Backend: c.rt.Backend, Server: c.target.Name(), Peer: c.peer,
 		ClientFD: c.client.fd, ServerFD: c.backend.fd, ClientUnix: c.client.unix, ServerUnix: c.backend.unix,
@@ -83,22 +108,7 @@ func (l *loop) freezeConn(c *conn) (FrozenConn, bool) {
 	if c.halfAt != 0 {
 		fc.HalfClosed = time.Duration(l.now - c.halfAt)
 	}
-	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.client.fd, nil)
-	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.backend.fd, nil)
-	for _, h := range [2]*half{&c.up, &c.down} {
-		if h.p != nil && h.n > 0 {
-			l.pool.open.Add(-1) // the pipe leaves with the connection
-			h.p = nil
-		}
-		l.dropPipe(h)
-	}
-	c.closed = true
-	l.unlink(c)
-	c.leave(true)
-	// The server, limits and slot go with the process: the next one
-	// counts the connection anew.
-	l.releaseConn(c)
-	return fc, true
+	return fc
 }
 
 // freezeHalf describes h; its pipe, if it holds bytes, goes with it.
@@ -165,10 +175,26 @@ func (l *loop) thawConn(th *thawing) {
 	l.link(c)
 	l.linkFD(c, c.backend.fd)
 	l.useTimeouts(rt)
+	if l.j != nil {
+		whole := true
+		for _, h := range [2]*half{&c.up, &c.down} {
+			if h.p != nil {
+				ref, err := l.j.Pipe(h.p.r, h.p.w)
+				h.p.jref = ref // record tells whose it is
+				whole = whole && err == nil
+			}
+		}
+		l.record(c)
+		if !whole {
+			l.taint(c) // bytes in a pipe a crash would lose
+		}
+	}
 	for _, fd := range [2]int{c.client.fd, c.backend.fd} {
-		// The hand-over set SO_LINGER 0 so that a socket nobody resumed
-		// would reset; resumed, it closes as any other.
-		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{})
+		if l.j == nil {
+			// The hand-over set SO_LINGER 0 so that a socket nobody
+			// resumed would reset; a journal keeps it so (record).
+			clearLinger(fd)
+		}
 		if err := l.register(c, fd); err != nil {
 			l.finish(c, err, true)
 			return

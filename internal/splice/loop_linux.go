@@ -98,12 +98,13 @@ type loop struct {
 	tick   int64
 	sweep  int64 // when the next timeout sweep is due
 
-	accepting bool   // listeners are registered
-	stopped   bool   // stopAccepting ran: never accept again
-	resumeAt  int64  // when accepting resumes after EMFILE; 0 if not paused
-	full      bool   // accepting paused at MaxConn
-	scratch   []byte // buffer for the no-pipe fallback, made on first use
-	noSplice  bool   // test hook: pretend the kernel refuses to splice
+	accepting bool        // listeners are registered
+	stopped   bool        // stopAccepting ran: never accept again
+	resumeAt  int64       // when accepting resumes after EMFILE; 0 if not paused
+	full      bool        // accepting paused at MaxConn
+	scratch   []byte      // buffer for the no-pipe fallback, made on first use
+	noSplice  bool        // test hook: pretend the kernel refuses to splice
+	j         LoopJournal // records connections for crash survival; nil when off
 
 	tally   tally    // counters of this loop's connections
 	busy    int64    // ns spent outside epoll_wait
@@ -125,6 +126,10 @@ func newLoop(e *spliceEngine, index int) (*loop, error) {
 
 		noSplice:  e.r.test.noSplice,
 		accepting: true,
+	}
+	if e.r.Journal != nil {
+		l.j = e.r.Journal.Loop(index)
+		l.pool.j = l.j
 	}
 	l.live.next, l.live.prev = &l.live, &l.live
 	var err error

@@ -18,6 +18,9 @@ var pageSize = os.Getpagesize()
 type pipe struct {
 	r, w int // read and write ends
 	size int // capacity in bytes
+	// jref and owner are the pipe's and its connection's refs in the
+	// pool's journal; 0 when there is none.
+	jref, owner int32
 }
 
 // pipePool keeps a bounded number of empty pipes for one event loop. It is
@@ -35,6 +38,7 @@ type pipePool struct {
 	created atomic.Int64 // pipes ever created (for tests and stats)
 	fail    bool         // test hook: every new pipe fails with EMFILE
 	granted int          // capacity of the last pipe made; 0 before the first
+	j       LoopJournal  // records each pipe; nil when off
 }
 
 // defaultPipeSize is the capacity asked for each pipe when PipeSize is
@@ -77,6 +81,15 @@ func (pp *pipePool) get() (*pipe, error) {
 		p.size = n
 	}
 	pp.granted = p.size
+	if pp.j != nil {
+		ref, err := pp.j.Pipe(p.r, p.w)
+		if err != nil {
+			unix.Close(p.r)
+			unix.Close(p.w)
+			return nil, err
+		}
+		p.jref = ref
+	}
 	pp.open.Add(1)
 	pp.created.Add(1)
 	return p, nil
@@ -90,10 +103,18 @@ func (pp *pipePool) put(p *pipe, empty bool) {
 		pp.idle.Add(1)
 		return
 	}
-	pp.destroy(p)
+	pp.destroy(p, !empty)
 }
 
-func (pp *pipePool) destroy(p *pipe) {
+// destroy closes p; dirty says it holds bytes, which are lost: its
+// connection can no longer be resumed after a crash.
+func (pp *pipePool) destroy(p *pipe, dirty bool) {
+	if pp.j != nil {
+		if dirty {
+			pp.j.Taint(p.owner)
+		}
+		pp.j.PipeEnd(p.jref)
+	}
 	unix.Close(p.r)
 	unix.Close(p.w)
 	pp.open.Add(-1)
@@ -102,7 +123,7 @@ func (pp *pipePool) destroy(p *pipe) {
 // drain closes every pooled pipe.
 func (pp *pipePool) drain() {
 	for i, p := range pp.free {
-		pp.destroy(p)
+		pp.destroy(p, false)
 		pp.free[i] = nil
 	}
 	pp.idle.Add(-int64(len(pp.free)))

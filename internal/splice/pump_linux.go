@@ -5,6 +5,7 @@ package splice
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -126,6 +127,7 @@ func gone(s *sock, in, out *half) (end bool, reason error) {
 // survivor's was lost; else survivor is reset, as a direct peer's writes
 // would have failed.
 func (l *loop) endGone(c *conn, survivor *sock, out *half, reason error) {
+	l.taint(c) // before its pipe is dropped
 	if reason != nil || out.n > 0 {
 		out.dropped = true
 	}
@@ -146,6 +148,7 @@ func (l *loop) endWhenFlushed(c *conn, dst *sock) {
 	if c.flushTo != nil {
 		return
 	}
+	l.taint(c) // its end is under way
 	c.flushTo = dst
 	c.flushOutq = -1
 	c.deadline = l.now + int64(flushStall)
@@ -277,9 +280,10 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 					// No fd for a pipe: move this chunk through the loop's
 					// buffer instead of stalling (a stalled direction could
 					// hold the pipes its peer direction waits for).
+					l.taint(c) // bytes pass through this process
 					n, err := l.copyChunk(c, src, dst, h)
 					if err != nil {
-						err = l.writeFailed(h, dst, err)
+						err = l.writeFailed(c, h, dst, err)
 						return err == nil, err // lost: requeued to discard
 					}
 					if n == 0 && !h.eof {
@@ -292,6 +296,7 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 					continue
 				}
 				h.p = p
+				l.own(c, h)
 			}
 			var n int64
 			if l.noSplice {
@@ -303,18 +308,23 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 				// A Unix peer that closed with unread bytes: all it
 				// wrote has been read, and its stream ends in an error.
 				h.eof, h.aborted = true, true
+				l.taint(c)
 				continue
 			}
 			if (n == 0 && err == nil || err == unix.EAGAIN && src.urgSeen) && atMark(src.fd) {
 				// Stopped at an urgent mark that came after the one
 				// passUrgent last passed: neither the end nor drained.
 				src.urg = true
+				l.taint(c)
 				continue
 			}
 			switch {
 			case err == nil && n == 0:
 				h.eof = true
 				h.aborted = src.err && src.unix // its error was read already
+				if h.aborted {
+					l.taint(c)
+				}
 				progress = true
 			case err == nil:
 				if int(n) < h.p.size/pageSize && !src.rdhup && !src.err && !src.hup && !src.urgSeen {
@@ -348,6 +358,9 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 			case nil:
 				h.n -= int(n)
 				h.sent += n
+				if l.j != nil {
+					l.j.Sent(c.jref, h == &c.down, h.sent)
+				}
 				moved += int(n)
 				c.last = l.now
 				progress = true
@@ -356,7 +369,7 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 			case unix.EINTR:
 				progress = true
 			default:
-				err = l.writeFailed(h, dst, c.peerErr(dst, "write to %s: %w", err))
+				err = l.writeFailed(c, h, dst, c.peerErr(dst, "write to %s: %w", err))
 				return err == nil, err // lost: requeued to discard
 			}
 		}
@@ -376,13 +389,17 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 				if c.halfAt == 0 {
 					c.halfAt = l.now
 					c.clientFirst = h == &c.up
+					if l.j != nil {
+						l.j.Half(c.jref, l.e.start.Add(time.Duration(c.halfAt)), c.clientFirst)
+					}
 				}
-				if c.up.done && c.down.done {
+				if c.up.done && c.down.done && l.j == nil {
 					// The other direction ended first: service closes both
 					// sockets now, and closing dst sends the same FIN (its
 					// receive queue is empty: its own EOF was read), so a
 					// shutdown would be one system call per connection
-					// for nothing.
+					// for nothing. Not with a journal: systemd's store
+					// holds the socket too, and lets go of it later.
 					return false, nil
 				}
 				if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
@@ -410,12 +427,13 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 // ends (with a reset, since bytes were lost) once that direction is done
 // (gone).
 // Any other failure is returned and ends the connection at once.
-func (l *loop) writeFailed(h *half, dst *sock, err error) error {
+func (l *loop) writeFailed(c *conn, h *half, dst *sock, err error) error {
 	// EPIPE with no pending error (or on a Unix socket, whose error only
 	// says that its peer closed with unread bytes): the socket cannot
 	// send any more although we never shut it down. The hang-up that
 	// says so may still wait in epoll's queue, so dst.hup is not asked.
 	if (!dst.err || dst.unix) && errors.Is(err, unix.EPIPE) {
+		l.taint(c)
 		h.lost = true
 		h.dropped = true // what the pipe held, at least
 		h.oobHeld = false
@@ -504,7 +522,7 @@ func (l *loop) passUrgent(c *conn, h *half, src, dst *sock) (progress, blocked b
 			dst.writable = false
 			return false, true, nil
 		default:
-			return false, false, l.writeFailed(h, dst, c.peerErr(dst, "urgent data to %s: %w", err))
+			return false, false, l.writeFailed(c, h, dst, c.peerErr(dst, "urgent data to %s: %w", err))
 		}
 	}
 	if h.p == nil {
@@ -513,6 +531,7 @@ func (l *loop) passUrgent(c *conn, h *half, src, dst *sock) (progress, blocked b
 			return false, false, fmt.Errorf("urgent data from %s: no pipe: %w", sideName(c, src), err)
 		}
 		h.p = p
+		l.own(c, h)
 	}
 	if l.scratch == nil {
 		l.scratch = make([]byte, scratchSize)

@@ -264,6 +264,9 @@ type Relay struct {
 	MaxIdlePipes int
 	// Logger receives connection errors; nil means slog.Default().
 	Logger *slog.Logger
+	// Journal, if set, records the connections for a process that
+	// resumes them after this one crashed (splice relay only).
+	Journal Journal
 	// OnEnd, if set, is called once for every connection that ends, on
 	// the goroutine that ended it (often an event loop: it must not
 	// block), with a ConnInfo valid only during the call. Without it,

@@ -1,0 +1,189 @@
+//go:build linux
+
+package handover
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"rsp/internal/splice"
+)
+
+// tcpPair returns the two ends of a loopback TCP connection: the
+// remote's as a net.Conn, the local's as a raw descriptor.
+func tcpPair(t *testing.T, ln net.Listener) (remote net.Conn, local int) {
+	t.Helper()
+	remote, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { remote.Close() })
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := c.(*net.TCPConn).File()
+	c.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Dup(int(f.Fd()))
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return remote, fd
+}
+
+// pipeWith returns a pipe holding b.
+func pipeWith(t *testing.T, b string) (r, w int) {
+	t.Helper()
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	if b != "" {
+		unix.Write(p[1], []byte(b))
+	}
+	return p[0], p[1]
+}
+
+// TestJournalRecover: what a journal recorded is rebuilt from the store
+// alone, as after a crash: a live connection with its pipe's bytes, names
+// and counters; a tainted one, one whose direction two pipes claim, and
+// one missing a socket are reset; an ended one and a pipe of an ended
+// connection are gone from the store; a pipe's bytes never reach another
+// connection.
+func TestJournalRecover(t *testing.T) {
+	store, err := NewFDStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	t.Setenv("NOTIFY_SOCKET", store.Path)
+	j, err := OpenJournal(2, 256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lj := j.Loop(1)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	born := time.Now().Add(-time.Minute).Truncate(time.Microsecond)
+	conn := func(name string) (cRemote, sRemote net.Conn, fc splice.FrozenConn, ref int32) {
+		cRemote, cfd := tcpPair(t, ln)
+		sRemote, sfd := tcpPair(t, ln)
+		fc = splice.FrozenConn{Frontend: "fe-" + name, Backend: "be", Server: "be/" + name, Peer: netip.MustParseAddrPort("192.0.2.7:4242"),
+			ClientFD: cfd, ServerFD: sfd, Born: born, Connect: 3 * time.Millisecond, Tries: 2,
+			Up: splice.FrozenHalf{Sent: 100}, Down: splice.FrozenHalf{Sent: 200}}
+		ref = lj.Conn(&fc)
+		if ref == 0 {
+			t.Fatalf("conn %s not journaled", name)
+		}
+		return cRemote, sRemote, fc, ref
+	}
+	pipe := func(data string, owner int32, down bool) int32 {
+		r, w := pipeWith(t, "")
+		ref, err := lj.Pipe(r, w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lj.Own(ref, owner, down)
+		unix.Write(w, []byte(data))
+		unix.Close(r) // the store holds it
+		unix.Close(w)
+		return ref
+	}
+	closeFDs := func(fc splice.FrozenConn) { unix.Close(fc.ClientFD); unix.Close(fc.ServerFD) }
+
+	_, _, live, liveRef := conn("live")
+	pipe("hello", liveRef, true)
+	lj.Sent(liveRef, false, 123)
+	lj.Half(liveRef, time.Now().Add(-time.Second), true)
+	taintedC, _, tainted, taintedRef := conn("tainted")
+	lj.Taint(taintedRef)
+	twoC, _, two, twoRef := conn("two")
+	pipe("a", twoRef, false)
+	pipe("b", twoRef, false)
+	_, _, ended, endedRef := conn("ended")
+	pipe("stale", endedRef, false)
+	lj.End(endedRef)
+	// "half" takes the slot "ended" left.
+	_, _, halfGone, halfRef := conn("half")
+	pipe("", liveRef, false) // empty: nothing to resume
+	for _, fc := range []splice.FrozenConn{live, tainted, two, ended, halfGone} {
+		closeFDs(fc) // the process dies: the store keeps them
+	}
+	if !waitFor(func() bool { n, _ := store.Len(); return n == 1+2*4+2*5 }) {
+		n, _ := store.Len()
+		t.Fatalf("store holds %d descriptors; want the journal, 4 connections' sockets and 5 pipes' ends", n)
+	}
+	files, names, err := store.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Drop one socket of "half", as if systemd never got it.
+	for i, name := range names {
+		if strings.HasSuffix(name, ".c."+itoa(halfRef)) {
+			files[i].Close()
+			files, names = append(files[:i], files[i+1:]...), append(names[:i], names[i+1:]...)
+			break
+		}
+	}
+	rec := Recover(files, names)
+	if len(rec.Conns) != 1 || rec.Reset != 3 {
+		t.Fatalf("recovered %d connections and reset %d; want 1 and 3 (tainted, two pipes, a socket missing)", len(rec.Conns), rec.Reset)
+	}
+	fc := rec.Conns[0]
+	defer fc.Close()
+	if fc.Frontend != "fe-live" || fc.Server != "be/live" || fc.Backend != "be" || fc.Peer != live.Peer || !fc.Born.Equal(born) ||
+		fc.Connect != 3*time.Millisecond || fc.Tries != 2 || !fc.ClientFirst || fc.HalfClosed < time.Second || fc.HalfClosed > time.Minute {
+		t.Errorf("recovered %+v; want the journaled names, peer, times and tries", fc)
+	}
+	if fc.Up.Sent != 123 || fc.Down.Sent != 200 || fc.Up.N != 0 || fc.Up.PipeR != -1 || fc.Down.N != 5 {
+		t.Errorf("halves %+v / %+v; want sent 123/200 and the 5 bytes of the down pipe", fc.Up, fc.Down)
+	}
+	buf := make([]byte, 16)
+	if n, _ := unix.Read(fc.Down.PipeR, buf); string(buf[:n]) != "hello" {
+		t.Errorf("down pipe holds %q; want hello", buf[:n])
+	}
+	if err := Forget(rec.Names); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(func() bool { n, _ := store.Len(); return n == 0 }) {
+		n, _ := store.Len()
+		t.Errorf("store holds %d descriptors after Forget; want 0", n)
+	}
+	// Only now is the last copy of the reset connections' sockets closed.
+	for what, c := range map[string]net.Conn{"tainted": taintedC, "two pipes": twoC} {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadAll(c); !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("%s connection: client read %v; want a reset", what, err)
+		}
+	}
+}
+
+func itoa(v int32) string { return strconv.Itoa(int(v)) }
+
+// waitFor polls cond for up to 5 s: the store takes messages on its own
+// goroutine.
+func waitFor(cond func() bool) bool {
+	for range 500 {
+		if cond() {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return cond()
+}

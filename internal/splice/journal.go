@@ -1,0 +1,39 @@
+package splice
+
+import "time"
+
+// Journal records, while connections run, what another process needs to
+// resume them if this one dies (handover = "crash"): each established
+// connection's sockets and each pipe, kept outside the process, and which
+// connection each pipe's bytes belong to. Loop returns the part of one
+// event loop, whose methods that loop alone calls.
+type Journal interface {
+	Loop(index int) LoopJournal
+}
+
+// LoopJournal is one event loop's part of a Journal. A connection or pipe
+// is named by the ref its recording returned; 0 means not recorded, and
+// methods given 0 do nothing.
+type LoopJournal interface {
+	// Conn records an established connection: its sockets, names and
+	// counters (fc's pipes are ignored). It returns 0 if it could not.
+	Conn(fc *FrozenConn) int32
+	// Sent records that a direction (down: server → client) has
+	// delivered n bytes in all.
+	Sent(conn int32, down bool, n int64)
+	// Half records when the first direction ended, and whether it was
+	// the client's.
+	Half(conn int32, at time.Time, clientFirst bool)
+	// Taint marks conn as one that cannot be resumed as it stands: after
+	// a crash it is reset.
+	Taint(conn int32)
+	// End forgets conn: its sockets are about to be closed or to leave.
+	End(conn int32)
+	// Pipe records a new pipe; it returns an error if it cannot.
+	Pipe(r, w int) (int32, error)
+	// Own records that pipe carries a direction of conn from now on;
+	// it is called before any byte enters the pipe.
+	Own(pipe, conn int32, down bool)
+	// PipeEnd forgets pipe: it is about to be closed or to leave.
+	PipeEnd(pipe int32)
+}

@@ -1,0 +1,339 @@
+package tests
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"rsp/internal/handover"
+)
+
+// crashRsp starts rsp as systemd would, with the listening socket ln
+// (named web) and what store holds passed as LISTEN_FDS, and NOTIFY_SOCKET
+// pointing at store.
+func crashRsp(t *testing.T, ln *net.TCPListener, store *handover.FDStore, cfg string) *proc {
+	t.Helper()
+	lf, err := ln.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	files, names, err := store.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	script := `n="$1"; k="$2"; shift 2; LISTEN_PID=$$ LISTEN_FDS="$k" LISTEN_FDNAMES="$n" exec "$@"`
+	all := append([]string{"web"}, names...)
+	cmd := exec.Command("sh", "-c", script, "sh", strings.Join(all, ":"), strconv.Itoa(len(all)), rspBin, "-config", cfg)
+	cmd.ExtraFiles = append([]*os.File{lf}, files...)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+store.Path, "FDSTORE=65536")
+	p := launch(t, cmd)
+	p.waitStarted()
+	return p
+}
+
+var crashTookRE = regexp.MustCompile(`msg="took over the live connections of an rsp that ended without handing over \(crash survival\)" conns=(\d+) reset=(\d+) bytes_in_pipes=(\d+)`)
+
+// TestCrashSurvival: with handover = "crash", rsp keeps each established
+// connection and each pipe in the file descriptor store while it lives;
+// after kill -9 the next rsp, given what the store holds, resumes every
+// stream mid-flight (some with bytes held in the dead process's pipes,
+// one half-closed with bytes still coming back, one idle) byte-exact
+// with no reset, serves new clients on the same socket, and in the end
+// the store and the new process hold nothing of the old connections.
+func TestCrashSurvival(t *testing.T) {
+	store, err := handover.NewFDStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	handed := make(chan struct{})
+	var closeHanded sync.Once
+	defer closeHanded.Do(func() { close(handed) })
+	be := handoverBackend(t, handed)
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	addr := ln.Addr().String()
+	cfg := writeConfig(t, "", fmt.Sprintf(`
+[global]
+conn_log = "all"
+handover = "crash"
+[frontend.f]
+socket = "web"
+backend = "b"
+[backend.b]
+server.s = { address = %q }
+`, be.Addr()))
+	p1 := crashRsp(t, ln, store, cfg)
+	if !strings.Contains(p1.stderr.String(), "crash survival on") {
+		t.Fatalf("rsp did not turn crash survival on:\n%s", p1.stderr.String())
+	}
+	baseSockets := socketFDs(t, p1.pid())
+
+	const streams = 30
+	const size = 4 << 20
+	var wg sync.WaitGroup
+	errs := make(chan error, streams+2)
+	started := make(chan struct{}, streams+2)
+	for i := range streams {
+		c := dial(t, addr)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Close()
+			seed := uint64(2000 + i)
+			var err error
+			switch i % 3 {
+			case 0:
+				fmt.Fprintf(c, "echo\n")
+				started <- struct{}{}
+				err = echoPaced(c, seed, size, 32<<10, 60*time.Millisecond)
+			case 1:
+				fmt.Fprintf(c, "echo\n")
+				started <- struct{}{}
+				err = echoGated(c, seed, size, handed)
+			case 2:
+				fmt.Fprintf(c, "stall\n")
+				started <- struct{}{}
+				err = echoPaced(c, seed, size, size, 0)
+			}
+			if err != nil {
+				errs <- fmt.Errorf("stream %d (kind %d): %w", i, i%3, err)
+			}
+		}()
+	}
+	half := dial(t, addr)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer half.Close()
+		half.SetDeadline(time.Now().Add(2 * time.Minute))
+		fmt.Fprintf(half, "stream %d\n", size)
+		half.CloseWrite()
+		started <- struct{}{}
+		got, err := receive(half)
+		if want := expected(size, size); err != nil || got != want {
+			errs <- fmt.Errorf("half-closed stream: got %v, %v; want %v", got, err, want)
+		}
+	}()
+	idle := dial(t, addr)
+	defer idle.Close()
+	fmt.Fprintf(idle, "echo\nbefore\n")
+	if l, err := readLine(idle, 5*time.Second); err != nil || l != "before\n" {
+		t.Fatalf("idle connection before the crash: %q, %v", l, err)
+	}
+	for range streams + 1 {
+		<-started
+	}
+	time.Sleep(300 * time.Millisecond) // mid-stream
+	if fds, _ := store.Len(); fds < 2*(streams+2) {
+		t.Fatalf("the store holds %d descriptors with %d connections live; want at least 2 each", fds, streams+2)
+	}
+
+	p1.cmd.Process.Kill() // SIGKILL: nothing runs in rsp after this
+	p1.wait(10 * time.Second)
+	oldPID := p1.pid()
+	p2 := crashRsp(t, ln, store, cfg)
+	m := crashTookRE.FindStringSubmatch(p2.stderr.String())
+	if m == nil {
+		t.Fatalf("new rsp logged no crash take-over:\n%s", p2.stderr.String())
+	}
+	closeHanded.Do(func() { close(handed) })
+	t.Logf("after kill -9: %s", m[0])
+	if m[2] != "0" {
+		t.Errorf("%s connections reset after the crash; want none (no urgent data, no end under way)", m[2])
+	}
+	if n, _ := strconv.Atoi(m[1]); n < 2*streams/3+2 {
+		t.Errorf("new rsp resumed %d connections; want at least %d", n, 2*streams/3+2)
+	}
+	if n, _ := strconv.Atoi(m[3]); n == 0 {
+		t.Errorf("no bytes came in the dead rsp's pipes; the stalled streams should have filled them")
+	}
+
+	fmt.Fprintf(idle, "after\n")
+	if l, err := readLine(idle, 5*time.Second); err != nil || l != "after\n" {
+		t.Errorf("idle connection after the crash: %q, %v", l, err)
+	}
+	fresh := dial(t, addr)
+	fmt.Fprintf(fresh, "echo\n")
+	if err := echoPaced(fresh, 7, 1<<20, 1<<20, 0); err != nil {
+		t.Errorf("new client after the crash: %v", err)
+	}
+	fresh.Close()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	idle.Close()
+
+	// In the end the store holds the new journal and pooled pipes only,
+	// and the new process no socket of a finished stream.
+	var left []string
+	if !eventually(10*time.Second, func() bool {
+		files, names, err := store.Files()
+		if err != nil {
+			return false
+		}
+		for _, f := range files {
+			f.Close()
+		}
+		left = left[:0]
+		for _, name := range names {
+			if strings.Contains(name, ".c.") || strings.Contains(name, "."+strconv.Itoa(oldPID)) {
+				left = append(left, name)
+			}
+		}
+		return len(left) == 0
+	}) {
+		t.Errorf("the store still holds %v once every stream ended", left)
+	}
+	if got := socketFDs(t, p2.pid()); got != baseSockets {
+		t.Errorf("new rsp holds %d sockets once every stream ended; the first held %d before any client", got, baseSockets)
+	}
+	// One log line per connection from the new process, none reset.
+	conns := regexp.MustCompile(`msg=conn .*server=s .*cause=(\S+)`)
+	var lines [][]string
+	eventually(5*time.Second, func() bool {
+		lines = conns.FindAllStringSubmatch(p2.stderr.String(), -1)
+		return len(lines) >= streams+3
+	})
+	if len(lines) != streams+3 {
+		t.Errorf("%d connection log lines from the new rsp; want %d (the streams, the half-closed, the idle and the new client)", len(lines), streams+3)
+	}
+	for _, l := range lines {
+		if l[1] != "client_close" && l[1] != "server_close" {
+			t.Errorf("a connection ended with cause %s: %s", l[1], l[0])
+		}
+	}
+	p2.signal(syscall.SIGTERM)
+	p2.wait(40 * time.Second)
+}
+
+// TestCrashResets: what a crash leaves that cannot be resumed as it was
+// ends in a reset, never a clean end of stream: a client whose backend
+// was still connecting (rsp holds it with SO_LINGER 0 until it is
+// journaled), and a connection that had urgent data (its byte may have
+// been in rsp's memory). A stream that was fine resumes beside them.
+func TestCrashResets(t *testing.T) {
+	store, err := handover.NewFDStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	be := echoBackend(t)
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	hole, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hole.Close()
+	cfg := writeConfig(t, "", fmt.Sprintf(`
+[global]
+handover = "crash"
+[frontend.f]
+socket = "web"
+backend = "b"
+[backend.b]
+server.s = { address = %q }
+[frontend.h]
+listen = "127.0.0.1:0"
+backend = "hole"
+connect_timeout = "60s"
+[backend.hole]
+server.h = { address = %q }
+`, be.Addr(), blackHole(t)))
+	p1 := crashRsp(t, ln, store, cfg)
+	addr, holeAddr := ln.Addr().String(), listeningOn(p1, "h")
+	fine, urgent := dial(t, addr), dial(t, addr)
+	defer fine.Close()
+	defer urgent.Close()
+	for _, c := range []*net.TCPConn{fine, urgent} {
+		fmt.Fprintf(c, "one\n")
+		if l, err := readLine(c, 5*time.Second); err != nil || l != "one\n" {
+			t.Fatalf("before the crash: %q, %v", l, err)
+		}
+	}
+	raw, err := urgent.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.Control(func(fd uintptr) { syscall.Sendto(int(fd), []byte("!"), syscall.MSG_OOB, nil) })
+	dialing := dial(t, holeAddr)
+	defer dialing.Close()
+	time.Sleep(200 * time.Millisecond) // rsp sees both
+
+	p1.cmd.Process.Kill()
+	p1.wait(10 * time.Second)
+	// The listener of frontend h was rsp's own: gone with it.
+	dialing.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := dialing.Read(make([]byte, 1)); !isReset(err) {
+		t.Errorf("client still connecting at the crash: read = %v; want a reset", err)
+	}
+	p2 := crashRsp(t, ln, store, cfg)
+	m := crashTookRE.FindStringSubmatch(p2.stderr.String())
+	if m == nil || m[1] != "1" || m[2] != "1" {
+		t.Fatalf("want 1 connection resumed and 1 reset after the crash; got %q:\n%s", m, p2.stderr.String())
+	}
+	urgent.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(urgent); !isReset(err) {
+		t.Errorf("connection with urgent data at the crash: read = %v; want a reset", err)
+	}
+	fmt.Fprintf(fine, "two\n")
+	if l, err := readLine(fine, 5*time.Second); err != nil || l != "two\n" {
+		t.Errorf("connection resumed after the crash: %q, %v", l, err)
+	}
+}
+
+// TestCrashStoreDropped: when no rsp takes the connections a crash left
+// (systemd refused the restart, StartLimitBurst=, and dropped its store),
+// their clients see a reset, not a clean end of stream: rsp keeps
+// SO_LINGER 0 on a journaled connection's sockets until it ends cleanly.
+func TestCrashStoreDropped(t *testing.T) {
+	store, err := handover.NewFDStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := echoBackend(t)
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfg := writeConfig(t, "", fmt.Sprintf("[global]\nhandover = \"crash\"\n[frontend.f]\nsocket = \"web\"\nbackend = \"b\"\n[backend.b]\nserver.s = { address = %q }\n", be.Addr()))
+	p := crashRsp(t, ln, store, cfg)
+	c := dial(t, ln.Addr().String())
+	defer c.Close()
+	fmt.Fprintf(c, "one\n")
+	if l, err := readLine(c, 5*time.Second); err != nil || l != "one\n" {
+		t.Fatalf("before the crash: %q, %v", l, err)
+	}
+	p.cmd.Process.Kill()
+	p.wait(10 * time.Second)
+	store.Close() // nobody resumes them
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(c); !isReset(err) {
+		t.Errorf("client of a connection nobody resumed: read = %v; want a reset", err)
+	}
+}
