@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"strconv"
@@ -503,14 +504,19 @@ func openJournal(cfg *config.Config, loops int, logger *slog.Logger) *handover.J
 		if loops <= 0 {
 			loops = runtime.GOMAXPROCS(0)
 		}
-		capacity := limit / 2
+		fds := limit
 		var rl syscall.Rlimit
 		if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl) == nil && rl.Cur > 0 {
-			capacity = min(capacity, int(min(rl.Cur, 1<<24))/2)
+			fds = min(fds, int(min(rl.Cur, 1<<24)))
 		}
-		j, err := handover.OpenJournal(loops, capacity)
+		j, err := handover.OpenJournal(loops, fds)
 		if err == nil {
-			logger.Info("crash survival on: each connection is kept in systemd's store while it lives", "capacity", capacity)
+			// A Go panic, a fatal error or the watchdog's SIGABRT then
+			// ends rsp by a signal, which Restart=on-failure restarts
+			// (exit status 2 is RestartPreventExitStatus=, for bad
+			// configurations).
+			debug.SetTraceback("crash")
+			logger.Info("crash survival on: each connection is kept in systemd's store while it lives", "capacity", j.Capacity())
 			return j
 		}
 		why = err.Error()

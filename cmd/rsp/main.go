@@ -161,8 +161,9 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 	defer signal.Stop(sigs)
 	mode, _ := splice.ParseMode(cfg.Relay)
 	relay := &splice.Relay{Mode: mode, MaxConn: cfg.MaxConn, PipeSize: cfg.PipeSize, Loops: eventLoops(mode), Logger: logger, OnEnd: connLog.Log}
-	if j := openJournal(cfg, relay.Loops, logger); j != nil {
-		relay.Journal = j // mapped until the process exits: loops write to it to the end
+	journal := openJournal(cfg, relay.Loops, logger)
+	if journal != nil {
+		relay.Journal = journal // mapped until the process exits: loops write to it to the end
 	}
 	if err := relay.Start(); err != nil {
 		printErr(stderr, fmt.Errorf("start relay: %w", err))
@@ -244,6 +245,11 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 	// the connections, and this one resumes them.
 	taken.ready()
 	taken.resume(px, relay, logger)
+	if journal != nil {
+		if err := journal.Publish(); err != nil {
+			logger.Error("crash survival off: connections will not survive a crash", "err", err)
+		}
+	}
 	notifier := activation.NewNotifier(logger)
 	notifier.Ready()
 	started := []any{"version", version, "listen", strings.Join(addrs, ","), "relay", cfg.Relay, "socket_activated", len(sd) > 0}

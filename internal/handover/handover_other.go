@@ -52,6 +52,12 @@ func (j *Journal) Loop(int) splice.LoopJournal { return nil }
 // Close does nothing off Linux.
 func (j *Journal) Close() {}
 
+// Publish fails off Linux.
+func (j *Journal) Publish() error { return errLinux }
+
+// Capacity is 0 off Linux.
+func (j *Journal) Capacity() int { return 0 }
+
 // Recovered is empty off Linux.
 type Recovered struct {
 	Conns []splice.FrozenConn

@@ -82,7 +82,8 @@ const (
 // and a memfd in the same store says what they are (Recover reads it).
 type Journal struct {
 	mem     []byte
-	name    string // the memfd's name in the store: JournalPrefix + pid
+	mfd     int
+	name    string // the memfd's name in the store: JournalPrefix + pid-nonce
 	loops   int
 	perLoop int // conn slots per loop
 	pipes   int // pipe slots per loop
@@ -91,9 +92,11 @@ type Journal struct {
 	parts   []*loopJournal
 }
 
-// OpenJournal makes the journal of a relay with loops event loops and up
-// to capacity connections, and stores it with systemd.
-func OpenJournal(loops, capacity int) (*Journal, error) {
+// OpenJournal makes the journal of a relay with loops event loops whose
+// connections and pipes may take up to fds descriptors of systemd's store
+// (FDSTORE: two sockets and two pipes of two ends each per connection).
+// Publish stores it with systemd.
+func OpenJournal(loops, fds int) (*Journal, error) {
 	path := os.Getenv("NOTIFY_SOCKET")
 	switch {
 	case path == "":
@@ -101,15 +104,22 @@ func OpenJournal(loops, capacity int) (*Journal, error) {
 	case loops < 1 || loops > maxLoops:
 		return nil, fmt.Errorf("journal: %d event loops; at most %d", loops, maxLoops)
 	}
-	j := &Journal{name: activation.JournalPrefix + strconv.Itoa(os.Getpid()), loops: loops,
-		perLoop: max(capacity/loops, 64), addr: &unix.SockaddrUnix{Name: path}}
+	// The pid and a nonce: a pid may come again after a wrap.
+	id := strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(time.Now().UnixNano()%(1<<30), 36)
+	j := &Journal{name: activation.JournalPrefix + id, loops: loops, addr: &unix.SockaddrUnix{Name: path}}
+	// Per loop: perLoop connections (2 sockets) and 2*perLoop+64 pipes
+	// (2 ends); one descriptor is the journal's.
+	j.perLoop = ((fds-1)/loops - 128) / 6
+	if j.perLoop < 16 {
+		return nil, fmt.Errorf("journal: a store of %d descriptors holds too few connections for %d event loops; raise FileDescriptorStoreMax= and FDSTORE=", fds, loops)
+	}
 	j.pipes = 2*j.perLoop + 64
 	size := journalHeader + loops*(j.perLoop*connRecord+j.pipes*pipeRecord)
 	mfd, err := unix.MemfdCreate(j.name, unix.MFD_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("journal memfd: %w", err)
 	}
-	defer unix.Close(mfd) // the mapping and the store keep it
+	j.mfd = mfd
 	if err := unix.Ftruncate(mfd, int64(size)); err != nil {
 		return nil, fmt.Errorf("journal memfd of %d bytes: %w", size, err)
 	}
@@ -122,13 +132,13 @@ func OpenJournal(loops, capacity int) (*Journal, error) {
 	le.PutUint32(j.mem[8:], uint32(loops))
 	le.PutUint32(j.mem[12:], uint32(j.perLoop))
 	le.PutUint32(j.mem[16:], uint32(j.pipes))
-	if j.sock, err = unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
+	// Non-blocking: an event loop must not wait for PID 1. A store that
+	// cannot be sent leaves a connection or pipe out of the journal; a
+	// removal waits in its loop's part (Flush).
+	if j.sock, err = unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0); err != nil {
 		unix.Munmap(j.mem)
+		unix.Close(mfd)
 		return nil, fmt.Errorf("notify socket: %w", err)
-	}
-	if err := j.send(storeMsg(nil, j.name), mfd); err != nil {
-		j.Close()
-		return nil, fmt.Errorf("store the journal with systemd: %w", err)
 	}
 	for i := range loops {
 		j.parts = append(j.parts, &loopJournal{j: j, index: i})
@@ -136,9 +146,23 @@ func OpenJournal(loops, capacity int) (*Journal, error) {
 	return j, nil
 }
 
+// Capacity returns how many connections the journal can hold.
+func (j *Journal) Capacity() int { return j.loops * j.perLoop }
+
+// Publish stores the journal itself with systemd: once done, a crash
+// leaves what a successor needs. It is stored after what a crashed rsp
+// left has been taken out of the store (Forget), which may have filled it.
+func (j *Journal) Publish() error {
+	if err := j.sendWait(storeMsg(nil, j.name), j.mfd); err != nil {
+		return fmt.Errorf("store the journal with systemd: %w", err)
+	}
+	return nil
+}
+
 // Close stops journaling; what is stored stays stored.
 func (j *Journal) Close() {
 	unix.Close(j.sock)
+	unix.Close(j.mfd)
 	unix.Munmap(j.mem)
 }
 
@@ -157,6 +181,36 @@ func (j *Journal) send(msg []byte, fds ...int) error {
 	return nil
 }
 
+// storeWait bounds how long an event loop waits for room in systemd's
+// queue (net.unix.max_dgram_qlen datagrams, 10 by default on some
+// kernels) to store a connection or pipe; past it, that one is not
+// journaled.
+const storeWait = 10 // ms
+
+// sendSoon is send, waiting up to storeWait for room in the queue.
+func (j *Journal) sendSoon(msg []byte, fds ...int) error {
+	err := j.send(msg, fds...)
+	// poll(2) cannot wait for room in an unconnected datagram socket's
+	// destination: try again each millisecond.
+	for i := 0; i < storeWait && errors.Is(err, unix.EAGAIN); i++ {
+		time.Sleep(time.Millisecond)
+		err = j.send(msg, fds...)
+	}
+	return err
+}
+
+// sendWait is send, waiting up to 5 s while systemd's queue is full.
+func (j *Journal) sendWait(msg []byte, fds ...int) error {
+	for range 500 {
+		err := j.send(msg, fds...)
+		if !errors.Is(err, unix.EAGAIN) {
+			return err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return j.send(msg, fds...)
+}
+
 // storeMsg appends to b the message that stores descriptors as name.
 func storeMsg(b []byte, name string) []byte {
 	b = append(b, "FDSTORE=1\nFDPOLL=0\nFDNAME="...)
@@ -171,6 +225,15 @@ type loopJournal struct {
 	free, pfree []int32 // local slots given back
 	hw, phw     int32   // local slots ever used
 	msg         []byte
+	// pending are removals not sent yet (systemd's queue was full), by
+	// ref: their slots are reused only once sent.
+	pending []pendingRemove
+}
+
+// pendingRemove is a removal End or PipeEnd could not send.
+type pendingRemove struct {
+	pipe bool
+	ref  int32
 }
 
 // connAt returns the record of ref, a global conn slot + 1.
@@ -271,7 +334,7 @@ func (lj *loopJournal) Conn(fc *splice.FrozenConn) int32 {
 	}
 	le.PutUint32(rec[cState:], state)
 	lj.msg = lj.connName(storeMsg(lj.msg[:0], ""), ref)
-	if err := j.send(lj.msg, fc.ClientFD, fc.ServerFD); err != nil {
+	if err := j.sendSoon(lj.msg, fc.ClientFD, fc.ServerFD); err != nil {
 		le.PutUint32(rec[cState:], recFree)
 		lj.free = append(lj.free, s)
 		return 0
@@ -327,14 +390,48 @@ func (lj *loopJournal) Taint(ref int32) {
 }
 
 // End frees conn ref's slot and removes its sockets from the store.
-func (lj *loopJournal) End(ref int32) {
+func (lj *loopJournal) End(ref int32) bool {
 	if ref == 0 {
-		return
+		return true
 	}
 	binary.LittleEndian.PutUint32(lj.connAt(ref)[cState:], recFree)
-	lj.msg = lj.connName(append(lj.msg[:0], "FDSTOREREMOVE=1\nFDNAME="...), ref)
-	lj.j.send(lj.msg)
-	lj.free = append(lj.free, ref-1-int32(lj.index*lj.j.perLoop))
+	return lj.remove(pendingRemove{ref: ref}, false)
+}
+
+// remove sends the removal of r, or keeps it for Flush (unless again,
+// which is Flush's try); false if it waits.
+func (lj *loopJournal) remove(r pendingRemove, again bool) bool {
+	if r.pipe {
+		lj.msg = lj.pipeName(append(lj.msg[:0], "FDSTOREREMOVE=1\nFDNAME="...), r.ref)
+	} else {
+		lj.msg = lj.connName(append(lj.msg[:0], "FDSTOREREMOVE=1\nFDNAME="...), r.ref)
+	}
+	if len(lj.pending) > 0 && !again || lj.j.send(lj.msg) != nil {
+		if !again {
+			lj.pending = append(lj.pending, r)
+		}
+		return false
+	}
+	if r.pipe {
+		lj.pfree = append(lj.pfree, r.ref-1-int32(lj.index*lj.j.pipes))
+	} else {
+		lj.free = append(lj.free, r.ref-1-int32(lj.index*lj.j.perLoop))
+	}
+	return true
+}
+
+// Flush sends the removals left; with wait, for up to 5 s.
+func (lj *loopJournal) Flush(wait bool) bool {
+	for try := 0; len(lj.pending) > 0; try++ {
+		for len(lj.pending) > 0 && lj.remove(lj.pending[0], true) {
+			lj.pending = lj.pending[1:]
+		}
+		if len(lj.pending) == 0 || !wait || try == 500 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return len(lj.pending) > 0
 }
 
 // Pipe records a pipe and stores its two ends.
@@ -349,7 +446,7 @@ func (lj *loopJournal) Pipe(r, w int) (int32, error) {
 	clear(rec)
 	binary.LittleEndian.PutUint32(rec[pState:], recLive)
 	lj.msg = lj.pipeName(storeMsg(lj.msg[:0], ""), ref)
-	if err := j.send(lj.msg, r, w); err != nil {
+	if err := j.sendSoon(lj.msg, r, w); err != nil {
 		binary.LittleEndian.PutUint32(rec[pState:], recFree)
 		lj.pfree = append(lj.pfree, s)
 		return 0, fmt.Errorf("store a pipe with systemd: %w", err)
@@ -377,12 +474,10 @@ func (lj *loopJournal) Own(pipe, conn int32, down bool) {
 }
 
 // PipeEnd frees pipe's slot and removes it from the store.
-func (lj *loopJournal) PipeEnd(pipe int32) {
+func (lj *loopJournal) PipeEnd(pipe int32) bool {
 	if pipe == 0 {
-		return
+		return true
 	}
 	binary.LittleEndian.PutUint32(lj.pipeAt(pipe)[pState:], recFree)
-	lj.msg = lj.pipeName(append(lj.msg[:0], "FDSTOREREMOVE=1\nFDNAME="...), pipe)
-	lj.j.send(lj.msg)
-	lj.pfree = append(lj.pfree, pipe-1-int32(lj.index*lj.j.pipes))
+	return lj.remove(pendingRemove{pipe: true, ref: pipe}, false)
 }

@@ -70,8 +70,11 @@ func TestJournalRecover(t *testing.T) {
 	}
 	defer store.Close()
 	t.Setenv("NOTIFY_SOCKET", store.Path)
-	j, err := OpenJournal(2, 256)
+	j, err := OpenJournal(2, 4096)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Publish(); err != nil {
 		t.Fatal(err)
 	}
 	lj := j.Loop(1)
@@ -122,28 +125,37 @@ func TestJournalRecover(t *testing.T) {
 	// "half" takes the slot "ended" left.
 	_, _, halfGone, halfRef := conn("half")
 	pipe("", liveRef, false) // empty: nothing to resume
-	for _, fc := range []splice.FrozenConn{live, tainted, two, ended, halfGone} {
+	// "lostpipe" has bytes in a pipe systemd did not keep.
+	_, _, lost, lostRef := conn("lostpipe")
+	lostPipe := pipe("gone", lostRef, false)
+	for _, fc := range []splice.FrozenConn{live, tainted, two, ended, halfGone, lost} {
 		closeFDs(fc) // the process dies: the store keeps them
 	}
-	if !waitFor(func() bool { n, _ := store.Len(); return n == 1+2*4+2*5 }) {
+	if !waitFor(func() bool { n, _ := store.Len(); return n == 1+2*5+2*6 }) {
 		n, _ := store.Len()
-		t.Fatalf("store holds %d descriptors; want the journal, 4 connections' sockets and 5 pipes' ends", n)
+		t.Fatalf("store holds %d descriptors; want the journal, 5 connections' sockets and 6 pipes' ends", n)
 	}
 	files, names, err := store.Files()
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Drop one socket of "half", as if systemd never got it.
-	for i, name := range names {
-		if strings.HasSuffix(name, ".c."+itoa(halfRef)) {
+	// Drop one socket of "half" and the pipe of "lostpipe", as if systemd
+	// never got them.
+	droppedSocket := false
+	var dropped []string
+	for i := 0; i < len(names); i++ {
+		socket := strings.HasSuffix(names[i], ".c."+itoa(halfRef)) && !droppedSocket
+		if socket || strings.HasSuffix(names[i], ".p."+itoa(lostPipe)) {
+			droppedSocket = droppedSocket || socket
+			dropped = append(dropped, names[i])
 			files[i].Close()
 			files, names = append(files[:i], files[i+1:]...), append(names[:i], names[i+1:]...)
-			break
+			i--
 		}
 	}
 	rec := Recover(files, names)
-	if len(rec.Conns) != 1 || rec.Reset != 3 {
-		t.Fatalf("recovered %d connections and reset %d; want 1 and 3 (tainted, two pipes, a socket missing)", len(rec.Conns), rec.Reset)
+	if len(rec.Conns) != 1 || rec.Reset != 4 {
+		t.Fatalf("recovered %d connections and reset %d; want 1 and 4 (tainted, two pipes, a socket missing, a pipe missing)", len(rec.Conns), rec.Reset)
 	}
 	fc := rec.Conns[0]
 	defer fc.Close()
@@ -158,7 +170,7 @@ func TestJournalRecover(t *testing.T) {
 	if n, _ := unix.Read(fc.Down.PipeR, buf); string(buf[:n]) != "hello" {
 		t.Errorf("down pipe holds %q; want hello", buf[:n])
 	}
-	if err := Forget(rec.Names); err != nil {
+	if err := Forget(append(rec.Names, dropped...)); err != nil { // the test's store has what was dropped
 		t.Fatal(err)
 	}
 	if !waitFor(func() bool { n, _ := store.Len(); return n == 0 }) {
@@ -186,4 +198,94 @@ func waitFor(cond func() bool) bool {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return cond()
+}
+
+// TestJournalQueueFull: when systemd's queue is full the journal does not
+// block its event loop: a store fails (the connection is not journaled),
+// a removal waits for Flush, and its slot is not used again before the
+// removal is sent, so that a new connection's store cannot be removed by
+// it.
+func TestJournalQueueFull(t *testing.T) {
+	dir := t.TempDir()
+	sink, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(sink)
+	path := dir + "/notify"
+	if err := unix.Bind(sink, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("NOTIFY_SOCKET", path)
+	j, err := OpenJournal(1, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	lj := j.Loop(0)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, cfd := tcpPair(t, ln)
+	_, sfd := tcpPair(t, ln)
+	defer unix.Close(cfd)
+	defer unix.Close(sfd)
+	fc := splice.FrozenConn{Frontend: "f", Backend: "b", Server: "b/s", ClientFD: cfd, ServerFD: sfd, Born: time.Now()}
+	first := lj.Conn(&fc)
+	if first == 0 {
+		t.Fatal("first connection not journaled")
+	}
+	// Fill the queue (nobody reads it).
+	var refs []int32
+	for range 4096 {
+		ref := lj.Conn(&fc)
+		if ref == 0 {
+			break
+		}
+		refs = append(refs, ref)
+	}
+	if len(refs) == 4096 {
+		t.Fatal("the queue never filled")
+	}
+	if lj.End(first) {
+		t.Fatal("End reported a removal sent with the queue full")
+	}
+	if ref := lj.Conn(&fc); ref != 0 {
+		t.Fatalf("a store was sent with the queue full (ref %d)", ref)
+	}
+	if !lj.Flush(false) {
+		t.Fatal("Flush reported nothing left with the queue full")
+	}
+	buf := make([]byte, 512)
+	oob := make([]byte, unix.CmsgSpace(8))
+	drain := func() {
+		for {
+			_, oobn, _, _, err := unix.Recvmsg(sink, buf, oob, 0)
+			if err != nil {
+				return
+			}
+			if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+				for _, m := range msgs {
+					fds, _ := unix.ParseUnixRights(&m)
+					for _, fd := range fds {
+						unix.Close(fd)
+					}
+				}
+			}
+		}
+	}
+	drain()
+	if lj.Flush(false) {
+		t.Fatal("Flush left the removal unsent with the queue empty")
+	}
+	n, _, err := unix.Recvfrom(sink, buf, 0)
+	if err != nil || !strings.Contains(string(buf[:n]), "FDSTOREREMOVE=1") || !strings.HasSuffix(string(buf[:n]), ".c."+itoa(first)) {
+		t.Fatalf("after Flush systemd got %q, %v; want the removal of conn %d", buf[:n], err, first)
+	}
+	if ref := lj.Conn(&fc); ref != first {
+		t.Errorf("the freed slot was not used again once its removal was sent: got ref %d, want %d", ref, first)
+	}
+	drain()
 }

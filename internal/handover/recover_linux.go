@@ -33,18 +33,19 @@ type Recovered struct {
 	Names []string
 }
 
-// storedName splits a journal's store name: "rsp-j.PID" (kind 0),
-// "rsp-j.PID.c.N" (kind 'c', ref N) or "rsp-j.PID.p.N" (kind 'p').
+// storedName splits a journal's store name: "rsp-j.ID" (kind 0),
+// "rsp-j.ID.c.N" (kind 'c', ref N) or "rsp-j.ID.p.N" (kind 'p'); ID is
+// the pid and a nonce.
 func storedName(name string) (journal string, kind byte, ref int32, ok bool) {
 	rest, found := strings.CutPrefix(name, activation.JournalPrefix)
 	if !found {
 		return "", 0, 0, false
 	}
-	pid, tail, more := strings.Cut(rest, ".")
-	if _, err := strconv.Atoi(pid); err != nil {
+	id, tail, more := strings.Cut(rest, ".")
+	if id == "" || strings.Trim(id, "0123456789abcdefghijklmnopqrstuvwxyz-") != "" {
 		return "", 0, 0, false
 	}
-	journal = activation.JournalPrefix + pid
+	journal = activation.JournalPrefix + id
 	if !more {
 		return journal, 0, 0, true
 	}
@@ -207,8 +208,12 @@ func Recover(files []*os.File, names []string) *Recovered {
 	for _, sp := range pipes {
 		p := sp.p
 		v := views[sp.view]
-		if p.r != nil && p.w != nil {
+		if p.r != nil {
 			p.n, _ = unix.IoctlGetInt(int(p.r.Fd()), unix.TIOCINQ)
+		}
+		if p.r == nil || p.w == nil {
+			p.close() // its owner, if any, is reset (below)
+			continue
 		}
 		var rec []byte
 		if v != nil {
@@ -235,6 +240,25 @@ func Recover(files []*os.File, names []string) *Recovered {
 			continue
 		}
 		*slot = p
+	}
+	// A pipe a connection owns that is not all in the store (systemd
+	// dropped it, its store full) may have held its bytes.
+	for name, v := range views {
+		hw := binary.LittleEndian.Uint32
+		for l := range v.loops {
+			used := int(hw(v.mem[64+4*v.loops+4*l:]))
+			for s := range min(used, v.pipes) {
+				ref := int32(l*v.pipes + s + 1)
+				rec := v.pipe(ref)
+				owner := connKey{name, int32(hw(rec[pOwner:]))}
+				if hw(rec[pState:]) != recLive || owner.ref == 0 || conns[owner] == nil {
+					continue
+				}
+				if pf := pipeFilesOf[connKey{name, ref}]; pf == nil || pf.r == nil || pf.w == nil {
+					conns[owner].conflict = true
+				}
+			}
+		}
 	}
 	for k, c := range conns {
 		v := views[k.journal]

@@ -307,6 +307,7 @@ func (l *loop) onEvent(c *conn, fd int, ev uint32) {
 	}
 	if ev&unix.EPOLLERR != 0 {
 		s.err = true
+		l.taint(c) // reading the error clears it: a successor could not see it
 	}
 	if ev&unix.EPOLLHUP != 0 {
 		s.hup = true

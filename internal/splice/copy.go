@@ -286,8 +286,11 @@ func (e *copyEngine) counted(f func(*tally)) {
 
 // adopt relays a connection the splice engine connected but cannot
 // splice; it was accepted at start and connected after connect.
-func (e *copyEngine) adopt(client, backend net.Conn, t Target, d *dialing, start time.Time, connect time.Duration, tries int) {
-	p := &copyConn{client: client, d: *d, start: start, connect: connect, tries: tries, id: e.newID()}
+//
+// linger0 says its sockets have SO_LINGER 0 (set while a journal held
+// them), to be cleared only if it ends cleanly.
+func (e *copyEngine) adopt(client, backend net.Conn, t Target, d *dialing, start time.Time, connect time.Duration, tries int, linger0 bool) {
+	p := &copyConn{client: client, d: *d, start: start, connect: connect, tries: tries, id: e.newID(), linger0: linger0}
 	e.counted(func(tl *tally) { tl.frontend(d.rt.Name).Active++ })
 	e.relay(p, backend, t)
 }
@@ -321,6 +324,13 @@ func (e *copyEngine) relay(p *copyConn, backend net.Conn, t Target) {
 		p.abort(errUndeliverable)
 	}
 	p.stopTimers()
+	if p.linger0 && p.err() == nil {
+		for _, c := range []net.Conn{client, backend} {
+			if tc, ok := c.(*net.TCPConn); ok {
+				tc.SetLinger(-1)
+			}
+		}
+	}
 	client.Close()
 	backend.Close()
 	e.done(p, t, p.err()) // untracks p
@@ -477,6 +487,7 @@ func (e *copyEngine) alive(time.Duration) bool { return true }
 
 // copyConn is one connection relayed by the copy engine.
 type copyConn struct {
+	linger0         bool // SO_LINGER 0 until a clean end (adopt)
 	d               dialing
 	t               Target // the server connected; nil before
 	id              uint64

@@ -23,22 +23,26 @@ func (l *loop) finish(c *conn, reason error, reset bool) {
 	}
 	c.closed = true
 	l.unlink(c)
-	l.forget(c)
-	l.dropPipe(&c.up)
-	l.dropPipe(&c.down)
 	clean := reason == nil && (!reset || c.up.done && c.down.done)
 	reset = reset && !(c.up.done && c.down.done)
 	for _, fd := range [2]int{c.client.fd, c.backend.fd} {
-		if fd < 0 {
-			continue
-		}
 		switch {
+		case fd < 0:
 		case reset:
 			setLinger0(fd)
 		case l.j != nil:
 			clearLinger(fd) // kept at 0 while journaled (record)
 		}
-		unix.Close(fd)
+	}
+	// Out of the journal once its sockets close as they should: a crash
+	// before would resume it, as it was.
+	l.forget(c)
+	l.dropPipe(&c.up)
+	l.dropPipe(&c.down)
+	for _, fd := range [2]int{c.client.fd, c.backend.fd} {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
 	}
 	t := l.releaseConn(c)
 	l.ended(c, t, reason, endCause(reason, &c.dialing, clean, c.clientFirst, l.e.r.drain.Load()))
@@ -120,12 +124,9 @@ func (l *loop) handoff(c *conn) {
 		l.finish(c, errors.New("socket cannot splice mid-stream"), true)
 		return
 	}
-	if l.j != nil {
-		// The copy relay keeps no journal, and closes as usual.
-		l.forget(c)
-		clearLinger(c.client.fd)
-		clearLinger(c.backend.fd)
-	}
+	// The copy relay keeps no journal; a crash resets the connection
+	// (SO_LINGER 0 stays until it ends cleanly).
+	l.forget(c)
 	l.dropPipe(&c.up)
 	l.dropPipe(&c.down)
 	// Take the sockets out of this loop's epoll set before their fds are
@@ -154,7 +155,7 @@ func (l *loop) handoff(c *conn) {
 	// The copy engine releases the target and counts the connection as
 	// done when it ends.
 	start := l.e.start.Add(time.Duration(c.born))
-	go l.e.handoff.adopt(client, backend, c.target, &c.dialing, start, time.Duration(c.connAt-c.born), c.tries)
+	go l.e.handoff.adopt(client, backend, c.target, &c.dialing, start, time.Duration(c.connAt-c.born), c.tries, l.j != nil)
 }
 
 // fdConn wraps fd in a net.Conn, taking ownership of fd.

@@ -78,8 +78,8 @@ func (l *loop) freezeConn(c *conn) (FrozenConn, bool) {
 	for _, h := range [2]*half{&c.up, &c.down} {
 		if h.p != nil && h.n > 0 {
 			l.pool.open.Add(-1) // the pipe leaves with the connection
-			if l.j != nil {
-				l.j.PipeEnd(h.p.jref)
+			if l.j != nil && !l.j.PipeEnd(h.p.jref) {
+				l.jpending = true
 			}
 			h.p = nil
 		}

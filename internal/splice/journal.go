@@ -28,12 +28,17 @@ type LoopJournal interface {
 	// a crash it is reset.
 	Taint(conn int32)
 	// End forgets conn: its sockets are about to be closed or to leave.
-	End(conn int32)
+	// False means the store still holds them: Flush must try again.
+	End(conn int32) bool
 	// Pipe records a new pipe; it returns an error if it cannot.
 	Pipe(r, w int) (int32, error)
 	// Own records that pipe carries a direction of conn from now on;
 	// it is called before any byte enters the pipe.
 	Own(pipe, conn int32, down bool)
 	// PipeEnd forgets pipe: it is about to be closed or to leave.
-	PipeEnd(pipe int32)
+	// False means the store still holds it: Flush must try again.
+	PipeEnd(pipe int32) bool
+	// Flush tries again what End and PipeEnd could not finish, waiting
+	// for it if wait; it reports whether some is still left.
+	Flush(wait bool) bool
 }

@@ -44,7 +44,9 @@ func (l *loop) taint(c *conn) {
 // forget takes c out of the journal, before its sockets close or leave.
 func (l *loop) forget(c *conn) {
 	if l.j != nil && c.jref != 0 {
-		l.j.End(c.jref)
+		if !l.j.End(c.jref) {
+			l.jpending = true
+		}
 		c.jref = 0
 	}
 }

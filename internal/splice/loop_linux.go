@@ -105,6 +105,7 @@ type loop struct {
 	scratch   []byte      // buffer for the no-pipe fallback, made on first use
 	noSplice  bool        // test hook: pretend the kernel refuses to splice
 	j         LoopJournal // records connections for crash survival; nil when off
+	jpending  bool        // j has messages to send again (Flush)
 
 	tally   tally    // counters of this loop's connections
 	busy    int64    // ns spent outside epoll_wait
@@ -284,6 +285,9 @@ func (l *loop) run(wg *sync.WaitGroup) {
 			// this batch: ignore it.
 		}
 		l.runReady()
+		if l.jpending || l.pool.jpending {
+			l.jpending, l.pool.jpending = l.j.Flush(false), false
+		}
 		if l.now >= l.sweep {
 			l.sweepTimeouts()
 		}
@@ -301,7 +305,7 @@ func (l *loop) waitTimeout(now int64) int {
 	if len(l.ready) > 0 {
 		return 0
 	}
-	if l.nlive == 0 && l.resumeAt == 0 {
+	if l.nlive == 0 && l.resumeAt == 0 && !l.jpending && !l.pool.jpending {
 		return -1
 	}
 	d := l.sweep - now
@@ -344,6 +348,11 @@ func (l *loop) runCommands() bool {
 			*c.killed = l.kill(c.server)
 		case cmdFreeze:
 			l.freezeConns(c.frozen)
+			if l.jpending || l.pool.jpending {
+				// Removed before the hand-over stores them again:
+				// systemd would keep one copy, under the old name.
+				l.jpending, l.pool.jpending = l.j.Flush(true), false
+			}
 		case cmdThaw:
 			l.thawConn(c.thaw)
 		case cmdUnstop:

@@ -30,15 +30,16 @@ type pipe struct {
 // is closed, never pooled, so one connection's bytes can never reach
 // another connection.
 type pipePool struct {
-	free    []*pipe
-	max     int
-	size    int          // F_SETPIPE_SZ request; 0 keeps the kernel default
-	open    atomic.Int64 // pipes created and not yet closed, pooled or in use
-	idle    atomic.Int64 // len(free), readable from other goroutines
-	created atomic.Int64 // pipes ever created (for tests and stats)
-	fail    bool         // test hook: every new pipe fails with EMFILE
-	granted int          // capacity of the last pipe made; 0 before the first
-	j       LoopJournal  // records each pipe; nil when off
+	free     []*pipe
+	max      int
+	size     int          // F_SETPIPE_SZ request; 0 keeps the kernel default
+	open     atomic.Int64 // pipes created and not yet closed, pooled or in use
+	idle     atomic.Int64 // len(free), readable from other goroutines
+	created  atomic.Int64 // pipes ever created (for tests and stats)
+	fail     bool         // test hook: every new pipe fails with EMFILE
+	granted  int          // capacity of the last pipe made; 0 before the first
+	j        LoopJournal  // records each pipe; nil when off
+	jpending bool         // a PipeEnd is left for j.Flush
 }
 
 // defaultPipeSize is the capacity asked for each pipe when PipeSize is
@@ -99,6 +100,10 @@ func (pp *pipePool) get() (*pipe, error) {
 // room; a pipe holding bytes (dirty) or one beyond the bound is closed.
 func (pp *pipePool) put(p *pipe, empty bool) {
 	if empty && len(pp.free) < pp.max {
+		if pp.j != nil && p.owner != 0 {
+			pp.j.Own(p.jref, 0, false) // nobody's: a successor ignores it
+			p.owner = 0
+		}
 		pp.free = append(pp.free, p)
 		pp.idle.Add(1)
 		return
@@ -113,7 +118,9 @@ func (pp *pipePool) destroy(p *pipe, dirty bool) {
 		if dirty {
 			pp.j.Taint(p.owner)
 		}
-		pp.j.PipeEnd(p.jref)
+		if !pp.j.PipeEnd(p.jref) {
+			pp.jpending = true
+		}
 	}
 	unix.Close(p.r)
 	unix.Close(p.w)
