@@ -34,7 +34,7 @@ import (
 
 // debootstrap's arguments for the container root; the cached tarball is
 // keyed by them.
-var rootSpec = []string{"--variant=minbase", "--include=systemd,systemd-sysv,dbus,procps", "bookworm"}
+var rootSpec = []string{"--variant=minbase", "--include=systemd,systemd-sysv,dbus,procps,rpm", "bookworm"}
 
 const (
 	mirror     = "http://deb.debian.org/debian"
@@ -362,9 +362,9 @@ func (in instance) config(servers ...string) string {
 // TestSystemd: the .deb under a real systemd: install, socket activation,
 // status, journal, reload, restart and upgrade without a refused
 // connection, clean stop, hardening score, metrics and rsp ctl, a template
-// instance, purge.
+// instance, purge; then the .rpm's install and upgrade.
 func TestSystemd(t *testing.T) {
-	deb, _ := packages(t)
+	deb, rpmPath := packages(t)
 	began := time.Now()
 	for addr, unit := range map[string]string{webAddr: "rsp.socket", statsAddr: "rsp-metrics.socket"} {
 		if ln, err := net.Listen("tcp", addr); err != nil {
@@ -518,6 +518,40 @@ func TestSystemd(t *testing.T) {
 				conn.Close()
 				t.Errorf("%s still accepts after purge", addr)
 			}
+		}
+	})
+	t.Run("rpm", func(t *testing.T) {
+		// The RPM's scriptlets under the same systemd (Debian's rpm
+		// wants --force-debian, and knows none of the dependencies):
+		// install, then an upgrade with live streams, which %postun's
+		// try-restart hands to the new rsp. rpm -U of the same version
+		// with --replacepkgs runs the upgrade's scriptlets ($1 2 and 1).
+		data, err := os.ReadFile(rpmPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.write(t, "/var/tmp/rsp.rpm", string(data))
+		rpmDo := func(args ...string) string {
+			return c.must(t, append([]string{"rpm", "--force-debian", "--nodeps"}, args...)...)
+		}
+		rpmDo("-i", "/var/tmp/rsp.rpm")
+		defer rpmDo("-e", "rsp")
+		if s := c.prop(t, main.socket, "ActiveState"); s != "active" {
+			t.Fatalf("%s is %s after rpm -i, want active", main.socket, s)
+		}
+		c.write(t, main.conf, main.config(echo.Addr().String()))
+		mustServe(t, main)
+		pid := c.prop(t, main.service, "MainPID")
+		waited := streamsAcross(t, main.addr, handoverStreams, func() { rpmDo("-U", "--replacepkgs", "/var/tmp/rsp.rpm") })
+		if p := c.prop(t, main.service, "MainPID"); p == pid || p == "0" {
+			t.Errorf("rsp.service not restarted by rpm -U (MainPID %s, was %s)", p, pid)
+		}
+		journal := c.must(t, "journalctl", "-u", main.service, "--no-pager", "-o", "cat")
+		if all := regexp.MustCompile(`msg="took over live connections" from="systemd's file descriptor store" conns=(\d+) lost=(\d+)`).FindAllStringSubmatch(journal, -1); all == nil ||
+			atoi(all[len(all)-1][1]) < handoverStreams || all[len(all)-1][2] != "0" {
+			t.Errorf("rpm -U: no take-over of at least %d connections with none lost; journal:\n%s", handoverStreams, journal)
+		} else {
+			t.Logf("rpm -U with %d live streams: took over %s, lost 0; a new client waited %v at most", handoverStreams+1, all[len(all)-1][1], waited.Round(time.Millisecond))
 		}
 	})
 	t.Logf("system test took %v", time.Since(began).Round(time.Second))
