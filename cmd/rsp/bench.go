@@ -23,6 +23,9 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	maxConns := fs.Int("max-conns", 0, "")
 	only := fs.String("only", "", "")
 	rspArgs := fs.String("rsp-args", "", "")
+	user := fs.String("user", "", "")
+	proxyCPUs := fs.String("proxy-cpus", "", "")
+	loadCPUs := fs.String("load-cpus", "", "")
 	out := fs.String("out", "bench.md", "")
 	chart := fs.String("chart", "bench.svg", "")
 	help := fs.Bool("h", false, "")
@@ -43,7 +46,8 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "rsp: bench: cannot find own binary: %v\n", err)
 		return 1
 	}
-	o := &bench.Options{Rsp: self, Quick: *quick, Runs: *runs, IdleConns: *idle, MaxConns: *maxConns, Log: stderr}
+	o := &bench.Options{Rsp: self, Quick: *quick, Runs: *runs, IdleConns: *idle, MaxConns: *maxConns, Log: stderr,
+		User: *user, ProxyCPUs: *proxyCPUs, LoadCPUs: *loadCPUs}
 	if *rspArgs != "" {
 		o.RspArgs = strings.Fields(*rspArgs)
 	}
@@ -74,7 +78,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-const benchUsage = `usage: rsp bench [-quick] [-runs N] [-idle-conns N] [-max-conns N] [-only NAMES] [-out FILE] [-chart FILE]
+const benchUsage = `usage: rsp bench [-quick] [-runs N] [-idle-conns N] [-max-conns N] [-only NAMES] [-user NAME] [-proxy-cpus L] [-load-cpus L] [-out FILE] [-chart FILE]
 
 Measures, in one run and side by side on loopback: direct connections, rsp
 (splice and copy), a plain Go io.Copy proxy, and HAProxy, nginx stream and
@@ -88,6 +92,12 @@ CPU, RSS and fds come from /proc.
   -max-conns N    cap of rsp's concurrency probe (default 9990; not with -quick)
   -only NAMES     comma-separated contenders to run besides direct
   -rsp-args FLAGS extra flags for the rsp contenders, e.g. "-pipe-size 1048576"
+  -user NAME      run the proxies as this unprivileged user (e.g. nobody), as
+                  the packaged unit does: the kernel's per-user pipe limits
+                  (fs.pipe-user-pages-soft) apply; needs root, and a binary
+                  that user can read
+  -proxy-cpus L   pin the proxies to CPU list L (taskset -c, e.g. 0-1)
+  -load-cpus L    pin the load and the backend to CPU list L (e.g. 2-3)
   -out FILE       markdown table (default bench.md)
   -chart FILE     SVG chart (default bench.svg)
 `

@@ -10,6 +10,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -23,6 +24,17 @@ type Options struct {
 	Only      []string  // contender names to run (direct always runs); empty means all
 	RspArgs   []string  // extra flags for the rsp contenders
 	Log       io.Writer // progress lines; nil discards
+	// User runs the proxies as this user (a name or a uid) without
+	// capabilities, as the packaged unit's DynamicUser= runs rsp, where
+	// the kernel's per-user pipe limits apply; "" runs them as this
+	// process's user.
+	User string
+	// ProxyCPUs and LoadCPUs pin the proxies, and this process and the
+	// backend, to CPU lists (taskset -c syntax, "0-3,8"); "" leaves them
+	// free.
+	ProxyCPUs, LoadCPUs string
+
+	cred *syscall.Credential // from User
 }
 
 func (o *Options) logf(format string, a ...any) {
@@ -66,6 +78,7 @@ const (
 	wDown1   = "download, 1 stream"
 	wUp8     = "upload, 8 streams"
 	wDown8   = "download, 8 streams"
+	wUp128   = "upload, 128 streams"
 	wCPU     = " — proxy CPU"
 	wEndCPU  = " — client+backend CPU"
 	wKernel  = " — proxy CPU in kernel"
@@ -74,6 +87,7 @@ const (
 	wP50     = " — p50"
 	wP99     = " — p99"
 	wConns   = "new connections, 16 clients"
+	wClosed  = "HTTP/1.1 Connection: close, server closes first, 16 clients"
 	wIdleRSS = "idle: RSS per connection"
 	wIdleFDs = "idle: fds per connection"
 	wIntegr  = "integrity: 64 × %d MiB echoes, half-close"
@@ -82,6 +96,9 @@ const (
 
 // Run measures every contender and returns the results in order.
 func Run(o *Options) ([]Result, error) {
+	if err := o.setUp(); err != nil {
+		return nil, err
+	}
 	backend, err := startBackend(o)
 	if err != nil {
 		return nil, err
@@ -205,7 +222,7 @@ func measure(o *Options, c Contender, backendProc *process, host string, src *so
 		name    string
 		streams int
 		run     func(*sources, string, int, int64) (time.Duration, error)
-	}{{wUp1, 1, upload}, {wDown1, 1, download}, {wUp8, 8, upload}, {wDown8, 8, download}} {
+	}{{wUp1, 1, upload}, {wDown1, 1, download}, {wUp8, 8, upload}, {wDown8, 8, download}, {wUp128, 128, upload}} {
 		o.logf("  %s", b.name)
 		tp := Result{Workload: b.name, Unit: "Gbit/s"}
 		cost := newCosts(b.name, "s/GiB")
@@ -263,23 +280,28 @@ func measure(o *Options, c Contender, backendProc *process, host string, src *so
 			}
 		}
 	}
-	o.logf("  %s", wConns)
-	cps := Result{Workload: wConns, Unit: "conn/s"}
-	cost := newCosts(wConns, "µs/conn")
-	for range o.runs() {
-		m.start()
-		n, err := newConns(src, addr, 16, dur)
-		if err != nil {
-			cps.Note = err.Error()
-			break
+	for _, w := range []struct {
+		name string
+		run  func(*sources, string, int, time.Duration) (int64, error)
+	}{{wConns, newConns}, {wClosed, closedByServer}} {
+		o.logf("  %s", w.name)
+		cps := Result{Workload: w.name, Unit: "conn/s"}
+		cost := newCosts(w.name, "µs/conn")
+		for range o.runs() {
+			m.start()
+			n, err := w.run(src, addr, 16, dur)
+			if err != nil {
+				cps.Note = err.Error()
+				break
+			}
+			pc, ec := m.stop()
+			cost.add(pc, ec, float64(n), 1e-6)
+			cps.Values = append(cps.Values, float64(n)/dur.Seconds())
 		}
-		pc, ec := m.stop()
-		cost.add(pc, ec, float64(n), 1e-6)
-		cps.Values = append(cps.Values, float64(n)/dur.Seconds())
-	}
-	add(cps)
-	for _, r := range cost.results(p != nil) {
-		add(r)
+		add(cps)
+		for _, r := range cost.results(p != nil) {
+			add(r)
+		}
 	}
 	size := int64(16 << 20)
 	if o.Quick {

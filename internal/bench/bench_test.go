@@ -53,8 +53,9 @@ func TestIntegrityCatchesLoss(t *testing.T) {
 	}
 }
 
-// TestWorkloadsMoveWhatTheySay: upload, download, round trips and new
-// connections against the backend report counts that match.
+// TestWorkloadsMoveWhatTheySay: upload, download, round trips, new
+// connections and server-closed HTTP exchanges against the backend report
+// counts that match.
 func TestWorkloadsMoveWhatTheySay(t *testing.T) {
 	backend := serve(t, serveBackendConn)
 	src := &sources{}
@@ -71,6 +72,12 @@ func TestWorkloadsMoveWhatTheySay(t *testing.T) {
 	n, err := newConns(src, backend, 2, 100e6)
 	if err != nil || n == 0 {
 		t.Fatalf("new connections: %d, %v", n, err)
+	}
+	// The server closes first: a client that closed first, or a proxy
+	// that cut the response, would not get the whole of it before EOF.
+	n, err = closedByServer(src, backend, 2, 100e6)
+	if err != nil || n == 0 {
+		t.Fatalf("server-closed exchanges: %d, %v", n, err)
 	}
 	conns, err := openIdle(src, backend, 20)
 	defer closeAll(conns)

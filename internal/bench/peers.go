@@ -34,13 +34,13 @@ func contenders(o *Options) []Contender {
 		{Name: "Go io.Copy proxy", start: startIOCopy},
 	}
 	if path, err := exec.LookPath("haproxy"); err == nil {
-		cs = append(cs, Contender{Name: "HAProxy", start: func(o *Options, b, h string) (*process, error) { return startHAProxy(path, b, h) }})
+		cs = append(cs, Contender{Name: "HAProxy", start: func(o *Options, b, h string) (*process, error) { return startHAProxy(o, path, b, h) }})
 	} else {
 		o.logf("HAProxy not installed (make bench-peers installs it): skipped")
 	}
 	if path, err := exec.LookPath("nginx"); err == nil {
 		if mod := nginxStreamModule(); mod != "" {
-			cs = append(cs, Contender{Name: "nginx stream", start: func(o *Options, b, h string) (*process, error) { return startNginx(path, mod, b, h) }})
+			cs = append(cs, Contender{Name: "nginx stream", start: func(o *Options, b, h string) (*process, error) { return startNginx(o, path, mod, b, h) }})
 		} else {
 			o.logf("nginx has no stream module (libnginx-mod-stream): skipped")
 		}
@@ -50,7 +50,7 @@ func contenders(o *Options) []Contender {
 	proxyd := findFirst("/usr/lib/systemd/systemd-socket-proxyd", "/lib/systemd/systemd-socket-proxyd")
 	activate, err := exec.LookPath("systemd-socket-activate")
 	if proxyd != "" && err == nil {
-		cs = append(cs, Contender{Name: "systemd-socket-proxyd", start: func(o *Options, b, h string) (*process, error) { return startProxyd(activate, proxyd, b, h) }})
+		cs = append(cs, Contender{Name: "systemd-socket-proxyd", start: func(o *Options, b, h string) (*process, error) { return startProxyd(o, activate, proxyd, b, h) }})
 	} else {
 		o.logf("systemd-socket-proxyd not installed: skipped")
 	}
@@ -79,7 +79,7 @@ func rspStarter(mode string, extra ...string) func(*Options, string, string) (*p
 	return func(o *Options, backend, host string) (*process, error) {
 		args := []string{"-listen", host + ":0", "-backend", backend, "-relay", mode, "-idle-timeout", "0"}
 		args = append(args, extra...)
-		cmd := exec.Command(o.Rsp, append(args, o.RspArgs...)...)
+		cmd := o.proxy(exec.Command(o.Rsp, append(args, o.RspArgs...)...))
 		return start(cmd, rspStartRE, true)
 	}
 }
@@ -111,7 +111,7 @@ per_source_rate = 1000000
 address = %q
 `, addr, backend)
 	}
-	return startConfigured("rsp-edge", config, addr, func(_, cfg string) *exec.Cmd {
+	return startConfigured(o, "rsp-edge", config, addr, func(_, cfg string) *exec.Cmd {
 		return exec.Command(o.Rsp, "-config", cfg) // -rsp-args are flags that -config refuses
 	})
 }
@@ -135,6 +135,7 @@ func startRspCrash(o *Options, backend, host string) (*process, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
+	o.share(dir) // its socket, for -user
 	config := func(string) string {
 		return fmt.Sprintf(`[global]
 relay = "splice"
@@ -147,7 +148,7 @@ idle_timeout = "0s"
 address = %q
 `, addr, backend)
 	}
-	p, err := startConfigured("rsp-crash", config, addr, func(_, cfg string) *exec.Cmd {
+	p, err := startConfigured(o, "rsp-crash", config, addr, func(_, cfg string) *exec.Cmd {
 		cmd := exec.Command(o.Rsp, "-config", cfg)
 		cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+store.Path, "FDSTORE=1048576")
 		return cmd
@@ -165,11 +166,11 @@ address = %q
 }
 
 func startIOCopy(o *Options, backend, host string) (*process, error) {
-	return start(exec.Command(o.Rsp, "bench-iocopy", "-listen", host+":0", "-backend", backend), listenRE, false)
+	return start(o.proxy(exec.Command(o.Rsp, "bench-iocopy", "-listen", host+":0", "-backend", backend)), listenRE, false)
 }
 
 func startBackend(o *Options) (*process, error) {
-	return start(exec.Command(o.Rsp, "bench-backend"), backendRE, false)
+	return start(o.load(exec.Command(o.Rsp, "bench-backend")), backendRE, false)
 }
 
 // freeAddr returns host:port with a port that was free a moment ago.
@@ -202,7 +203,7 @@ func waitAccepting(p *process, addr string) error {
 
 // startConfigured writes config into a scratch directory, starts the
 // command built from it and waits until addr accepts.
-func startConfigured(name string, config func(dir string) string, addr string, build func(dir, cfg string) *exec.Cmd) (*process, error) {
+func startConfigured(o *Options, name string, config func(dir string) string, addr string, build func(dir, cfg string) *exec.Cmd) (*process, error) {
 	dir, err := os.MkdirTemp("", "rsp-bench-"+name+"-")
 	if err != nil {
 		return nil, err
@@ -212,7 +213,8 @@ func startConfigured(name string, config func(dir string) string, addr string, b
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	cmd := build(dir, cfg)
+	o.share(dir)
+	cmd := o.proxy(build(dir, cfg))
 	cmd.Stdout, cmd.Stderr = nil, nil
 	p, err := start(cmd, nil, false)
 	if err != nil {
@@ -229,7 +231,7 @@ func startConfigured(name string, config func(dir string) string, addr string, b
 
 // startHAProxy runs HAProxy in TCP mode with splice-auto, one thread, in
 // the foreground.
-func startHAProxy(path, backend, host string) (*process, error) {
+func startHAProxy(o *Options, path, backend, host string) (*process, error) {
 	addr, err := freeAddr(host)
 	if err != nil {
 		return nil, err
@@ -254,7 +256,7 @@ backend be
     server s1 %s
 `, addr, backend)
 	}
-	return startConfigured("haproxy", config, addr, func(dir, cfg string) *exec.Cmd {
+	return startConfigured(o, "haproxy", config, addr, func(dir, cfg string) *exec.Cmd {
 		return exec.Command(path, "-db", "-f", cfg)
 	})
 }
@@ -265,7 +267,7 @@ func nginxStreamModule() string {
 
 // startNginx runs nginx's stream proxy as one process (no master), in the
 // foreground.
-func startNginx(path, module, backend, host string) (*process, error) {
+func startNginx(o *Options, path, module, backend, host string) (*process, error) {
 	addr, err := freeAddr(host)
 	if err != nil {
 		return nil, err
@@ -289,7 +291,7 @@ stream {
 }
 `, module, dir, addr, backend)
 	}
-	return startConfigured("nginx", config, addr, func(dir, cfg string) *exec.Cmd {
+	return startConfigured(o, "nginx", config, addr, func(dir, cfg string) *exec.Cmd {
 		return exec.Command(path, "-c", cfg, "-p", dir, "-e", "stderr")
 	})
 }
@@ -297,12 +299,12 @@ stream {
 // startProxyd runs systemd-socket-proxyd under systemd-socket-activate,
 // which binds the socket and execs the proxy in the same process on the
 // first connection.
-func startProxyd(activate, proxyd, backend, host string) (*process, error) {
+func startProxyd(o *Options, activate, proxyd, backend, host string) (*process, error) {
 	addr, err := freeAddr(host)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(activate, "-l", addr, proxyd, "--connections-max=20000", backend)
+	cmd := o.proxy(exec.Command(activate, "-l", addr, proxyd, "--connections-max=20000", backend))
 	p, err := start(cmd, nil, false)
 	if err != nil {
 		return nil, err

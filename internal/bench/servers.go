@@ -12,6 +12,7 @@ const (
 	modeEcho   = 'E' // echo everything; half-close after the client's EOF
 	modeSink   = 'S' // read a count (8 bytes), discard that many bytes, answer the count read
 	modeSource = 'O' // read a count (8 bytes), send that many bytes, close
+	modeReply  = 'H' // read an HTTP/1.1 request with Connection: close, answer it and close first
 )
 
 // ServeBackend runs the benchmark's backend until stdin closes: one
@@ -57,6 +58,13 @@ func serveBackendConn(c net.Conn) {
 		n, _ := io.CopyN(io.Discard, c, int64(binary.BigEndian.Uint64(b[:])))
 		binary.BigEndian.PutUint64(b[:], uint64(n))
 		c.Write(b[:])
+	case modeReply:
+		// The request's fixed length, as a wrk-style client sends it.
+		req := make([]byte, len(httpRequest))
+		if _, err := io.ReadFull(c, req); err != nil {
+			return
+		}
+		c.Write([]byte(httpResponse)) // then the deferred Close: the server closes first
 	case modeSource:
 		var b [8]byte
 		if _, err := io.ReadFull(c, b[:]); err != nil {
@@ -137,3 +145,11 @@ func ioCopyHalf(dst, src net.Conn, done chan struct{}) {
 		close(done)
 	}
 }
+
+// httpRequest and httpResponse are one HTTP/1.1 exchange in which the
+// server closes the connection (Connection: close), as an HTTP backend
+// behind a TCP proxy does for wrk's `Connection: close` load.
+const (
+	httpRequest  = "GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+	httpResponse = "HTTP/1.1 200 OK\r\nContent-Length: 12\r\nConnection: close\r\n\r\nhello bench\n"
+)

@@ -196,6 +196,38 @@ func newConns(src *sources, addr string, clients int, dur time.Duration) (int64,
 	return done.Load(), err
 }
 
+// closedByServer runs clients that each, until dur is over, open a
+// connection, send an HTTP/1.1 request with Connection: close, read the
+// response to the EOF of the server's close, and close: the server
+// closes first, as behind wrk's `Connection: close` load. It returns the
+// exchanges done.
+func closedByServer(src *sources, addr string, clients int, dur time.Duration) (int64, error) {
+	var done atomic.Int64
+	err := parallel(clients, func(int) error {
+		msg := append([]byte{modeReply}, httpRequest...)
+		end := time.Now().Add(dur)
+		for time.Now().Before(end) {
+			c, err := src.dialer(5*time.Second).Dial("tcp", addr)
+			if err != nil {
+				return fmt.Errorf("new connection: %w", err)
+			}
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write(msg); err != nil {
+				c.Close()
+				return fmt.Errorf("new connection: %w", err)
+			}
+			got, err := io.ReadAll(c)
+			c.Close()
+			if err != nil || string(got) != httpResponse {
+				return fmt.Errorf("server-closed exchange: got %q, %v", got, err)
+			}
+			done.Add(1)
+		}
+		return nil
+	})
+	return done.Load(), err
+}
+
 // integrity echoes size random bytes on each of conns connections with
 // half-close and compares SHA-256 both ways. It returns how many
 // connections came back wrong.

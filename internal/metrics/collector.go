@@ -19,6 +19,7 @@ type collector struct {
 	srvConns, srvActive, srvState, srvWeight, srvChecks      *prometheus.Desc
 	connectSeconds                                           *prometheus.Desc
 	active, maxConn, relayed, pipesOpen, pipesPooled, pipeSz *prometheus.Desc
+	pipeBudget, pipePages, pipesSmall                        *prometheus.Desc
 	loopBusy, reloads, reloadOK, reloadAt, suppressed, build *prometheus.Desc
 	dropped                                                  *prometheus.Desc
 }
@@ -54,6 +55,9 @@ func newCollector(src Sources) *collector {
 		pipesOpen:      d("rsp_pipes_open", "Pipes open, in use or pooled (two fds each).", nil...),
 		pipesPooled:    d("rsp_pipes_pooled", "Pipes waiting empty in the pools.", nil...),
 		pipeSz:         d("rsp_pipe_size_bytes", "Capacity the kernel granted the pipes (the smallest among the event loops' latest).", nil...),
+		pipeBudget:     d("rsp_pipe_budget_pages", "Pages of pipes rsp allows itself under fs.pipe-user-pages-soft as an unprivileged user; 0: no limit.", nil...),
+		pipePages:      d("rsp_pipe_pages", "Pages of pipe buffers rsp's open pipes hold.", nil...),
+		pipesSmall:     d("rsp_pipes_small_total", "Pipes made smaller than pipe_size to stay within the pipe budget.", nil...),
 		loopBusy:       d("rsp_event_loop_busy_seconds_total", "Time each event loop spent working, outside epoll_wait.", "loop"),
 		reloads:        d("rsp_config_reloads_total", "Configuration reloads, by result.", "result"),
 		reloadOK:       d("rsp_config_last_reload_successful", "1 if the last reload succeeded (or none was tried), else 0.", nil...),
@@ -98,6 +102,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.pipesOpen, float64(snap.Pipes))
 	gauge(c.pipesPooled, float64(snap.IdlePipes))
 	gauge(c.pipeSz, float64(snap.PipeSize))
+	gauge(c.pipeBudget, float64(snap.PipeBudget))
+	gauge(c.pipePages, float64(snap.PipePages))
+	counter(c.pipesSmall, float64(snap.SmallPipes))
 	for i, b := range snap.LoopBusy {
 		counter(c.loopBusy, b.Seconds(), strconv.Itoa(i))
 	}

@@ -20,6 +20,7 @@ import (
 // spliceEngine runs the epoll event loops of ModeSplice.
 type spliceEngine struct {
 	r       *Relay
+	budget  *pipeBudget // the user's pipe pages, shared by the loops' pools
 	loops   []*loop
 	start   time.Time
 	handoff *copyEngine // relays connections whose sockets cannot splice
@@ -68,6 +69,10 @@ func startSplice(r *Relay) (engine, error) {
 		r:       r,
 		start:   r.epoch, // the relay's Clock
 		handoff: newCopyEngine(r),
+		budget:  newPipeBudget(),
+	}
+	if r.test.pipeBudget > 0 {
+		e.budget = &pipeBudget{soft: r.test.pipeBudget, limit: r.test.pipeBudget * 3 / 4}
 	}
 	for i := 0; i < n; i++ {
 		l, err := newLoop(e, i)
@@ -99,7 +104,11 @@ func (e *spliceEngine) reportPipeSize() {
 		return
 	}
 	asked := cmp.Or(e.r.PipeSize, defaultPipeSize)
-	if p.size < asked {
+	if b := e.budget; b.limit > 0 {
+		e.r.logger().Info("pipes sized to the user's pipe budget: each new pipe gets its share of it, down to 64 KiB (raise fs.pipe-user-pages-soft, or run with CAP_SYS_RESOURCE, for 1 MiB pipes on busy hosts)",
+			"pipe_user_pages_soft", b.soft, "budget_pages", b.limit)
+	}
+	if p.size < l.pool.asked {
 		maxSize, _ := os.ReadFile("/proc/sys/fs/pipe-max-size")
 		e.r.logger().Warn("pipes are smaller than asked; each splice moves less (raise fs.pipe-max-size, or lower pipe_size)",
 			"pipe_size", asked, "granted", p.size, "pipe_max_size", strings.TrimSpace(string(maxSize)))

@@ -78,6 +78,7 @@ func (l *loop) freezeConn(c *conn) (FrozenConn, bool) {
 	for _, h := range [2]*half{&c.up, &c.down} {
 		if h.p != nil && h.n > 0 {
 			l.pool.open.Add(-1) // the pipe leaves with the connection
+			l.pool.budget.hold(-h.p.size, -1)
 			if l.j != nil && !l.j.PipeEnd(h.p.jref) {
 				l.jpending = true
 			}
@@ -214,6 +215,7 @@ func thawHalf(fh *FrozenHalf, pool *pipePool) half {
 		}
 		h.p = &pipe{r: fh.PipeR, w: fh.PipeW, size: size}
 		pool.open.Add(1)
+		pool.budget.hold(size, 1)
 	}
 	return h
 }

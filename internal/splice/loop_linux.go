@@ -122,7 +122,7 @@ func newLoop(e *spliceEngine, index int) (*loop, error) {
 		e:      e,
 		index:  index,
 		events: make([]unix.EpollEvent, maxEvents),
-		pool:   pipePool{max: e.r.maxIdlePipes(), size: e.r.PipeSize, fail: e.r.test.noPipes},
+		pool:   pipePool{max: e.r.maxIdlePipes(), size: e.r.PipeSize, fail: e.r.test.noPipes, budget: e.budget},
 		tick:   int64(maxTick),
 
 		noSplice:  e.r.test.noSplice,

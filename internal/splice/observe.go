@@ -162,6 +162,11 @@ type Snapshot struct {
 	Pipes     int64                     // pipes open (each two fds)
 	IdlePipes int64                     // of those, pipes waiting empty in pools
 	PipeSize  int                       // capacity the kernel granted each pipe; 0 before the first
+	// PipeBudget is how many pages of pipes rsp allows itself, as an
+	// unprivileged user under fs.pipe-user-pages-soft (0: no limit);
+	// PipePages what its open pipes hold; SmallPipes how many pipes were
+	// made smaller than asked to stay within it.
+	PipeBudget, PipePages, SmallPipes int64
 
 	stamp uint64 // one loop's part: its answer number
 }

@@ -134,6 +134,7 @@ func (e *spliceEngine) snapshot(snap *Snapshot, timeout time.Duration) {
 			snap.PipeSize = p.PipeSize
 		}
 	}
+	snap.PipeBudget, snap.PipePages, snap.SmallPipes = e.budget.limit, e.budget.held.Load(), e.budget.small.Load()
 	e.handoff.snapshot(snap, timeout)
 }
 

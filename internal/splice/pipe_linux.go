@@ -3,6 +3,7 @@
 package splice
 
 import (
+	"cmp"
 	"os"
 	"sync/atomic"
 
@@ -38,6 +39,8 @@ type pipePool struct {
 	created  atomic.Int64 // pipes ever created (for tests and stats)
 	fail     bool         // test hook: every new pipe fails with EMFILE
 	granted  int          // capacity of the last pipe made; 0 before the first
+	asked    int          // capacity asked of the last pipe made
+	budget   *pipeBudget  // the user's pipe pages, shared by the relay's loops; nil: none
 	j        LoopJournal  // records each pipe; nil when off
 	jpending bool         // a PipeEnd is left for j.Flush
 }
@@ -58,6 +61,15 @@ func (pp *pipePool) get() (*pipe, error) {
 		pp.free[n-1] = nil
 		pp.free = pp.free[:n-1]
 		pp.idle.Add(-1)
+		pp.budget.use(1)
+		if size, _ := pp.budget.size(cmp.Or(pp.size, defaultPipeSize)); p.size < size {
+			// Made small while the budget was tight: as large as a new
+			// pipe would be now, if the kernel agrees (it is empty).
+			if n, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, size); err == nil {
+				pp.budget.hold(n-p.size, 0)
+				p.size = n
+			}
+		}
 		return p, nil
 	}
 	if pp.fail {
@@ -68,10 +80,8 @@ func (pp *pipePool) get() (*pipe, error) {
 		return nil, err
 	}
 	p := &pipe{r: fds[0], w: fds[1], size: defaultPipeSize}
-	size := pp.size
-	if size == 0 {
-		size = defaultPipeSize
-	}
+	size, small := pp.budget.size(cmp.Or(pp.size, defaultPipeSize))
+	pp.asked = size
 	// F_SETPIPE_SZ rounds up to pages; it fails above
 	// /proc/sys/fs/pipe-max-size (unless privileged), and the kernel may
 	// give less once the user's pipe-user-pages-soft is used up. Either
@@ -82,9 +92,14 @@ func (pp *pipePool) get() (*pipe, error) {
 		p.size = n
 	}
 	pp.granted = p.size
+	pp.budget.hold(p.size, 1)
+	if small || p.size < size {
+		pp.budget.countSmall()
+	}
 	if pp.j != nil {
 		ref, err := pp.j.Pipe(p.r, p.w)
 		if err != nil {
+			pp.budget.hold(-p.size, -1)
 			unix.Close(p.r)
 			unix.Close(p.w)
 			return nil, err
@@ -99,7 +114,8 @@ func (pp *pipePool) get() (*pipe, error) {
 // put returns a pipe. An empty pipe goes back to the pool while it has
 // room; a pipe holding bytes (dirty) or one beyond the bound is closed.
 func (pp *pipePool) put(p *pipe, empty bool) {
-	if empty && len(pp.free) < pp.max {
+	pp.budget.use(-1)
+	if empty && len(pp.free) < pp.max && pp.budget.keep(p.size) {
 		if pp.j != nil && p.owner != 0 {
 			pp.j.Own(p.jref, 0, false) // nobody's: a successor ignores it
 			p.owner = 0
@@ -125,6 +141,7 @@ func (pp *pipePool) destroy(p *pipe, dirty bool) {
 	unix.Close(p.r)
 	unix.Close(p.w)
 	pp.open.Add(-1)
+	pp.budget.hold(-p.size, 0)
 }
 
 // drain closes every pooled pipe.

@@ -327,6 +327,9 @@ type engine interface {
 type testHooks struct {
 	noSplice bool // every splice fails with EINVAL (a socket type that cannot splice)
 	noPipes  bool // every new pipe fails with EMFILE
+	// pipeBudget, if set, is the fs.pipe-user-pages-soft the relay
+	// sizes its pipes against, as if unprivileged.
+	pipeBudget int64
 }
 
 // Stats is a snapshot of a Relay's counters.

@@ -1,0 +1,144 @@
+//go:build linux
+
+package splice
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+)
+
+// pipeBudget is what the kernel lets this process's user hold in pipes,
+// and what rsp's pipes hold of it, in pages. An unprivileged user (the
+// packaged unit's DynamicUser=) may hold fs.pipe-user-pages-soft pages of
+// pipe buffers (16,384 by default: 64 pipes of 1 MiB); past it the kernel
+// refuses F_SETPIPE_SZ and gives each new pipe 2 pages, which makes each
+// splice move 8 KiB and costs several times the CPU per GiB. rsp sizes
+// its pipes to stay under it instead: a new pipe gets a fair share of it,
+// and pipes beyond that share are not pooled. Every loop of a relay
+// shares one.
+type pipeBudget struct {
+	limit int64        // pages rsp aims to hold at most; 0: no limit
+	soft  int64        // fs.pipe-user-pages-soft; 0: none applies
+	held  atomic.Int64 // pages of rsp's open pipes, pooled or in use
+	busy  atomic.Int64 // pipes in use
+	// small counts the pipes made smaller than pipe_size, by rsp for the
+	// budget or by the kernel.
+	small atomic.Int64
+}
+
+// minPipePages is the smallest size rsp asks for: the kernel's default
+// pipe (64 KiB), which an unprivileged user gets while under the soft
+// limit.
+const minPipePages = 16
+
+// newPipeBudget reads the limit that applies to this process: none for
+// a user with CAP_SYS_RESOURCE or CAP_SYS_ADMIN, or when the sysctl is 0.
+func newPipeBudget() *pipeBudget {
+	b := &pipeBudget{}
+	if privilegedPipes() && initialUserNS() {
+		return b
+	}
+	raw, err := os.ReadFile("/proc/sys/fs/pipe-user-pages-soft")
+	if err != nil {
+		return b
+	}
+	soft, err := strconv.ParseInt(strings.TrimSpace(string(raw)), 10, 64)
+	if err != nil || soft <= 0 {
+		return b
+	}
+	// A quarter is left for what the kernel counts that rsp does not
+	// (pipes of other processes of the same user) and for pipes made
+	// while others are being sized.
+	b.soft, b.limit = soft, soft*3/4
+	return b
+}
+
+// privilegedPipes reports whether this process's effective capabilities
+// exempt it from the per-user pipe limits.
+func privilegedPipes() bool {
+	raw, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			const capSysAdmin, capSysResource = 21, 24
+			return err == nil && caps&(1<<capSysAdmin|1<<capSysResource) != 0
+		}
+	}
+	return false
+}
+
+// initialUserNS reports whether this process runs in the initial user
+// namespace, where its capabilities are those the kernel's pipe limits
+// ask about (capable() looks there).
+func initialUserNS() bool {
+	raw, err := os.ReadFile("/proc/self/uid_map")
+	return err == nil && strings.Join(strings.Fields(string(raw)), " ") == "0 0 4294967295"
+}
+
+// pagesOf returns the pages of a pipe asked to hold want bytes: the
+// kernel rounds up to a power of two.
+func pagesOf(want int) int64 {
+	pages := int64(1)
+	for pages*int64(pageSize) < int64(want) {
+		pages *= 2
+	}
+	return pages
+}
+
+// size returns the capacity to ask for a pipe, given what was asked (want
+// bytes), and whether that is less: want, or its fair share of the budget
+// among the pipes in use, halved down to minPipePages. No pipe takes more
+// than a sixteenth of the budget, and each leaves the pipes in use room
+// for the smallest size.
+func (b *pipeBudget) size(want int) (size int, small bool) {
+	pages := pagesOf(want)
+	if b == nil || b.limit == 0 {
+		return int(pages) * pageSize, false
+	}
+	busy := b.busy.Load()
+	allowed := min(b.limit/(busy+1), b.limit/16, b.limit-b.held.Load()-minPipePages*busy)
+	asked := pages
+	for pages > minPipePages && pages > allowed {
+		pages /= 2
+	}
+	return int(pages) * pageSize, pages < asked
+}
+
+// keep reports whether an empty pipe of size bytes may wait in a pool:
+// not while rsp holds more than half its budget, nor one larger than a
+// new pipe's share would be.
+func (b *pipeBudget) keep(size int) bool {
+	if b == nil || b.limit == 0 {
+		return true
+	}
+	pages := int64(size / pageSize)
+	return b.held.Load() <= b.limit/2 && pages <= max(min(b.limit/(b.busy.Load()+1), b.limit/16), minPipePages)
+}
+
+// hold counts n bytes more (or fewer) of open pipes, and busy more (or
+// fewer) pipes in use.
+func (b *pipeBudget) hold(n, busy int) {
+	if b != nil {
+		b.held.Add(int64(n / pageSize))
+		b.busy.Add(int64(busy))
+	}
+}
+
+// use counts pipes taken from (n > 0) or given back to (n < 0) a pool.
+func (b *pipeBudget) use(n int) {
+	if b != nil {
+		b.busy.Add(int64(n))
+	}
+}
+
+// countSmall counts a pipe made smaller than pipe_size.
+func (b *pipeBudget) countSmall() {
+	if b != nil {
+		b.small.Add(1)
+	}
+}
