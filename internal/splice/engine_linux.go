@@ -74,6 +74,7 @@ func startSplice(r *Relay) (engine, error) {
 	if r.test.pipeBudget > 0 {
 		e.budget = &pipeBudget{soft: r.test.pipeBudget, limit: r.test.pipeBudget * 3 / 4}
 	}
+	e.budget.log = r.logger()
 	for i := 0; i < n; i++ {
 		l, err := newLoop(e, i)
 		if err != nil {
@@ -104,10 +105,6 @@ func (e *spliceEngine) reportPipeSize() {
 		return
 	}
 	asked := cmp.Or(e.r.PipeSize, defaultPipeSize)
-	if b := e.budget; b.limit > 0 {
-		e.r.logger().Info("pipes sized to the user's pipe budget: each new pipe gets its share of it, down to 64 KiB (raise fs.pipe-user-pages-soft, or run with CAP_SYS_RESOURCE, for 1 MiB pipes on busy hosts)",
-			"pipe_user_pages_soft", b.soft, "budget_pages", b.limit)
-	}
 	if p.size < l.pool.asked {
 		maxSize, _ := os.ReadFile("/proc/sys/fs/pipe-max-size")
 		e.r.logger().Warn("pipes are smaller than asked; each splice moves less (raise fs.pipe-max-size, or lower pipe_size)",

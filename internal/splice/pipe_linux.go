@@ -94,7 +94,7 @@ func (pp *pipePool) get() (*pipe, error) {
 	pp.granted = p.size
 	pp.budget.hold(p.size, 1)
 	if small || p.size < size {
-		pp.budget.countSmall()
+		pp.budget.countSmall(p.size, cmp.Or(pp.size, defaultPipeSize))
 	}
 	if pp.j != nil {
 		ref, err := pp.j.Pipe(p.r, p.w)

@@ -3,6 +3,7 @@
 package splice
 
 import (
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -26,6 +27,9 @@ type pipeBudget struct {
 	// small counts the pipes made smaller than pipe_size, by rsp for the
 	// budget or by the kernel.
 	small atomic.Int64
+	// log says, once, when the budget first makes a pipe small.
+	log    *slog.Logger
+	warned atomic.Bool
 }
 
 // minPipePages is the smallest size rsp asks for: the kernel's default
@@ -110,14 +114,15 @@ func (b *pipeBudget) size(want int) (size int, small bool) {
 }
 
 // keep reports whether an empty pipe of size bytes may wait in a pool:
-// not while rsp holds more than half its budget, nor one larger than a
-// new pipe's share would be.
+// not one larger than a new pipe's share would be, whose pages a new pipe
+// needs more. Pipes within the share are kept: making a pipe anew costs
+// four system calls, each time a direction drains.
 func (b *pipeBudget) keep(size int) bool {
 	if b == nil || b.limit == 0 {
 		return true
 	}
 	pages := int64(size / pageSize)
-	return b.held.Load() <= b.limit/2 && pages <= max(min(b.limit/(b.busy.Load()+1), b.limit/16), minPipePages)
+	return pages <= max(min(b.limit/(b.busy.Load()+1), b.limit/16), minPipePages)
 }
 
 // hold counts n bytes more (or fewer) of open pipes, and busy more (or
@@ -136,9 +141,15 @@ func (b *pipeBudget) use(n int) {
 	}
 }
 
-// countSmall counts a pipe made smaller than pipe_size.
-func (b *pipeBudget) countSmall() {
-	if b != nil {
-		b.small.Add(1)
+// countSmall counts a pipe of size bytes made smaller than pipe_size
+// (want), and says so the first time.
+func (b *pipeBudget) countSmall(size, want int) {
+	if b == nil {
+		return
+	}
+	b.small.Add(1)
+	if b.log != nil && b.limit > 0 && b.warned.CompareAndSwap(false, true) {
+		b.log.Warn("pipes made smaller than pipe_size to stay within the user's pipe budget: each splice moves less (raise fs.pipe-user-pages-soft for busy hosts; rsp_pipes_small_total counts them)",
+			"pipe_size", want, "granted", size, "pipe_user_pages_soft", b.soft, "budget_pages", b.limit)
 	}
 }

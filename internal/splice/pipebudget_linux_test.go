@@ -7,12 +7,32 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 )
+
+// lockedBuffer is a log destination for several goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
 
 // echoErr is echo for other goroutines: it returns what went wrong.
 func echoErr(addr string, n int, seed uint64) error {
@@ -48,7 +68,8 @@ func echoErr(addr string, n int, seed uint64) error {
 func TestPipeBudget(t *testing.T) {
 	const soft = 1024 // pages: 4 MiB, four 1 MiB pipes' worth
 	be := startEcho(t)
-	r := &Relay{Loops: 2, test: testHooks{pipeBudget: soft}}
+	logs := &lockedBuffer{}
+	r := &Relay{Loops: 2, test: testHooks{pipeBudget: soft}, Logger: slog.New(slog.NewTextHandler(logs, nil))}
 	addr := startRelay(t, r, be.Addr())
 	e := r.impl.(*spliceEngine)
 	var most int64
@@ -97,6 +118,9 @@ func TestPipeBudget(t *testing.T) {
 	snap := r.Snapshot(time.Second)
 	if snap.PipeBudget != soft*3/4 || snap.SmallPipes == 0 {
 		t.Errorf("snapshot says budget %d pages, %d small pipes; want %d and some", snap.PipeBudget, snap.SmallPipes, soft*3/4)
+	}
+	if n := strings.Count(logs.String(), "pipes made smaller than pipe_size"); n != 1 {
+		t.Errorf("the budget's warning was logged %d times; want once:\n%s", n, logs.String())
 	}
 	t.Logf("%d streams under a budget of %d pages: %d pages held at most, %d pipes made small", streams, soft, most, e.budget.small.Load())
 }
