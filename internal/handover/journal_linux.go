@@ -181,24 +181,6 @@ func (j *Journal) send(msg []byte, fds ...int) error {
 	return nil
 }
 
-// storeWait bounds how long an event loop waits for room in systemd's
-// queue (net.unix.max_dgram_qlen datagrams, 10 by default on some
-// kernels) to store a connection or pipe; past it, that one is not
-// journaled.
-const storeWait = 10 // ms
-
-// sendSoon is send, waiting up to storeWait for room in the queue.
-func (j *Journal) sendSoon(msg []byte, fds ...int) error {
-	err := j.send(msg, fds...)
-	// poll(2) cannot wait for room in an unconnected datagram socket's
-	// destination: try again each millisecond.
-	for i := 0; i < storeWait && errors.Is(err, unix.EAGAIN); i++ {
-		time.Sleep(time.Millisecond)
-		err = j.send(msg, fds...)
-	}
-	return err
-}
-
 // sendWait is send, waiting up to 5 s while systemd's queue is full.
 func (j *Journal) sendWait(msg []byte, fds ...int) error {
 	for range 500 {
@@ -225,15 +207,19 @@ type loopJournal struct {
 	free, pfree []int32 // local slots given back
 	hw, phw     int32   // local slots ever used
 	msg         []byte
-	// pending are removals not sent yet (systemd's queue was full), by
-	// ref: their slots are reused only once sent.
-	pending []pendingRemove
+	// queue holds what could not be sent yet (systemd's queue was
+	// full), in order: a slot is used again only once its removal is
+	// sent, and a store not sent when its connection or pipe ends is
+	// dropped with its removal.
+	queue []journalOp
 }
 
-// pendingRemove is a removal End or PipeEnd could not send.
-type pendingRemove struct {
-	pipe bool
-	ref  int32
+// journalOp is a store (fds set) or a removal of a connection's or a
+// pipe's descriptors.
+type journalOp struct {
+	remove, pipe bool
+	ref          int32
+	fds          [2]int
 }
 
 // connAt returns the record of ref, a global conn slot + 1.
@@ -333,12 +319,7 @@ func (lj *loopJournal) Conn(fc *splice.FrozenConn) int32 {
 		state = recTainted // stored, so that a successor resets it
 	}
 	le.PutUint32(rec[cState:], state)
-	lj.msg = lj.connName(storeMsg(lj.msg[:0], ""), ref)
-	if err := j.sendSoon(lj.msg, fc.ClientFD, fc.ServerFD); err != nil {
-		le.PutUint32(rec[cState:], recFree)
-		lj.free = append(lj.free, s)
-		return 0
-	}
+	lj.do(journalOp{ref: ref, fds: [2]int{fc.ClientFD, fc.ServerFD}})
 	return ref
 }
 
@@ -395,43 +376,82 @@ func (lj *loopJournal) End(ref int32) bool {
 		return true
 	}
 	binary.LittleEndian.PutUint32(lj.connAt(ref)[cState:], recFree)
-	return lj.remove(pendingRemove{ref: ref}, false)
+	return lj.do(journalOp{remove: true, ref: ref})
 }
 
-// remove sends the removal of r, or keeps it for Flush (unless again,
-// which is Flush's try); false if it waits.
-func (lj *loopJournal) remove(r pendingRemove, again bool) bool {
-	if r.pipe {
-		lj.msg = lj.pipeName(append(lj.msg[:0], "FDSTOREREMOVE=1\nFDNAME="...), r.ref)
-	} else {
-		lj.msg = lj.connName(append(lj.msg[:0], "FDSTOREREMOVE=1\nFDNAME="...), r.ref)
-	}
-	if len(lj.pending) > 0 && !again || lj.j.send(lj.msg) != nil {
-		if !again {
-			lj.pending = append(lj.pending, r)
+// do sends op, or queues it behind what is queued; false if it waits. A
+// removal whose store is still queued cancels it instead.
+func (lj *loopJournal) do(op journalOp) bool {
+	if op.remove {
+		for i, q := range lj.queue {
+			if !q.remove && q.pipe == op.pipe && q.ref == op.ref {
+				lj.queue = append(lj.queue[:i], lj.queue[i+1:]...)
+				lj.release(op)
+				return len(lj.queue) == 0
+			}
 		}
-		return false
 	}
-	if r.pipe {
-		lj.pfree = append(lj.pfree, r.ref-1-int32(lj.index*lj.j.pipes))
-	} else {
-		lj.free = append(lj.free, r.ref-1-int32(lj.index*lj.j.perLoop))
+	if len(lj.queue) > 0 || !lj.send(op) {
+		lj.queue = append(lj.queue, op)
+		return false
 	}
 	return true
 }
 
-// Flush sends the removals left; with wait, for up to 5 s.
+// send sends op now; false if systemd's queue is full (or the message
+// failed otherwise: the slot then stays taken, the store's entry if any
+// stays, which is what a removal that never arrives leaves too).
+func (lj *loopJournal) send(op journalOp) bool {
+	msg := lj.msg[:0]
+	if op.remove {
+		msg = append(msg, "FDSTOREREMOVE=1\nFDNAME="...)
+	} else {
+		msg = storeMsg(msg, "")
+	}
+	if op.pipe {
+		msg = lj.pipeName(msg, op.ref)
+	} else {
+		msg = lj.connName(msg, op.ref)
+	}
+	lj.msg = msg
+	var err error
+	if op.remove {
+		err = lj.j.send(msg)
+	} else {
+		err = lj.j.send(msg, op.fds[0], op.fds[1])
+	}
+	if errors.Is(err, unix.EAGAIN) {
+		return false
+	}
+	if op.remove {
+		lj.release(op)
+	}
+	return true
+}
+
+// release frees a removed connection's or pipe's slot.
+func (lj *loopJournal) release(op journalOp) {
+	if op.pipe {
+		lj.pfree = append(lj.pfree, op.ref-1-int32(lj.index*lj.j.pipes))
+	} else {
+		lj.free = append(lj.free, op.ref-1-int32(lj.index*lj.j.perLoop))
+	}
+}
+
+// Flush sends what is queued; with wait, for up to 5 s.
 func (lj *loopJournal) Flush(wait bool) bool {
-	for try := 0; len(lj.pending) > 0; try++ {
-		for len(lj.pending) > 0 && lj.remove(lj.pending[0], true) {
-			lj.pending = lj.pending[1:]
+	for try := 0; len(lj.queue) > 0; try++ {
+		n := 0
+		for n < len(lj.queue) && lj.send(lj.queue[n]) {
+			n++
 		}
-		if len(lj.pending) == 0 || !wait || try == 500 {
+		lj.queue = lj.queue[:copy(lj.queue, lj.queue[n:])]
+		if len(lj.queue) == 0 || !wait || try == 500 {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return len(lj.pending) > 0
+	return len(lj.queue) > 0
 }
 
 // Pipe records a pipe and stores its two ends.
@@ -445,12 +465,7 @@ func (lj *loopJournal) Pipe(r, w int) (int32, error) {
 	rec := lj.pipeAt(ref)
 	clear(rec)
 	binary.LittleEndian.PutUint32(rec[pState:], recLive)
-	lj.msg = lj.pipeName(storeMsg(lj.msg[:0], ""), ref)
-	if err := j.sendSoon(lj.msg, r, w); err != nil {
-		binary.LittleEndian.PutUint32(rec[pState:], recFree)
-		lj.pfree = append(lj.pfree, s)
-		return 0, fmt.Errorf("store a pipe with systemd: %w", err)
-	}
+	lj.do(journalOp{pipe: true, ref: ref, fds: [2]int{r, w}})
 	return ref, nil
 }
 
@@ -479,5 +494,5 @@ func (lj *loopJournal) PipeEnd(pipe int32) bool {
 		return true
 	}
 	binary.LittleEndian.PutUint32(lj.pipeAt(pipe)[pState:], recFree)
-	return lj.remove(pendingRemove{pipe: true, ref: pipe}, false)
+	return lj.do(journalOp{remove: true, pipe: true, ref: pipe})
 }

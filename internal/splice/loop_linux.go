@@ -285,7 +285,8 @@ func (l *loop) run(wg *sync.WaitGroup) {
 			// this batch: ignore it.
 		}
 		l.runReady()
-		if l.jpending || l.pool.jpending {
+		if l.j != nil {
+			// Stores and removals systemd's full queue held back.
 			l.jpending, l.pool.jpending = l.j.Flush(false), false
 		}
 		if l.now >= l.sweep {
