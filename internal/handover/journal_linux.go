@@ -398,9 +398,11 @@ func (lj *loopJournal) do(op journalOp) bool {
 	return true
 }
 
-// send sends op now; false if systemd's queue is full (or the message
-// failed otherwise: the slot then stays taken, the store's entry if any
-// stays, which is what a removal that never arrives leaves too).
+// send sends op now; false if it could not. A removal that could not
+// go is kept (its slot stays taken: a new store of the same name before
+// it would be removed by it); a store that failed for another reason
+// than a full queue is dropped (a successor finds the connection or pipe
+// not whole in the store, and resets it).
 func (lj *loopJournal) send(op journalOp) bool {
 	msg := lj.msg[:0]
 	if op.remove {
@@ -420,10 +422,10 @@ func (lj *loopJournal) send(op journalOp) bool {
 	} else {
 		err = lj.j.send(msg, op.fds[0], op.fds[1])
 	}
-	if errors.Is(err, unix.EAGAIN) {
+	switch {
+	case op.remove && err != nil, errors.Is(err, unix.EAGAIN):
 		return false
-	}
-	if op.remove {
+	case op.remove:
 		lj.release(op)
 	}
 	return true

@@ -237,12 +237,19 @@ func TestJournalQueueFull(t *testing.T) {
 	defer unix.Close(sfd)
 	fc := splice.FrozenConn{Frontend: "f", Backend: "b", Server: "b/s", ClientFD: cfd, ServerFD: sfd, Born: time.Now()}
 	var refs []int32
-	for range 64 { // more than any queue of datagrams holds here
+	queued := 0
+	for len(refs) < 4000 && queued < 3 { // until stores wait, and some more
 		ref := lj.Conn(&fc)
 		if ref == 0 {
 			t.Fatal("connection not journaled")
 		}
 		refs = append(refs, ref)
+		if len(lj.(*loopJournal).queue) > 0 {
+			queued++
+		}
+	}
+	if queued == 0 {
+		t.Fatalf("%d stores, none waited: systemd's queue never filled", len(refs))
 	}
 	first, last := refs[0], refs[len(refs)-1]
 	if lj.End(first) {
