@@ -89,6 +89,7 @@ server.s = { address = %q }
 
 	const streams = 30
 	const size = 4 << 20
+	const stallSize = 24 << 20
 	var wg sync.WaitGroup
 	errs := make(chan error, streams+2)
 	started := make(chan struct{}, streams+2)
@@ -110,9 +111,13 @@ server.s = { address = %q }
 				started <- struct{}{}
 				err = echoGated(c, seed, size, handed)
 			case 2:
+				// More than rsp's send buffer towards the server that
+				// does not read (tcp_wmem, 4 MiB at most by default)
+				// and that server's window hold: rsp's pipe holds some
+				// of the rest when it dies.
 				fmt.Fprintf(c, "stall\n")
 				started <- struct{}{}
-				err = echoPaced(c, seed, size, size, 0)
+				err = echoPaced(c, seed, stallSize, stallSize, 0)
 			}
 			if err != nil {
 				errs <- fmt.Errorf("stream %d (kind %d): %w", i, i%3, err)

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"syscall"
 	"time"
 
 	"rsp/internal/handover"
@@ -30,6 +31,7 @@ func contenders(o *Options) []Contender {
 		{Name: "rsp splice observed", start: rspStarter("splice", "-metrics", "127.0.0.1:0", "-conn-log", "all")},
 		{Name: "rsp splice edge", start: startRspEdge},
 		{Name: "rsp splice crash", start: startRspCrash},
+		{Name: "rsp splice as nobody", start: startRspNobody},
 		{Name: "rsp copy", start: rspStarter("copy")},
 		{Name: "Go io.Copy proxy", start: startIOCopy},
 	}
@@ -163,6 +165,19 @@ address = %q
 		os.RemoveAll(dir)
 	}
 	return p, nil
+}
+
+// startRspNobody runs rsp splice as uid and gid 65534 without
+// capabilities, as the packaged unit's DynamicUser= runs it (the kernel's
+// per-user pipe limits apply), beside "rsp splice" as the benchmark's
+// user in the same run. It needs root.
+func startRspNobody(o *Options, backend, host string) (*process, error) {
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("needs root, to run rsp as another user")
+	}
+	as := *o
+	as.cred = &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}
+	return rspStarter("splice")(&as, backend, host)
 }
 
 func startIOCopy(o *Options, backend, host string) (*process, error) {
