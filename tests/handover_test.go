@@ -132,6 +132,7 @@ server.h = { address = %q }
 	baseSockets := socketFDs(t, p.pid())
 	const streams = 60
 	const size = 4 << 20
+	const stallSize = 24 << 20
 	var wg sync.WaitGroup
 	errs := make(chan error, streams+2)
 	started := make(chan struct{}, streams+2)
@@ -156,9 +157,13 @@ server.h = { address = %q }
 				started <- struct{}{}
 				err = echoGated(c, seed, size, handed)
 			case 2:
+				// More than rsp's send buffer towards the server that
+				// does not read (tcp_wmem, 4 MiB at most by default)
+				// and that server's window hold: rsp's pipes hold some
+				// of the rest at the hand-over.
 				fmt.Fprintf(c, "stall\n")
 				started <- struct{}{}
-				err = echoPaced(c, seed, size, size, 0)
+				err = echoPaced(c, seed, stallSize, stallSize, 0)
 			}
 			if err != nil {
 				errs <- fmt.Errorf("stream %d (kind %d): %w", i, i%3, err)
@@ -274,7 +279,7 @@ server.h = { address = %q }
 	}
 	// One log line per stream, by the process where it ended, with the
 	// bytes of both processes and the server it had.
-	full := regexp.MustCompile(fmt.Sprintf(`msg=conn .*server=s .*bytes_in=(%d|%d) bytes_out=%d `, size+len("echo\n"), size+len("stall\n"), size))
+	full := regexp.MustCompile(fmt.Sprintf(`msg=conn .*server=s .*(bytes_in=%d bytes_out=%d|bytes_in=%d bytes_out=%d) `, size+len("echo\n"), size, stallSize+len("stall\n"), stallSize))
 	n := 0
 	eventually(5*time.Second, func() bool { n = len(full.FindAllString(p.stderr.String(), -1)); return n >= streams }) // the log is batched
 	if n != streams {
