@@ -88,65 +88,8 @@ server.s = { address = %q }
 	baseSockets := socketFDs(t, p1.pid())
 
 	const streams = 30
-	const size = 4 << 20
-	const stallSize = 24 << 20
-	var wg sync.WaitGroup
-	errs := make(chan error, streams+2)
-	started := make(chan struct{}, streams+2)
-	for i := range streams {
-		c := dial(t, addr)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer c.Close()
-			seed := uint64(2000 + i)
-			var err error
-			switch i % 3 {
-			case 0:
-				fmt.Fprintf(c, "echo\n")
-				started <- struct{}{}
-				err = echoPaced(c, seed, size, 32<<10, 60*time.Millisecond)
-			case 1:
-				fmt.Fprintf(c, "echo\n")
-				started <- struct{}{}
-				err = echoGated(c, seed, size, handed)
-			case 2:
-				// More than rsp's send buffer towards the server that
-				// does not read (tcp_wmem, 4 MiB at most by default)
-				// and that server's window hold: rsp's pipe holds some
-				// of the rest when it dies.
-				fmt.Fprintf(c, "stall\n")
-				started <- struct{}{}
-				err = echoPaced(c, seed, stallSize, stallSize, 0)
-			}
-			if err != nil {
-				errs <- fmt.Errorf("stream %d (kind %d): %w", i, i%3, err)
-			}
-		}()
-	}
-	half := dial(t, addr)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		defer half.Close()
-		half.SetDeadline(time.Now().Add(2 * time.Minute))
-		fmt.Fprintf(half, "stream %d\n", size)
-		half.CloseWrite()
-		started <- struct{}{}
-		got, err := receive(half)
-		if want := expected(size, size); err != nil || got != want {
-			errs <- fmt.Errorf("half-closed stream: got %v, %v; want %v", got, err, want)
-		}
-	}()
-	idle := dial(t, addr)
-	defer idle.Close()
-	fmt.Fprintf(idle, "echo\nbefore\n")
-	if l, err := readLine(idle, 5*time.Second); err != nil || l != "before\n" {
-		t.Fatalf("idle connection before the crash: %q, %v", l, err)
-	}
-	for range streams + 1 {
-		<-started
-	}
+	ms := startCarriedStreams(t, addr, streams, 2000, handed)
+	idle := ms.idle
 	time.Sleep(300 * time.Millisecond) // mid-stream
 	if fds, _ := store.Len(); fds < 2*(streams+2) {
 		t.Fatalf("the store holds %d descriptors with %d connections live; want at least 2 each", fds, streams+2)
@@ -182,12 +125,7 @@ server.s = { address = %q }
 		t.Errorf("new client after the crash: %v", err)
 	}
 	fresh.Close()
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	idle.Close()
+	ms.wait(t)
 
 	// In the end the store holds the new journal and pooled pipes only,
 	// and the new process no socket of a finished stream.

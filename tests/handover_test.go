@@ -131,72 +131,13 @@ server.h = { address = %q }
 	addr, holeAddr := listeningOn(p, "f"), listeningOn(p, "hole")
 	baseSockets := socketFDs(t, p.pid())
 	const streams = 60
-	const size = 4 << 20
-	const stallSize = 24 << 20
-	var wg sync.WaitGroup
-	errs := make(chan error, streams+2)
-	started := make(chan struct{}, streams+2)
-	for i := range streams {
-		c := dial(t, addr)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer c.Close()
-			// A third of the streams flow paced, whenever the hand-over
-			// comes; a third send half and wait for it; the servers of
-			// the rest wait for it, so that it finds bytes in rsp's pipes.
-			seed := uint64(1000 + i)
-			var err error
-			switch i % 3 {
-			case 0:
-				fmt.Fprintf(c, "echo\n")
-				started <- struct{}{}
-				err = echoPaced(c, seed, size, 32<<10, 60*time.Millisecond)
-			case 1:
-				fmt.Fprintf(c, "echo\n")
-				started <- struct{}{}
-				err = echoGated(c, seed, size, handed)
-			case 2:
-				// More than rsp's send buffer towards the server that
-				// does not read (tcp_wmem, 4 MiB at most by default)
-				// and that server's window hold: rsp's pipes hold some
-				// of the rest at the hand-over.
-				fmt.Fprintf(c, "stall\n")
-				started <- struct{}{}
-				err = echoPaced(c, seed, stallSize, stallSize, 0)
-			}
-			if err != nil {
-				errs <- fmt.Errorf("stream %d (kind %d): %w", i, i%3, err)
-			}
-		}()
-	}
-	half := dial(t, addr)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		defer half.Close()
-		half.SetDeadline(time.Now().Add(2 * time.Minute))
-		fmt.Fprintf(half, "stream %d\n", size)
-		half.CloseWrite() // half-closed before the hand-over
-		started <- struct{}{}
-		got, err := receive(half)
-		if want := expected(size, size); err != nil || got != want {
-			errs <- fmt.Errorf("half-closed stream: got %v, %v; want %v", got, err, want)
-		}
-	}()
-	idle := dial(t, addr)
-	defer idle.Close()
-	fmt.Fprintf(idle, "echo\nbefore\n")
-	if l, err := readLine(idle, 5*time.Second); err != nil || l != "before\n" {
-		t.Fatalf("idle connection before the hand-over: %q, %v", l, err)
-	}
+	const size, stallSize = carriedSize, carriedStall
+	ms := startCarriedStreams(t, addr, streams, 1000, handed)
+	idle := ms.idle
 	// A client whose server has not answered the connect yet: the
 	// hand-over cannot carry it and resets it, not leaving it hanging.
 	dialing := dial(t, holeAddr)
 	defer dialing.Close()
-	for range streams + 1 {
-		<-started
-	}
 	time.Sleep(200 * time.Millisecond) // mid-stream
 
 	oldPID := p.pid()
@@ -252,12 +193,7 @@ server.h = { address = %q }
 	}
 	fresh.Close()
 
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	idle.Close()
+	ms.wait(t)
 
 	// Nothing left in the new process once every stream ended.
 	statsLine := regexp.MustCompile(`msg=stats active=(\d+) accepted=\d+ .*pipes=(\d+) idle_pipes=(\d+)`)
@@ -292,6 +228,96 @@ server.h = { address = %q }
 	if !eventually(10*time.Second, func() bool { return exited(newPID) }) {
 		t.Errorf("new rsp %d did not stop on SIGTERM", newPID)
 	}
+}
+
+// carriedSize and carriedStall are the sizes of startCarriedStreams' streams:
+// a stalled one sends more than rsp's send buffer towards the server that
+// does not read (tcp_wmem, 4 MiB at most by default) and that server's
+// window hold, so that rsp's pipes surely hold some of the rest.
+const (
+	carriedSize  = 4 << 20
+	carriedStall = 24 << 20
+)
+
+// carriedStreams are the streams a hand-over or a crash must carry.
+type carriedStreams struct {
+	wg   sync.WaitGroup
+	errs chan error
+	idle *net.TCPConn // echoed once, then idle
+}
+
+// startCarriedStreams starts, through addr to a handoverBackend, n
+// hash-checked streams (seeds from seed): a third flow paced whenever
+// handed comes, a third send half and wait for it, and the servers of the
+// rest wait for it, so that rsp's pipes hold bytes; one half-closed
+// stream with bytes still coming back; and an idle connection. It returns
+// once all have started.
+func startCarriedStreams(t *testing.T, addr string, n int, seed uint64, handed <-chan struct{}) *carriedStreams {
+	t.Helper()
+	ms := &carriedStreams{errs: make(chan error, n+2)}
+	started := make(chan struct{}, n+1)
+	for i := range n {
+		c := dial(t, addr)
+		ms.wg.Add(1)
+		go func() {
+			defer ms.wg.Done()
+			defer c.Close()
+			var err error
+			switch i % 3 {
+			case 0:
+				fmt.Fprintf(c, "echo\n")
+				started <- struct{}{}
+				err = echoPaced(c, seed+uint64(i), carriedSize, 32<<10, 60*time.Millisecond)
+			case 1:
+				fmt.Fprintf(c, "echo\n")
+				started <- struct{}{}
+				err = echoGated(c, seed+uint64(i), carriedSize, handed)
+			case 2:
+				fmt.Fprintf(c, "stall\n")
+				started <- struct{}{}
+				err = echoPaced(c, seed+uint64(i), carriedStall, carriedStall, 0)
+			}
+			if err != nil {
+				ms.errs <- fmt.Errorf("stream %d (kind %d): %w", i, i%3, err)
+			}
+		}()
+	}
+	half := dial(t, addr)
+	ms.wg.Add(1)
+	go func() {
+		defer ms.wg.Done()
+		defer half.Close()
+		half.SetDeadline(time.Now().Add(2 * time.Minute))
+		fmt.Fprintf(half, "stream %d\n", carriedSize)
+		half.CloseWrite()
+		started <- struct{}{}
+		got, err := receive(half)
+		if want := expected(carriedSize, carriedSize); err != nil || got != want {
+			ms.errs <- fmt.Errorf("half-closed stream: got %v, %v; want %v", got, err, want)
+		}
+	}()
+	ms.idle = dial(t, addr)
+	t.Cleanup(func() { ms.idle.Close() })
+	fmt.Fprintf(ms.idle, "echo\nbefore\n")
+	if l, err := readLine(ms.idle, 5*time.Second); err != nil || l != "before\n" {
+		t.Fatalf("idle connection before: %q, %v", l, err)
+	}
+	for range n + 1 {
+		<-started
+	}
+	return ms
+}
+
+// wait waits for every stream, reports what went wrong, and closes the
+// idle connection.
+func (ms *carriedStreams) wait(t *testing.T) {
+	t.Helper()
+	ms.wg.Wait()
+	close(ms.errs)
+	for err := range ms.errs {
+		t.Error(err)
+	}
+	ms.idle.Close()
 }
 
 // socketFDs counts the sockets among pid's descriptors.

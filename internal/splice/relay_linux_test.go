@@ -5,7 +5,6 @@ package splice
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -88,26 +87,8 @@ func startRoute(t *testing.T, r *Relay, rt *Route) string {
 // echo's SHA-256.
 func echo(t *testing.T, addr string, n int, seed uint64) {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
+	if err := echoErr(addr, n, seed); err != nil {
 		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	data := make([]byte, n)
-	rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)}).Read(data)
-	got := make(chan []byte, 1)
-	go func() {
-		b, _ := io.ReadAll(c)
-		got <- b
-	}()
-	if _, err := c.Write(data); err != nil {
-		t.Fatal(err)
-	}
-	c.(*net.TCPConn).CloseWrite()
-	back := <-got
-	if len(back) != n || sha256.Sum256(back) != sha256.Sum256(data) {
-		t.Fatalf("echo of %d bytes came back as %d bytes, equal=%v", n, len(back), bytes.Equal(back, data))
 	}
 }
 
