@@ -123,16 +123,7 @@ func (in *inherited) resume(px *proxy.Proxy, relay *splice.Relay, logger *slog.L
 			logger.Warn("cannot remove the handed-over descriptors from systemd's store", "err", err)
 		}
 	}
-	resumed, failed, inPipes := 0, 0, 0
-	for _, fc := range in.u.Conns {
-		inPipes += fc.Up.N + fc.Down.N
-		rt, t := px.Resume(fc)
-		if err := relay.Thaw(fc, rt, t); err != nil {
-			failed++
-			continue
-		}
-		resumed++
-	}
+	resumed, failed, inPipes := thawAll(in.u.Conns, px, relay)
 	for key, ln := range px.Inherited {
 		ln.Close()
 		delete(px.Inherited, key)
@@ -144,15 +135,10 @@ func (in *inherited) resume(px *proxy.Proxy, relay *splice.Relay, logger *slog.L
 	logger.Info("took over live connections", "from", from, "conns", resumed, "lost", in.lost+failed, "listeners", in.listeners, "bytes_in_pipes", inPipes)
 }
 
-// resumeCrashed resumes what crashed processes' journals left.
-func (in *inherited) resumeCrashed(px *proxy.Proxy, relay *splice.Relay, logger *slog.Logger) {
-	rec := in.rec
-	in.rec = nil
-	if err := handover.Forget(rec.Names); err != nil {
-		logger.Warn("cannot remove a crashed rsp's descriptors from systemd's store", "err", err)
-	}
-	resumed, failed, inPipes := 0, 0, 0
-	for _, fc := range rec.Conns {
+// thawAll resumes conns in relay, routed by px: it counts those resumed,
+// those that failed (reset), and the bytes they had in pipes.
+func thawAll(conns []splice.FrozenConn, px *proxy.Proxy, relay *splice.Relay) (resumed, failed, inPipes int) {
+	for _, fc := range conns {
 		inPipes += fc.Up.N + fc.Down.N
 		rt, t := px.Resume(fc)
 		if err := relay.Thaw(fc, rt, t); err != nil {
@@ -161,6 +147,17 @@ func (in *inherited) resumeCrashed(px *proxy.Proxy, relay *splice.Relay, logger 
 		}
 		resumed++
 	}
+	return resumed, failed, inPipes
+}
+
+// resumeCrashed resumes what crashed processes' journals left.
+func (in *inherited) resumeCrashed(px *proxy.Proxy, relay *splice.Relay, logger *slog.Logger) {
+	rec := in.rec
+	in.rec = nil
+	if err := handover.Forget(rec.Names); err != nil {
+		logger.Warn("cannot remove a crashed rsp's descriptors from systemd's store", "err", err)
+	}
+	resumed, failed, inPipes := thawAll(rec.Conns, px, relay)
 	lvl := slog.LevelWarn
 	if len(rec.Conns)+rec.Reset == 0 {
 		lvl = slog.LevelInfo
@@ -249,10 +246,7 @@ func (s *successor) handOver() (pid int, conns int, err error) {
 // takeBack resumes here the connections of a hand-over that did not
 // happen, as they left, and accepts again.
 func (s *successor) takeBack(frozen []splice.FrozenConn) error {
-	for _, fc := range frozen {
-		rt, t := s.px.Resume(fc)
-		s.relay.Thaw(fc, rt, t)
-	}
+	thawAll(frozen, s.px, s.relay)
 	s.relay.Unfreeze()
 	return s.px.ServeAgain()
 }
