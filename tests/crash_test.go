@@ -89,7 +89,6 @@ server.s = { address = %q }
 
 	const streams = 30
 	ms := startCarriedStreams(t, addr, streams, 2000, handed)
-	idle := ms.idle
 	time.Sleep(300 * time.Millisecond) // mid-stream
 	if fds, _ := store.Len(); fds < 2*(streams+2) {
 		t.Fatalf("the store holds %d descriptors with %d connections live; want at least 2 each", fds, streams+2)
@@ -115,16 +114,7 @@ server.s = { address = %q }
 		t.Errorf("no bytes came in the dead rsp's pipes; the stalled streams should have filled them")
 	}
 
-	fmt.Fprintf(idle, "after\n")
-	if l, err := readLine(idle, 5*time.Second); err != nil || l != "after\n" {
-		t.Errorf("idle connection after the crash: %q, %v", l, err)
-	}
-	fresh := dial(t, addr)
-	fmt.Fprintf(fresh, "echo\n")
-	if err := echoPaced(fresh, 7, 1<<20, 1<<20, 0); err != nil {
-		t.Errorf("new client after the crash: %v", err)
-	}
-	fresh.Close()
+	ms.stillServes(t, addr, "crash")
 	ms.wait(t)
 
 	// In the end the store holds the new journal and pooled pipes only,

@@ -133,7 +133,6 @@ server.h = { address = %q }
 	const streams = 60
 	const size, stallSize = carriedSize, carriedStall
 	ms := startCarriedStreams(t, addr, streams, 1000, handed)
-	idle := ms.idle
 	// A client whose server has not answered the connect yet: the
 	// hand-over cannot carry it and resets it, not leaving it hanging.
 	dialing := dial(t, holeAddr)
@@ -182,16 +181,7 @@ server.h = { address = %q }
 		t.Errorf("the connecting client's end is not logged with cause handover")
 	}
 	// The idle connection, and a new client on the same address.
-	fmt.Fprintf(idle, "after\n")
-	if l, err := readLine(idle, 5*time.Second); err != nil || l != "after\n" {
-		t.Errorf("idle connection after the hand-over: %q, %v", l, err)
-	}
-	fresh := dial(t, addr)
-	fmt.Fprintf(fresh, "echo\n")
-	if err := echoPaced(fresh, 7, 1<<20, 1<<20, 0); err != nil {
-		t.Errorf("new client after the hand-over: %v", err)
-	}
-	fresh.Close()
+	ms.stillServes(t, addr, "hand-over")
 
 	ms.wait(t)
 
@@ -306,6 +296,22 @@ func startCarriedStreams(t *testing.T, addr string, n int, seed uint64, handed <
 		<-started
 	}
 	return ms
+}
+
+// stillServes checks, after the event named when, that the idle
+// connection still echoes and that a new client on addr is served.
+func (ms *carriedStreams) stillServes(t *testing.T, addr, when string) {
+	t.Helper()
+	fmt.Fprintf(ms.idle, "after\n")
+	if l, err := readLine(ms.idle, 5*time.Second); err != nil || l != "after\n" {
+		t.Errorf("idle connection after the %s: %q, %v", when, l, err)
+	}
+	fresh := dial(t, addr)
+	defer fresh.Close()
+	fmt.Fprintf(fresh, "echo\n")
+	if err := echoPaced(fresh, 7, 1<<20, 1<<20, 0); err != nil {
+		t.Errorf("new client after the %s: %v", when, err)
+	}
 }
 
 // wait waits for every stream, reports what went wrong, and closes the

@@ -169,31 +169,14 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 // newConns has clients connect, exchange 8 bytes and close, as fast as
 // they can for dur; it returns how many connections completed.
 func newConns(src *sources, addr string, clients int, dur time.Duration) (int64, error) {
-	var done atomic.Int64
-	err := parallel(clients, func(int) error {
-		msg := []byte("E12345678") // the mode byte, then 8 bytes echoed
+	msg := []byte("E12345678") // the mode byte, then 8 bytes echoed
+	return exchanges(src, addr, clients, dur, msg, func(c net.Conn) error {
 		back := make([]byte, 8)
-		end := time.Now().Add(dur)
-		for time.Now().Before(end) {
-			c, err := src.dialer(5*time.Second).Dial("tcp", addr)
-			if err != nil {
-				return fmt.Errorf("new connection: %w", err)
-			}
-			c.SetDeadline(time.Now().Add(5 * time.Second))
-			if _, err := c.Write(msg); err != nil {
-				c.Close()
-				return fmt.Errorf("new connection: %w", err)
-			}
-			if _, err := io.ReadFull(c, back); err != nil {
-				c.Close()
-				return fmt.Errorf("new connection: echo: %w", err)
-			}
-			c.Close()
-			done.Add(1)
+		if _, err := io.ReadFull(c, back); err != nil {
+			return fmt.Errorf("new connection: echo: %w", err)
 		}
-		return nil
+		return nil // the client closes first
 	})
-	return done.Load(), err
 }
 
 // closedByServer runs clients that each, until dur is over, open a
@@ -202,11 +185,22 @@ func newConns(src *sources, addr string, clients int, dur time.Duration) (int64,
 // closes first, as behind wrk's `Connection: close` load. It returns the
 // exchanges done.
 func closedByServer(src *sources, addr string, clients int, dur time.Duration) (int64, error) {
+	msg := append([]byte{modeReply}, httpRequest...)
+	return exchanges(src, addr, clients, dur, msg, func(c net.Conn) error {
+		got, err := io.ReadAll(c)
+		if err != nil || string(got) != httpResponse {
+			return fmt.Errorf("server-closed exchange: got %q, %v", got, err)
+		}
+		return nil
+	})
+}
+
+// exchanges has clients, as fast as they can for dur, connect, send msg,
+// let answer read the reply, and close; it returns how many completed.
+func exchanges(src *sources, addr string, clients int, dur time.Duration, msg []byte, answer func(net.Conn) error) (int64, error) {
 	var done atomic.Int64
 	err := parallel(clients, func(int) error {
-		msg := append([]byte{modeReply}, httpRequest...)
-		end := time.Now().Add(dur)
-		for time.Now().Before(end) {
+		for end := time.Now().Add(dur); time.Now().Before(end); {
 			c, err := src.dialer(5*time.Second).Dial("tcp", addr)
 			if err != nil {
 				return fmt.Errorf("new connection: %w", err)
@@ -216,10 +210,10 @@ func closedByServer(src *sources, addr string, clients int, dur time.Duration) (
 				c.Close()
 				return fmt.Errorf("new connection: %w", err)
 			}
-			got, err := io.ReadAll(c)
+			err = answer(c)
 			c.Close()
-			if err != nil || string(got) != httpResponse {
-				return fmt.Errorf("server-closed exchange: got %q, %v", got, err)
+			if err != nil {
+				return err
 			}
 			done.Add(1)
 		}

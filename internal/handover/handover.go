@@ -187,13 +187,7 @@ func Unpack(files []*os.File, names []string) (u *Unpacked, lost int, err error)
 			return -1
 		}
 		delete(byID, id)
-		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 3)
-		f.Close()
-		if err != nil {
-			return -1
-		}
-		unix.SetNonblock(fd, true)
-		return fd
+		return takeFile(f)
 	}
 	for _, c := range st.Conns {
 		fc := c.FrozenConn

@@ -62,13 +62,8 @@ func (pp *pipePool) get() (*pipe, error) {
 		pp.free = pp.free[:n-1]
 		pp.idle.Add(-1)
 		pp.budget.use(1)
-		if size, _ := pp.budget.size(cmp.Or(pp.size, defaultPipeSize)); p.size < size {
-			// Made small while the budget was tight: as large as a new
-			// pipe would be now, if the kernel agrees (it is empty).
-			if n, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, size); err == nil {
-				pp.budget.hold(n-p.size, 0)
-				p.size = n
-			}
+		if pp.budget.limited() && p.size < cmp.Or(pp.size, defaultPipeSize) {
+			pp.grow(p)
 		}
 		return p, nil
 	}
@@ -109,6 +104,17 @@ func (pp *pipePool) get() (*pipe, error) {
 	pp.open.Add(1)
 	pp.created.Add(1)
 	return p, nil
+}
+
+// grow makes p, pooled and made small while the budget was tight, as
+// large as a new pipe would be now, if the kernel agrees (it is empty).
+func (pp *pipePool) grow(p *pipe) {
+	if size, _ := pp.budget.size(cmp.Or(pp.size, defaultPipeSize)); p.size < size {
+		if n, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, size); err == nil {
+			pp.budget.hold(n-p.size, 0)
+			p.size = n
+		}
+	}
 }
 
 // put returns a pipe. An empty pipe goes back to the pool while it has

@@ -125,6 +125,9 @@ func (b *pipeBudget) keep(size int) bool {
 	return pages <= max(min(b.limit/(b.busy.Load()+1), b.limit/16), minPipePages)
 }
 
+// limited reports whether a budget applies.
+func (b *pipeBudget) limited() bool { return b != nil && b.limit > 0 }
+
 // hold counts n bytes more (or fewer) of open pipes, and busy more (or
 // fewer) pipes in use.
 func (b *pipeBudget) hold(n, busy int) {
