@@ -87,7 +87,7 @@ func echoGated(c *net.TCPConn, seed uint64, n int64, open <-chan struct{}) error
 }
 
 var handedRE = regexp.MustCompile(`msg="handed over" pid=(\d+) conns=(\d+)`)
-var tookRE = regexp.MustCompile(`msg="took over live connections" from="rsp pid (\d+)" conns=(\d+) lost=(\d+) listeners=2 bytes_in_pipes=(\d+)`)
+var tookRE = regexp.MustCompile(`msg="took over live connections" from="rsp pid (\d+)" conns=(\d+) lost=(\d+) listeners=\d+ bytes_in_pipes=(\d+)`)
 
 // exited reports whether pid has exited (gone, or a zombie not yet
 // reaped).
@@ -123,6 +123,17 @@ backend = "b"
 listen = "127.0.0.1:0"
 backend = "hole"
 connect_timeout = "60s"
+[frontend.hdr]
+listen = "127.0.0.1:0"
+backend = "b"
+accept_proxy_from = "127.0.0.0/8"
+connect_timeout = "60s"
+[frontend.tls]
+listen = "127.0.0.1:0"
+backend = "b"
+sni_timeout = "60s"
+[frontend.tls.sni]
+"a.example" = "b"
 [backend.b]
 server.s = { address = %q }
 [backend.hole]
@@ -137,6 +148,13 @@ server.h = { address = %q }
 	// hand-over cannot carry it and resets it, not leaving it hanging.
 	dialing := dial(t, holeAddr)
 	defer dialing.Close()
+	// Clients halfway through a PROXY header and a ClientHello: not
+	// carried, reset.
+	inHeader, inHello := dial(t, listeningOn(p, "hdr")), dial(t, listeningOn(p, "tls"))
+	defer inHeader.Close()
+	defer inHello.Close()
+	fmt.Fprintf(inHeader, "PROXY TCP4 192.0.2.1")
+	inHello.Write([]byte{0x16, 0x03, 0x01, 0x00, 0x80, 0x01, 0x00})
 	time.Sleep(200 * time.Millisecond) // mid-stream
 
 	oldPID := p.pid()
@@ -180,6 +198,12 @@ server.h = { address = %q }
 	if !strings.Contains(p.stderr.String(), "frontend=hole backend=hole server=h") || !strings.Contains(p.stderr.String(), "cause=handover") {
 		t.Errorf("the connecting client's end is not logged with cause handover")
 	}
+	for what, c := range map[string]*net.TCPConn{"PROXY header": inHeader, "ClientHello": inHello} {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); !isReset(err) {
+			t.Errorf("client halfway through a %s at the hand-over: read = %v; want a reset", what, err)
+		}
+	}
 	// The idle connection, and a new client on the same address.
 	ms.stillServes(t, addr, "hand-over")
 
@@ -211,8 +235,8 @@ server.h = { address = %q }
 	if n != streams {
 		t.Errorf("%d connection log lines of whole streams on server s; want one for each of the %d streams", n, streams)
 	}
-	if n := strings.Count(p.stderr.String(), "cause=handover"); n != 1 {
-		t.Errorf("%d connections reset at the hand-over; want only the one still connecting", n)
+	if n := strings.Count(p.stderr.String(), "cause=handover"); n != 3 {
+		t.Errorf("%d connections reset at the hand-over; want the 3 not established (connecting, PROXY header, ClientHello)", n)
 	}
 	syscall.Kill(newPID, syscall.SIGTERM)
 	if !eventually(10*time.Second, func() bool { return exited(newPID) }) {
