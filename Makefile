@@ -110,7 +110,7 @@ bench-quick: build
 # Installs the proxies rsp is compared with, from Debian's packages.
 bench-peers:
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx-light libnginx-mod-stream systemd
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx-light libnginx-mod-stream systemd wrk iperf3
 
 cross:
 	GOOS=darwin  GOARCH=arm64 CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/rsp

@@ -22,6 +22,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	idle := fs.Int("idle-conns", 0, "")
 	maxConns := fs.Int("max-conns", 0, "")
 	only := fs.String("only", "", "")
+	workloads := fs.String("workloads", "", "")
 	rspArgs := fs.String("rsp-args", "", "")
 	user := fs.String("user", "", "")
 	proxyCPUs := fs.String("proxy-cpus", "", "")
@@ -54,6 +55,9 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	if *only != "" {
 		o.Only = strings.Split(*only, ",")
 	}
+	if *workloads != "" {
+		o.Workloads = strings.Split(*workloads, ",")
+	}
 	start := time.Now()
 	results, err := bench.Run(o)
 	if err != nil {
@@ -78,12 +82,14 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-const benchUsage = `usage: rsp bench [-quick] [-runs N] [-idle-conns N] [-max-conns N] [-only NAMES] [-user NAME] [-proxy-cpus L] [-load-cpus L] [-out FILE] [-chart FILE]
+const benchUsage = `usage: rsp bench [-quick] [-runs N] [-idle-conns N] [-max-conns N] [-only NAMES] [-workloads WORDS] [-user NAME] [-proxy-cpus L] [-load-cpus L] [-out FILE] [-chart FILE]
 
 Measures, in one run and side by side on loopback: direct connections, rsp
 (splice and copy), a plain Go io.Copy proxy, and HAProxy, nginx stream and
-systemd-socket-proxyd where installed. Each proxy is its own process; its
-CPU, RSS and fds come from /proc.
+systemd-socket-proxyd where installed. Where wrk and iperf3 are installed,
+they load each contender too (HTTP to the benchmark's HTTP backend; iperf3's
+own server). Each proxy is its own process; its CPU, RSS and fds come from
+/proc.
 
   -quick          384 MiB transfers, 0.75 s runs, 4 MiB integrity echoes,
                   1000 idle connections (under 2 minutes)
@@ -91,6 +97,8 @@ CPU, RSS and fds come from /proc.
   -idle-conns N   idle connections for the memory figure (default 5000)
   -max-conns N    cap of rsp's concurrency probe (default 9990; not with -quick)
   -only NAMES     comma-separated contenders to run besides direct
+  -workloads WORDS comma-separated words: run only the workloads whose
+                  names contain one (e.g. "128 streams,close,integrity,idle")
   -rsp-args FLAGS extra flags for the rsp contenders, e.g. "-pipe-size 1048576"
   -user NAME      run the proxies as this unprivileged user (e.g. nobody), as
                   the packaged unit does: the kernel's per-user pipe limits
@@ -140,6 +148,8 @@ func runBenchHelper(name string, args []string, stdout, stderr io.Writer) int {
 	switch name {
 	case "bench-backend":
 		err = bench.ServeBackend(os.Stdin, stdout)
+	case "bench-http":
+		err = bench.ServeHTTP(os.Stdin, stdout)
 	case "bench-iocopy":
 		fs := flag.NewFlagSet(name, flag.ContinueOnError)
 		listen := fs.String("listen", "127.0.0.1:0", "")

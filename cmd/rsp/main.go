@@ -49,7 +49,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return runCtl(args[1:], stdout, stderr)
 		case "bench":
 			return runBench(args[1:], stdout, stderr)
-		case "bench-backend", "bench-iocopy":
+		case "bench-backend", "bench-iocopy", "bench-http":
 			return runBenchHelper(args[0], args[1:], stdout, stderr)
 		}
 	}

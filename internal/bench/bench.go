@@ -16,12 +16,15 @@ import (
 
 // Options says what to measure and how hard.
 type Options struct {
-	Rsp       string    // path of the rsp binary (the helpers are its hidden subcommands)
-	Quick     bool      // smaller transfers, shorter runs, fewer connections
-	Runs      int       // repetitions of each figure; 0 means 3
-	IdleConns int       // idle connections for the memory figure; 0 means 5000 (1000 quick)
-	MaxConns  int       // cap of rsp's concurrency probe; 0 means 9990; skipped when quick
-	Only      []string  // contender names to run (direct always runs); empty means all
+	Rsp       string   // path of the rsp binary (the helpers are its hidden subcommands)
+	Quick     bool     // smaller transfers, shorter runs, fewer connections
+	Runs      int      // repetitions of each figure; 0 means 3
+	IdleConns int      // idle connections for the memory figure; 0 means 5000 (1000 quick)
+	MaxConns  int      // cap of rsp's concurrency probe; 0 means 9990; skipped when quick
+	Only      []string // contender names to run (direct always runs); empty means all
+	// Workloads are words that pick the workloads to run: one runs if its
+	// name contains any of them; empty runs all.
+	Workloads []string
 	RspArgs   []string  // extra flags for the rsp contenders
 	Log       io.Writer // progress lines; nil discards
 	// User runs the proxies as this user (a name or a uid) without
@@ -41,6 +44,16 @@ func (o *Options) logf(format string, a ...any) {
 	if o.Log != nil {
 		fmt.Fprintf(o.Log, format+"\n", a...)
 	}
+}
+
+// wants reports whether workload is one to run (Workloads).
+func (o *Options) wants(workload string) bool {
+	if len(o.Workloads) == 0 {
+		return true
+	}
+	return slices.ContainsFunc(o.Workloads, func(w string) bool {
+		return strings.Contains(strings.ToLower(workload), strings.ToLower(w))
+	})
 }
 
 func (o *Options) runs() int {
@@ -104,6 +117,8 @@ func Run(o *Options) ([]Result, error) {
 		return nil, err
 	}
 	defer backend.stop()
+	t := startTools(o)
+	defer t.stop()
 	src := &sources{}
 	var out []Result
 	host := 2 // each proxy listens on its own 127.0.0.N
@@ -123,6 +138,7 @@ func Run(o *Options) ([]Result, error) {
 		}
 		o.logf("== %s", c.Name)
 		out = append(out, measure(o, c, backend, fmt.Sprintf("127.0.0.%d", host), src)...)
+		out = append(out, external(o, c, t, fmt.Sprintf("127.0.0.%d", host))...)
 		host++
 	}
 	return out, nil
@@ -223,6 +239,9 @@ func measure(o *Options, c Contender, backendProc *process, host string, src *so
 		streams int
 		run     func(*sources, string, int, int64) (time.Duration, error)
 	}{{wUp1, 1, upload}, {wDown1, 1, download}, {wUp8, 8, upload}, {wDown8, 8, download}, {wUp128, 128, upload}} {
+		if !o.wants(b.name) {
+			continue
+		}
 		o.logf("  %s", b.name)
 		tp := Result{Workload: b.name, Unit: "Gbit/s"}
 		cost := newCosts(b.name, "s/GiB")
@@ -252,6 +271,9 @@ func measure(o *Options, c Contender, backendProc *process, host string, src *so
 		name  string
 		conns int
 	}{{wRR1, 1}, {wRR64, 64}} {
+		if !o.wants(rr.name) {
+			continue
+		}
 		o.logf("  %s", rr.name)
 		rate := Result{Workload: rr.name, Unit: "rt/s"}
 		p50 := Result{Workload: rr.name + wP50, Unit: "µs"}
@@ -284,6 +306,9 @@ func measure(o *Options, c Contender, backendProc *process, host string, src *so
 		name string
 		run  func(*sources, string, int, time.Duration) (int64, error)
 	}{{wConns, newConns}, {wClosed, closedByServer}} {
+		if !o.wants(w.name) {
+			continue
+		}
 		o.logf("  %s", w.name)
 		cps := Result{Workload: w.name, Unit: "conn/s"}
 		cost := newCosts(w.name, "µs/conn")
@@ -308,19 +333,10 @@ func measure(o *Options, c Contender, backendProc *process, host string, src *so
 		size = 4 << 20
 	}
 	integ := Result{Workload: fmt.Sprintf(wIntegr, size>>20), Unit: "corrupted"}
-	o.logf("  %s", integ.Workload)
-	bad, err := integrity(src, addr, 64, size)
-	integ.Values = []float64{float64(bad)}
-	switch {
-	case err != nil:
-		integ.Note = "FAILED: " + err.Error()
-	case bad > 0:
-		integ.Note = "FAILED: bytes lost or changed (a proxy without half-close loses the echo's tail)"
-	default:
-		integ.Note = "ok"
+	if o.wants(integ.Workload) {
+		checkIntegrity(o, src, addr, size, integ, add)
 	}
-	add(integ)
-	if p == nil {
+	if p == nil || !o.wants(wIdleRSS) {
 		return out
 	}
 	n := o.IdleConns
@@ -333,7 +349,7 @@ func measure(o *Options, c Contender, backendProc *process, host string, src *so
 	// A fresh process, so that memory left from the bulk runs does not
 	// hide (or inflate) what idle connections cost.
 	p.stop()
-	p, err = c.start(o, backend, host)
+	p, err := c.start(o, backend, host)
 	if err != nil {
 		add(Result{Workload: wIdleRSS, Note: "restart failed: " + err.Error()})
 		return out
@@ -384,4 +400,21 @@ func idle(src *sources, p *process, addr string, n int) (rssPer, fdsPer float64,
 	rss1, _ := p.rss()
 	k := float64(len(conns))
 	return float64(rss1-rss0) / k, float64(p.fds()-fds0) / k, len(conns), err
+}
+
+// checkIntegrity runs the integrity echoes through addr and adds their
+// figure to integ: the count of echoes that came back wrong.
+func checkIntegrity(o *Options, src *sources, addr string, size int64, integ Result, add func(Result)) {
+	o.logf("  %s", integ.Workload)
+	bad, err := integrity(src, addr, 64, size)
+	integ.Values = []float64{float64(bad)}
+	switch {
+	case err != nil:
+		integ.Note = "FAILED: " + err.Error()
+	case bad > 0:
+		integ.Note = "FAILED: bytes lost or changed (a proxy without half-close loses the echo's tail)"
+	default:
+		integ.Note = "ok"
+	}
+	add(integ)
 }

@@ -79,6 +79,9 @@ func (l *loop) freezeConn(c *conn) (FrozenConn, bool) {
 		if h.p != nil && h.n > 0 {
 			l.pool.open.Add(-1) // the pipe leaves with the connection
 			l.pool.budget.hold(-h.p.size, -1)
+			if h.p.parked {
+				l.pool.budget.park(-1)
+			}
 			if l.j != nil && !l.j.PipeEnd(h.p.jref) {
 				l.jpending = true
 			}
@@ -213,9 +216,12 @@ func thawHalf(fh *FrozenHalf, pool *pipePool) half {
 		if err != nil {
 			size = defaultPipeSize
 		}
-		h.p = &pipe{r: fh.PipeR, w: fh.PipeW, size: size}
+		// Parked: whatever size the predecessor left it, the first read
+		// into it once empty sizes it for this process's budget.
+		h.p = &pipe{r: fh.PipeR, w: fh.PipeW, size: size, parked: true}
 		pool.open.Add(1)
 		pool.budget.hold(size, 1)
+		pool.budget.park(1)
 	}
 	return h
 }

@@ -22,6 +22,13 @@ type pipe struct {
 	// jref and owner are the pipe's and its connection's refs in the
 	// pool's journal; 0 when there is none.
 	jref, owner int32
+	// parked says the pipe was shrunk to the bytes it holds while its
+	// destination could take no more (pipePool.park).
+	parked bool
+	// sndbuf is the destination's send buffer size as last read for
+	// fillFor (SO_SNDBUF, which TCP grows on its own); 0 asks again.
+	// Kept here, not in the connection, since only a pipe in use needs it.
+	sndbuf int32
 }
 
 // pipePool keeps a bounded number of empty pipes for one event loop. It is
@@ -117,10 +124,50 @@ func (pp *pipePool) grow(p *pipe) {
 	}
 }
 
+// park shrinks p, whose destination took no more with n bytes still in
+// it, to what those bytes need, when a pipe budget applies: a connection
+// whose peer reads slowly then holds a few pages of the budget, not a
+// full pipe's, and the pipes still moving bytes keep their full size.
+// The kernel refuses (EBUSY) when the bytes need more slots; the pipe is
+// then left as it is.
+func (pp *pipePool) park(p *pipe, n int) {
+	if p.parked || !pp.budget.limited() {
+		return
+	}
+	// One slot more: the first may hold the rest of a partly written page.
+	size := int(pagesOf(n+pageSize)) * pageSize
+	size = max(size, minPipePages*pageSize)
+	if size >= p.size {
+		return
+	}
+	got, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, size)
+	if err != nil {
+		return
+	}
+	pp.budget.hold(got-p.size, 0)
+	pp.budget.park(1)
+	p.size, p.parked = got, true
+}
+
+// unpark makes a parked pipe, now empty, as large as a new pipe would be.
+func (pp *pipePool) unpark(p *pipe) {
+	if !p.parked {
+		return
+	}
+	p.parked = false
+	pp.budget.park(-1)
+	pp.grow(p)
+}
+
 // put returns a pipe. An empty pipe goes back to the pool while it has
 // room; a pipe holding bytes (dirty) or one beyond the bound is closed.
 func (pp *pipePool) put(p *pipe, empty bool) {
 	pp.budget.use(-1)
+	p.sndbuf = 0
+	if p.parked {
+		p.parked = false
+		pp.budget.park(-1)
+	}
 	if empty && len(pp.free) < pp.max && pp.budget.keep(p.size) {
 		if pp.j != nil && p.owner != 0 {
 			pp.j.Own(p.jref, 0, false) // nobody's: a successor ignores it

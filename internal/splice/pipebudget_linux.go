@@ -24,6 +24,10 @@ type pipeBudget struct {
 	soft  int64        // fs.pipe-user-pages-soft; 0: none applies
 	held  atomic.Int64 // pages of rsp's open pipes, pooled or in use
 	busy  atomic.Int64 // pipes in use
+	// parked counts the pipes in use that were shrunk to the bytes they
+	// hold while their destination is full; they move nothing until it
+	// drains, so the fair share leaves them out.
+	parked atomic.Int64
 	// small counts the pipes made smaller than pipe_size, by rsp for the
 	// budget or by the kernel.
 	small atomic.Int64
@@ -105,7 +109,8 @@ func (b *pipeBudget) size(want int) (size int, small bool) {
 		return int(pages) * pageSize, false
 	}
 	busy := b.busy.Load()
-	allowed := min(b.limit/(busy+1), b.limit/16, b.limit-b.held.Load()-minPipePages*busy)
+	moving := max(busy-b.parked.Load(), 0)
+	allowed := min(b.limit/(moving+1), b.limit/16, b.limit-b.held.Load()-minPipePages*busy)
 	asked := pages
 	for pages > minPipePages && pages > allowed {
 		pages /= 2
@@ -122,7 +127,8 @@ func (b *pipeBudget) keep(size int) bool {
 		return true
 	}
 	pages := int64(size / pageSize)
-	return pages <= max(min(b.limit/(b.busy.Load()+1), b.limit/16), minPipePages)
+	moving := max(b.busy.Load()-b.parked.Load(), 0)
+	return pages <= max(min(b.limit/(moving+1), b.limit/16), minPipePages)
 }
 
 // limited reports whether a budget applies.
@@ -134,6 +140,13 @@ func (b *pipeBudget) hold(n, busy int) {
 	if b != nil {
 		b.held.Add(int64(n / pageSize))
 		b.busy.Add(int64(busy))
+	}
+}
+
+// park counts pipes parked (n > 0) or moving again (n < 0).
+func (b *pipeBudget) park(n int) {
+	if b != nil {
+		b.parked.Add(int64(n))
 	}
 }
 

@@ -4,6 +4,7 @@ package splice
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -123,4 +125,118 @@ func TestPipeBudget(t *testing.T) {
 		t.Errorf("the budget's warning was logged %d times; want once:\n%s", n, logs.String())
 	}
 	t.Logf("%d streams under a budget of %d pages: %d pages held at most, %d pipes made small", streams, soft, most, e.budget.small.Load())
+}
+
+// startStalledSink starts a backend that reads nothing until release is
+// closed, with a small receive buffer so that rsp's socket towards it
+// fills soon; then it reads each stream to its end and answers with the
+// stream's SHA-256.
+func startStalledSink(t *testing.T, release <-chan struct{}) net.Listener {
+	t.Helper()
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) {
+			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10)
+		})
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				<-release
+				h := sha256.New()
+				io.Copy(h, c)
+				c.Write(h.Sum(nil))
+			}()
+		}
+	}()
+	return ln
+}
+
+// TestPipeParked: under a pipe budget, connections whose backend stops
+// reading do not hold full pipes. Each read takes only what the
+// destination socket has room for, and a pipe left holding bytes that
+// cannot be written is shrunk to those bytes (parked), so the pipes still
+// moving bytes keep their full size: none is made small, although the
+// stalled streams would hold the whole budget at full size. Every stream
+// still arrives whole once the backend reads again.
+func TestPipeParked(t *testing.T) {
+	const (
+		soft    = 4096      // pages: a budget of 3,072, a share of at most 192
+		size    = 512 << 10 // 128 pages: full size within the share
+		streams = 24        // 24 full pipes would hold 3,072 pages
+		payload = 8 << 20
+	)
+	release := make(chan struct{})
+	be := startStalledSink(t, release)
+	r := &Relay{Loops: 2, PipeSize: size, test: testHooks{pipeBudget: soft}}
+	addr := startRelay(t, r, be.Addr())
+	e := r.impl.(*spliceEngine)
+	var wg sync.WaitGroup
+	errs := make(chan error, streams)
+	for i := range streams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- sendAndHash(addr, payload, uint64(i))
+		}()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for e.budget.parked.Load() < streams && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	parked, held, busy := e.budget.parked.Load(), e.budget.held.Load(), e.budget.busy.Load()
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	waitIdle(t, r)
+	t.Logf("%d stalled streams: %d pipes parked, %d in use, %d pages held; %d pipes made small", streams, parked, busy, held, e.budget.small.Load())
+	if parked < streams {
+		t.Errorf("%d of %d stalled streams' pipes were parked", parked, streams)
+	}
+	// A parked pipe holds what at most minFill and a page need.
+	if most := int64(streams) * pagesOf(minFill+2*pageSize); held > most {
+		t.Errorf("stalled streams held %d pages of pipes; parked, they hold at most %d", held, most)
+	}
+	if n := e.budget.small.Load(); n != 0 {
+		t.Errorf("%d pipes were made smaller than pipe_size: the stalled streams' pipes took the budget", n)
+	}
+	if n, p := e.budget.busy.Load(), e.budget.parked.Load(); n != 0 || p != 0 {
+		t.Errorf("%d pipes counted in use and %d parked once every stream ended", n, p)
+	}
+}
+
+// sendAndHash sends n seeded bytes to addr, half-closes, and checks that
+// the answer is their SHA-256.
+func sendAndHash(addr string, n int, seed uint64) error {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	data := make([]byte, n)
+	rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), 1}).Read(data)
+	if _, err := c.Write(data); err != nil {
+		return fmt.Errorf("stream %d: %w", seed, err)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(c)
+	if want := sha256.Sum256(data); err != nil || !bytes.Equal(got, want[:]) {
+		return fmt.Errorf("stream %d: %d bytes: backend's hash %x, want %x (%v)", seed, n, got, want, err)
+	}
+	return nil
 }

@@ -297,12 +297,18 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 				}
 				h.p = p
 				l.own(c, h)
+			} else if h.p.parked {
+				l.pool.unpark(h.p)
 			}
 			var n int64
 			if l.noSplice {
 				err = unix.EINVAL
 			} else {
-				n, err = unix.Splice(src.fd, nil, h.p.w, nil, h.p.size, spliceFlags)
+				want := h.p.size
+				if l.pool.budget.limited() {
+					want = fillFor(h.p, dst.fd, want)
+				}
+				n, err = unix.Splice(src.fd, nil, h.p.w, nil, want, spliceFlags)
 			}
 			if err != nil && err != unix.EAGAIN && err != unix.EINTR && err != unix.EINVAL && src.unix {
 				// A Unix peer that closed with unread bytes: all it
@@ -366,6 +372,8 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 				progress = true
 			case unix.EAGAIN:
 				dst.writable = false
+				h.p.sndbuf = 0
+				l.pool.park(h.p, h.n)
 			case unix.EINTR:
 				progress = true
 			default:
@@ -560,6 +568,37 @@ func (l *loop) passUrgent(c *conn, h *half, src, dst *sock) (progress, blocked b
 	l.tally.copied += int64(n) // through user space into the pipe
 	c.last = l.now
 	return true, false, nil
+}
+
+// minFill is the least a read takes into an empty pipe under a pipe
+// budget: enough that the write that follows either empties the pipe or
+// hits a full socket, whose EPOLLOUT then says when to go on.
+const minFill = 64 << 10
+
+// fillFor returns how much of pipe p, of size bytes, to fill for
+// socket dst: what its send buffer has room for, at least minFill. Bytes
+// dst cannot take would wait in the pipe, which then stays in use; under
+// a pipe budget every pipe in use shrinks the next one's share, and with
+// it the bytes each splice moves. Bytes left in the source socket are
+// kept by TCP's flow control instead, at no cost to the budget.
+func fillFor(p *pipe, dst, size int) int {
+	if p.sndbuf == 0 {
+		// Read again after each EAGAIN on dst: TCP grows it while the
+		// connection runs, never shrinks it on its own.
+		n, err := unix.GetsockoptInt(dst, unix.SOL_SOCKET, unix.SO_SNDBUF)
+		if err != nil {
+			return size
+		}
+		p.sndbuf = int32(min(n, 1<<30))
+	}
+	outq, err := unix.IoctlGetInt(dst, unix.SIOCOUTQ)
+	if err != nil {
+		return size
+	}
+	// The send buffer counts each segment's overhead too: leave an
+	// eighth for it.
+	room := int(p.sndbuf) - outq - outq/8
+	return max(min(size, room&^(pageSize-1)), min(size, minFill))
 }
 
 // dropPipe gives h's pipe back: to the pool if empty, closed if it still
