@@ -55,8 +55,10 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	if *only != "" {
 		o.Only = strings.Split(*only, ",")
 	}
-	if *workloads != "" {
-		o.Workloads = strings.Split(*workloads, ",")
+	for _, w := range strings.Split(*workloads, ",") {
+		if w = strings.TrimSpace(w); w != "" {
+			o.Workloads = append(o.Workloads, w)
+		}
 	}
 	start := time.Now()
 	results, err := bench.Run(o)

@@ -46,6 +46,21 @@ func (o *Options) logf(format string, a ...any) {
 	}
 }
 
+// workloadNames are the names -workloads words are matched against.
+var workloadNames = []string{wUp1, wDown1, wUp8, wDown8, wUp128, wRR1, wRR64, wConns, wClosed,
+	fmt.Sprintf(wIntegr, 16), wIdleRSS, wIperf1, wIperf1R, wIperf8, wIperf8R, wWrk1, wWrk64, wWrkClose}
+
+// checkWorkloads refuses a word of Workloads that no workload's name
+// holds: a typo would otherwise measure nothing and say nothing.
+func (o *Options) checkWorkloads() error {
+	for _, w := range o.Workloads {
+		if !slices.ContainsFunc(workloadNames, func(n string) bool { return strings.Contains(strings.ToLower(n), strings.ToLower(w)) }) {
+			return fmt.Errorf("-workloads %q: no workload's name holds it (they are: %s)", w, strings.Join(workloadNames, "; "))
+		}
+	}
+	return nil
+}
+
 // wants reports whether workload is one to run (Workloads).
 func (o *Options) wants(workload string) bool {
 	if len(o.Workloads) == 0 {
@@ -122,6 +137,9 @@ func Run(o *Options) ([]Result, error) {
 	src := &sources{}
 	var out []Result
 	host := 2 // each proxy listens on its own 127.0.0.N
+	if err := o.checkWorkloads(); err != nil {
+		return nil, err
+	}
 	cs := contenders(o)
 	for _, name := range o.Only {
 		if !slices.ContainsFunc(cs, func(c Contender) bool { return c.Name == name }) {

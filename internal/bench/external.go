@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -39,7 +40,7 @@ type tools struct {
 // line in the log.
 func startTools(o *Options) *tools {
 	t := &tools{}
-	wantIperf := o.wants(wIperf1) || o.wants(wIperf8R)
+	wantIperf := o.wants(wIperf1) || o.wants(wIperf1R) || o.wants(wIperf8) || o.wants(wIperf8R)
 	wantWrk := o.wants(wWrk1) || o.wants(wWrk64) || o.wants(wWrkClose)
 	if path, err := exec.LookPath("iperf3"); err != nil {
 		o.logf("iperf3 not installed (make bench-peers installs it): its workloads skipped")
@@ -135,11 +136,12 @@ func iperfRuns(o *Options, path string, p *process, addr string, dur time.Durati
 		for range o.runs() {
 			before := p.cpuTimes()
 			args := append([]string{"-c", host, "-p", port, "-t", strconv.Itoa(int(dur.Seconds())), "-J"}, w.args...)
-			raw, err := o.load(exec.Command(path, args...)).Output()
+			raw, runErr := runTool(o, dur, path, args...)
 			used := p.cpuTimes().sub(before)
-			var bits, bytes float64
-			if err == nil {
-				bits, bytes, err = parseIperf(raw)
+			// Its report says what went wrong, when it ran at all.
+			bits, bytes, err := parseIperf(raw)
+			if err != nil && runErr != nil {
+				err = fmt.Errorf("%w (%v)", runErr, err)
 			}
 			if err != nil {
 				tp.Note = fmt.Sprintf("iperf3 %s: %v", strings.Join(args, " "), err)
@@ -187,13 +189,14 @@ func parseIperf(raw []byte) (bitsPerSec, bytes float64, err error) {
 func wrkRuns(o *Options, path string, p *process, addr string, dur time.Duration) []Result {
 	var out []Result
 	for _, w := range []struct {
-		name string
-		args []string
-		unit string
+		name  string
+		args  []string
+		unit  string
+		close bool // the server closes each connection
 	}{
-		{wWrk1, []string{"-t1", "-c1"}, "µs/req"},
-		{wWrk64, []string{"-t2", "-c64"}, "µs/req"},
-		{wWrkClose, []string{"-t2", "-c16", "-H", "Connection: close"}, "µs/conn"},
+		{wWrk1, []string{"-t1", "-c1"}, "µs/req", false},
+		{wWrk64, []string{"-t2", "-c64"}, "µs/req", false},
+		{wWrkClose, []string{"-t2", "-c16", "-H", "Connection: close"}, "µs/conn", true},
 	} {
 		if !o.wants(w.name) {
 			continue
@@ -204,11 +207,11 @@ func wrkRuns(o *Options, path string, p *process, addr string, dur time.Duration
 		for range o.runs() {
 			before := p.cpuTimes()
 			args := append(w.args, "-d", fmt.Sprintf("%ds", int(dur.Seconds())), "http://"+addr+"/")
-			raw, err := o.load(exec.Command(path, args...)).Output()
+			raw, err := runTool(o, dur, path, args...)
 			used := p.cpuTimes().sub(before)
 			var reqs, perSec float64
 			if err == nil {
-				reqs, perSec, err = parseWrk(raw)
+				reqs, perSec, err = parseWrk(raw, w.close)
 			}
 			if err != nil {
 				rate.Note = fmt.Sprintf("wrk %s: %v", strings.Join(args, " "), err)
@@ -234,10 +237,25 @@ var (
 	wrkBadRE    = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
 )
 
+// runTool runs an external load generator with the load's CPUs and
+// returns its standard output; one that has not ended well after the
+// run's duration is killed.
+func runTool(o *Options, dur time.Duration, path string, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), dur+30*time.Second)
+	defer cancel()
+	cmd := o.load(exec.Command(path, args...))
+	run := exec.CommandContext(ctx, cmd.Path, cmd.Args[1:]...)
+	run.Env, run.Dir = cmd.Env, cmd.Dir
+	return run.Output()
+}
+
 // parseWrk reads the request count and rate from wrk's report. Failed
 // connections, timeouts and bad responses make it an error: a rate
-// counted over failures says nothing.
-func parseWrk(raw []byte) (reqs, perSec float64, err error) {
+// counted over failures says nothing. Read errors are how wrk counts a
+// server's close after a Connection: close response, so they are taken
+// only where the server closes (closing), and no more than one per
+// request.
+func parseWrk(raw []byte, closing bool) (reqs, perSec float64, err error) {
 	m, r := wrkReqsRE.FindSubmatch(raw), wrkRateRE.FindSubmatch(raw)
 	if m == nil || r == nil {
 		return 0, 0, fmt.Errorf("no rate in its report: %q", firstLine(raw))
@@ -245,9 +263,8 @@ func parseWrk(raw []byte) (reqs, perSec float64, err error) {
 	reqs, _ = strconv.ParseFloat(string(m[1]), 64)
 	perSec, _ = strconv.ParseFloat(string(r[1]), 64)
 	if e := wrkErrorsRE.FindSubmatch(raw); e != nil {
-		// Read errors are how wrk counts a server's close after a
-		// Connection: close response; the others are failures.
-		if string(e[1]) != "0" || string(e[3]) != "0" || string(e[4]) != "0" {
+		reads, _ := strconv.ParseFloat(string(e[2]), 64)
+		if string(e[1]) != "0" || string(e[3]) != "0" || string(e[4]) != "0" || reads > 0 && (!closing || reads > reqs) {
 			return 0, 0, fmt.Errorf("socket errors: %s", e[0])
 		}
 	}

@@ -30,31 +30,38 @@ func TestParseIperf(t *testing.T) {
 }
 
 // TestParseWrk reads count and rate from a real wrk 4.1 report, takes the
-// read errors that a server's close after Connection: close shows as, and
-// refuses connect errors, timeouts and bad responses.
+// read errors that a server's close after Connection: close shows as (and
+// only there), and refuses connect errors, timeouts and bad responses.
 func TestParseWrk(t *testing.T) {
 	raw, err := os.ReadFile("testdata/wrk.txt")
 	if err != nil {
 		t.Fatal(err)
 	}
-	reqs, rate, err := parseWrk(raw)
+	reqs, rate, err := parseWrk(raw, false)
 	if err != nil || reqs != 383 || rate != 381.70 {
 		t.Fatalf("parseWrk: %v requests, %v/s, %v; want 383 and 381.70", reqs, rate, err)
 	}
 	closed := string(raw) + "  Socket errors: connect 0, read 383, write 0, timeout 0\n"
-	if _, _, err := parseWrk([]byte(closed)); err != nil {
-		t.Errorf("read errors only: %v", err)
+	if _, _, err := parseWrk([]byte(closed), true); err != nil {
+		t.Errorf("read errors where the server closes: %v", err)
+	}
+	if _, _, err := parseWrk([]byte(closed), false); err == nil {
+		t.Error("read errors on keep-alive connections (a proxy resetting them) were taken")
+	}
+	more := string(raw) + "  Socket errors: connect 0, read 384, write 0, timeout 0\n"
+	if _, _, err := parseWrk([]byte(more), true); err == nil {
+		t.Error("more read errors than requests were taken")
 	}
 	for _, bad := range []string{
 		"  Socket errors: connect 3, read 0, write 0, timeout 0\n",
 		"  Socket errors: connect 0, read 0, write 0, timeout 2\n",
 		"  Non-2xx or 3xx responses: 7\n",
 	} {
-		if _, _, err := parseWrk([]byte(string(raw) + bad)); err == nil {
+		if _, _, err := parseWrk([]byte(string(raw)+bad), true); err == nil {
 			t.Errorf("a report with %q was taken", strings.TrimSpace(bad))
 		}
 	}
-	if _, _, err := parseWrk([]byte("unable to connect to 127.0.0.1:1 Connection refused\n")); err == nil {
+	if _, _, err := parseWrk([]byte("unable to connect to 127.0.0.1:1 Connection refused\n"), false); err == nil {
 		t.Error("a report without a rate was taken")
 	}
 }

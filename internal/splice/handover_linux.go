@@ -216,12 +216,13 @@ func thawHalf(fh *FrozenHalf, pool *pipePool) half {
 		if err != nil {
 			size = defaultPipeSize
 		}
-		// Parked: whatever size the predecessor left it, the first read
-		// into it once empty sizes it for this process's budget.
-		h.p = &pipe{r: fh.PipeR, w: fh.PipeW, size: size, parked: true}
+		h.p = &pipe{r: fh.PipeR, w: fh.PipeW, size: size}
 		pool.open.Add(1)
 		pool.budget.hold(size, 1)
-		pool.budget.park(1)
+		// Under a budget, parked at the size of its bytes, whatever size
+		// the predecessor gave it: the first read into it once empty
+		// sizes it for this process's budget.
+		pool.park(h.p, fh.N)
 	}
 	return h
 }

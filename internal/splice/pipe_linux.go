@@ -124,39 +124,55 @@ func (pp *pipePool) grow(p *pipe) {
 	}
 }
 
-// park shrinks p, whose destination took no more with n bytes still in
-// it, to what those bytes need, when a pipe budget applies: a connection
-// whose peer reads slowly then holds a few pages of the budget, not a
-// full pipe's, and the pipes still moving bytes keep their full size.
-// The kernel refuses (EBUSY) when the bytes need more slots; the pipe is
-// then left as it is.
+// park marks p parked when the pipe budget is tight: its destination
+// took no more with n bytes still in it. It is shrunk to what those bytes
+// need, so that a connection whose peer reads slowly holds a few pages of
+// the budget, not a full pipe's, and the pipes still moving bytes keep
+// their full size. The kernel refuses (EBUSY) a size whose slots cannot
+// take the bytes (many small segments hold a slot each): the next size up
+// is tried, down to none. A parked pipe is left out of the fair share.
 func (pp *pipePool) park(p *pipe, n int) {
-	if p.parked || !pp.budget.limited() {
+	if !pp.budget.tight() {
 		return
 	}
 	// One slot more: the first may hold the rest of a partly written page.
-	size := int(pagesOf(n+pageSize)) * pageSize
-	size = max(size, minPipePages*pageSize)
-	if size >= p.size {
-		return
+	for size := max(int(pagesOf(n+pageSize)), minPipePages) * pageSize; size < p.size; size *= 2 {
+		got, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, size)
+		if err == nil {
+			pp.budget.hold(got-p.size, 0)
+			p.size = got
+			break
+		}
+		if err != unix.EBUSY {
+			break
+		}
 	}
-	got, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, size)
-	if err != nil {
-		return
+	if !p.parked {
+		p.parked = true
+		pp.budget.park(1)
 	}
-	pp.budget.hold(got-p.size, 0)
-	pp.budget.park(1)
-	p.size, p.parked = got, true
 }
 
-// unpark makes a parked pipe, now empty, as large as a new pipe would be.
-func (pp *pipePool) unpark(p *pipe) {
-	if !p.parked {
-		return
+// fit makes p, empty, hold need bytes as far as a new pipe's share
+// allows, and a moving pipe again if it was parked. A parked pipe that
+// the share keeps below need and pipe_size counts as made small.
+func (pp *pipePool) fit(p *pipe, need int) {
+	parked := p.parked
+	if parked {
+		p.parked = false
+		pp.budget.park(-1)
 	}
-	p.parked = false
-	pp.budget.park(-1)
-	pp.grow(p)
+	want := cmp.Or(pp.size, defaultPipeSize)
+	share, small := pp.budget.size(want)
+	if size := min(share, int(pagesOf(need))*pageSize); p.size < size {
+		if n, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, size); err == nil {
+			pp.budget.hold(n-p.size, 0)
+			p.size = n
+		}
+	}
+	if parked && small && p.size < need {
+		pp.budget.countSmall(p.size, want)
+	}
 }
 
 // put returns a pipe. An empty pipe goes back to the pool while it has

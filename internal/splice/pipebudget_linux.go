@@ -16,9 +16,10 @@ import (
 // pipe buffers (16,384 by default: 64 pipes of 1 MiB); past it the kernel
 // refuses F_SETPIPE_SZ and gives each new pipe 2 pages, which makes each
 // splice move 8 KiB and costs several times the CPU per GiB. rsp sizes
-// its pipes to stay under it instead: a new pipe gets a fair share of it,
-// and pipes beyond that share are not pooled. Every loop of a relay
-// shares one.
+// its pipes to stay under it instead: a new pipe gets a fair share of it
+// among the pipes moving bytes, a pipe whose destination is full is
+// parked (shrunk to its bytes), and pipes beyond the share are not
+// pooled. Every loop of a relay shares one.
 type pipeBudget struct {
 	limit int64        // pages rsp aims to hold at most; 0: no limit
 	soft  int64        // fs.pipe-user-pages-soft; 0: none applies
@@ -110,7 +111,9 @@ func (b *pipeBudget) size(want int) (size int, small bool) {
 	}
 	busy := b.busy.Load()
 	moving := max(busy-b.parked.Load(), 0)
-	allowed := min(b.limit/(moving+1), b.limit/16, b.limit-b.held.Load()-minPipePages*busy)
+	// Parked pipes hold their pages in held already: room is left for
+	// the moving ones.
+	allowed := min(b.limit/(moving+1), b.limit/16, b.limit-b.held.Load()-minPipePages*moving)
 	asked := pages
 	for pages > minPipePages && pages > allowed {
 		pages /= 2
@@ -129,6 +132,15 @@ func (b *pipeBudget) keep(size int) bool {
 	pages := int64(size / pageSize)
 	moving := max(b.busy.Load()-b.parked.Load(), 0)
 	return pages <= max(min(b.limit/(moving+1), b.limit/16), minPipePages)
+}
+
+// tight reports whether a budget applies and rsp's pipes hold more than
+// half of it: then reads are sized to their destination's room and
+// blocked pipes are parked. Below that, a few busy pipes keep their full
+// size at no extra system calls (8 streams at 1 MiB each hold 2,048 of
+// the default 12,288 pages).
+func (b *pipeBudget) tight() bool {
+	return b.limited() && 2*b.held.Load() > b.limit
 }
 
 // limited reports whether a budget applies.

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // lockedBuffer is a log destination for several goroutines.
@@ -161,13 +163,14 @@ func startStalledSink(t *testing.T, release <-chan struct{}) net.Listener {
 	return ln
 }
 
-// TestPipeParked: under a pipe budget, connections whose backend stops
-// reading do not hold full pipes. Each read takes only what the
+// TestPipeParked: under a pipe budget, once half of it is held,
+// connections whose backend stops reading do not hold full pipes. Each read takes only what the
 // destination socket has room for, and a pipe left holding bytes that
 // cannot be written is shrunk to those bytes (parked), so the pipes still
-// moving bytes keep their full size: none is made small, although the
-// stalled streams would hold the whole budget at full size. Every stream
-// still arrives whole once the backend reads again.
+// moving bytes keep their full size: none is made small while they
+// stall, although the stalled streams would hold the whole budget at
+// full size. Every stream still arrives whole once the backend reads
+// again.
 func TestPipeParked(t *testing.T) {
 	const (
 		soft    = 4096      // pages: a budget of 3,072, a share of at most 192
@@ -176,6 +179,8 @@ func TestPipeParked(t *testing.T) {
 		payload = 8 << 20
 	)
 	release := make(chan struct{})
+	unblock := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(unblock) // a test that stops early leaves no reader blocked
 	be := startStalledSink(t, release)
 	r := &Relay{Loops: 2, PipeSize: size, test: testHooks{pipeBudget: soft}}
 	addr := startRelay(t, r, be.Addr())
@@ -189,12 +194,15 @@ func TestPipeParked(t *testing.T) {
 			errs <- sendAndHash(addr, payload, uint64(i))
 		}()
 	}
+	// Parking starts once the budget is half held (tight): the pipes
+	// that stalled before that keep their full size.
+	full := int64(soft*3/4/2/(size/pageSize) + 1)
 	deadline := time.Now().Add(20 * time.Second)
-	for e.budget.parked.Load() < streams && time.Now().Before(deadline) {
+	for e.budget.parked.Load() < streams-full && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	parked, held, busy := e.budget.parked.Load(), e.budget.held.Load(), e.budget.busy.Load()
-	close(release)
+	parked, held, busy, small := e.budget.parked.Load(), e.budget.held.Load(), e.budget.busy.Load(), e.budget.small.Load()
+	unblock()
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -203,16 +211,18 @@ func TestPipeParked(t *testing.T) {
 		}
 	}
 	waitIdle(t, r)
-	t.Logf("%d stalled streams: %d pipes parked, %d in use, %d pages held; %d pipes made small", streams, parked, busy, held, e.budget.small.Load())
-	if parked < streams {
-		t.Errorf("%d of %d stalled streams' pipes were parked", parked, streams)
+	t.Logf("%d stalled streams: %d pipes parked, %d in use, %d pages held, %d pipes made small; %d made small once all moved again", streams, parked, busy, held, small, e.budget.small.Load())
+	if parked < streams-full {
+		t.Errorf("%d of %d stalled streams' pipes were parked; want all but the %d that stalled before half the budget was held", parked, streams, full)
 	}
 	// A parked pipe holds what at most minFill and a page need.
-	if most := int64(streams) * pagesOf(minFill+2*pageSize); held > most {
-		t.Errorf("stalled streams held %d pages of pipes; parked, they hold at most %d", held, most)
+	if most := full*int64(size/pageSize) + int64(streams)*pagesOf(minFill+2*pageSize); held > most {
+		t.Errorf("stalled streams held %d pages of pipes; with the pipes parked, at most %d", held, most)
 	}
-	if n := e.budget.small.Load(); n != 0 {
-		t.Errorf("%d pipes were made smaller than pipe_size: the stalled streams' pipes took the budget", n)
+	if small != 0 {
+		// (Once the backend reads again, all of them move at once and
+		// share the budget: pipes may be made small then.)
+		t.Errorf("%d pipes were made smaller than pipe_size while the streams stalled: their pipes took the budget", small)
 	}
 	if n, p := e.budget.busy.Load(), e.budget.parked.Load(); n != 0 || p != 0 {
 		t.Errorf("%d pipes counted in use and %d parked once every stream ended", n, p)
@@ -239,4 +249,53 @@ func sendAndHash(addr string, n int, seed uint64) error {
 		return fmt.Errorf("stream %d: %d bytes: backend's hash %x, want %x (%v)", seed, n, got, want, err)
 	}
 	return nil
+}
+
+// TestPipeParkSlots: under a tight budget, a pipe whose bytes sit in
+// many slots (small segments, a slot each) cannot shrink to their byte
+// count; park takes the smallest size the kernel accepts instead of
+// giving up, counts it parked, and fit grows it back within the share
+// once it is empty.
+func TestPipeParkSlots(t *testing.T) {
+	b := &pipeBudget{soft: 16384, limit: 12288}
+	pp := &pipePool{max: 4, budget: b}
+	p, err := pp.get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pp.put(p, false)
+	if p.size != defaultPipeSize {
+		t.Fatalf("a new pipe holds %d bytes; want %d", p.size, defaultPipeSize)
+	}
+	// 40 chunks of 10 bytes, each from its own page: 40 slots, 400 bytes.
+	const chunks = 40
+	src := make([]byte, chunks*pageSize)
+	iov := make([]unix.Iovec, chunks)
+	for i := range iov {
+		iov[i].Base = &src[i*pageSize]
+		iov[i].SetLen(10)
+	}
+	if n, err := unix.Vmsplice(p.w, iov, 0); err != nil || n != chunks*10 {
+		t.Fatalf("vmsplice: %d, %v", n, err)
+	}
+	b.held.Add(b.limit / 2) // the rest of a tight budget, held by other pipes
+	held := b.held.Load()
+	pp.park(p, chunks*10)
+	// 16 and 32 slots cannot take 40 buffers; 64 can.
+	if p.size != 64*pageSize || !p.parked || b.parked.Load() != 1 {
+		t.Fatalf("parked with 40 slots in use: %d bytes, parked %v (%d counted); want %d bytes, parked", p.size, p.parked, b.parked.Load(), 64*pageSize)
+	}
+	if got, want := b.held.Load(), held-int64(defaultPipeSize/pageSize-64); got != want {
+		t.Errorf("budget holds %d pages after the park; want %d", got, want)
+	}
+	if n, err := unix.Read(p.r, make([]byte, chunks*10)); err != nil || n != chunks*10 {
+		t.Fatalf("draining the parked pipe: %d bytes, %v", n, err)
+	}
+	pp.fit(p, defaultPipeSize)
+	if p.size != defaultPipeSize || p.parked || b.parked.Load() != 0 || b.small.Load() != 0 {
+		t.Errorf("unparked: %d bytes, parked %v (%d counted), %d small; want %d bytes, none", p.size, p.parked, b.parked.Load(), b.small.Load(), defaultPipeSize)
+	}
+	if got, want := b.held.Load(), held; got != want {
+		t.Errorf("budget holds %d pages after the unpark; want %d", got, want)
+	}
 }

@@ -3,6 +3,7 @@
 package splice
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"time"
@@ -297,17 +298,25 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 				}
 				h.p = p
 				l.own(c, h)
-			} else if h.p.parked {
-				l.pool.unpark(h.p)
+			}
+			want := h.p.size
+			if b := l.pool.budget; b.limited() {
+				// Once the pipe budget is tight, only what dst can take,
+				// and a small pipe grows as far as that needs; a parked
+				// pipe moves again.
+				tight := b.tight()
+				if tight {
+					want = fillFor(h.p, dst.fd, max(want, cmp.Or(l.pool.size, defaultPipeSize)))
+				}
+				if h.p.parked || tight && want > h.p.size {
+					l.pool.fit(h.p, max(want, h.p.size))
+				}
+				want = min(want, h.p.size)
 			}
 			var n int64
 			if l.noSplice {
 				err = unix.EINVAL
 			} else {
-				want := h.p.size
-				if l.pool.budget.limited() {
-					want = fillFor(h.p, dst.fd, want)
-				}
 				n, err = unix.Splice(src.fd, nil, h.p.w, nil, want, spliceFlags)
 			}
 			if err != nil && err != unix.EAGAIN && err != unix.EINTR && err != unix.EINVAL && src.unix {
@@ -372,7 +381,6 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 				progress = true
 			case unix.EAGAIN:
 				dst.writable = false
-				h.p.sndbuf = 0
 				l.pool.park(h.p, h.n)
 			case unix.EINTR:
 				progress = true
@@ -575,30 +583,31 @@ func (l *loop) passUrgent(c *conn, h *half, src, dst *sock) (progress, blocked b
 // hits a full socket, whose EPOLLOUT then says when to go on.
 const minFill = 64 << 10
 
-// fillFor returns how much of pipe p, of size bytes, to fill for
+// fillFor returns how much to read into pipe p, of up to size bytes, for
 // socket dst: what its send buffer has room for, at least minFill. Bytes
 // dst cannot take would wait in the pipe, which then stays in use; under
 // a pipe budget every pipe in use shrinks the next one's share, and with
 // it the bytes each splice moves. Bytes left in the source socket are
 // kept by TCP's flow control instead, at no cost to the budget.
 func fillFor(p *pipe, dst, size int) int {
-	if p.sndbuf == 0 {
-		// Read again after each EAGAIN on dst: TCP grows it while the
-		// connection runs, never shrinks it on its own.
-		n, err := unix.GetsockoptInt(dst, unix.SOL_SOCKET, unix.SO_SNDBUF)
-		if err != nil {
-			return size
-		}
-		p.sndbuf = int32(min(n, 1<<30))
-	}
 	outq, err := unix.IoctlGetInt(dst, unix.SIOCOUTQ)
 	if err != nil {
 		return size
 	}
 	// The send buffer counts each segment's overhead too: leave an
 	// eighth for it.
-	room := int(p.sndbuf) - outq - outq/8
-	return max(min(size, room&^(pageSize-1)), min(size, minFill))
+	room := func() int { return int(p.sndbuf) - outq - outq/8 }
+	if p.sndbuf == 0 || room() < size {
+		// Read again whenever it is what limits the read: TCP grows it
+		// as the connection runs (from about 87 KB on a real network),
+		// and shrinks it under memory pressure.
+		n, err := unix.GetsockoptInt(dst, unix.SOL_SOCKET, unix.SO_SNDBUF)
+		if err != nil {
+			return size
+		}
+		p.sndbuf = int32(min(n, 1<<30))
+	}
+	return max(min(size, room()&^(pageSize-1)), min(size, minFill))
 }
 
 // dropPipe gives h's pipe back: to the pool if empty, closed if it still
