@@ -13,7 +13,7 @@ RPM         := dist/rsp-$(PKG_VERSION).$(RPM_ARCH).rpm
 # nfpm, pinned in tools/go.mod and built by the Go toolchain.
 NFPM        := $(GO) tool -modfile=tools/go.mod nfpm
 
-.PHONY: all build run test soak contract lint vulncheck fuzz test-unit test-e2e test-system package bench bench-quick bench-peers cross vet clean
+.PHONY: all build run test soak contract lint vulncheck fuzz test-unit test-e2e test-system package bench bench-nobody bench-quick bench-peers cross vet clean
 
 all: build
 
@@ -98,11 +98,20 @@ test-system: package
 		-run '^(TestPackageFiles|TestSystemd)$$' ./tests/
 
 # Measures rsp against direct loopback, a plain Go io.Copy proxy and the
-# installed peers (make bench-peers); writes docs/bench.md and
-# docs/bench.svg. About 8 minutes; bench-quick takes about 2.
+# installed peers (make bench-peers, with wrk and iperf3); writes
+# docs/bench-root.md and docs/bench.svg. About 20 minutes with every peer;
+# bench-quick takes about 4. bench-nobody runs rsp and the peers as the
+# unprivileged user nobody, as the package runs rsp (about 13 minutes);
+# docs/bench.md sums both up.
 bench: build
 	mkdir -p docs
-	./$(BIN) bench -out docs/bench.md -chart docs/bench.svg $(BENCH_FLAGS)
+	./$(BIN) bench -out docs/bench-root.md -chart docs/bench.svg $(BENCH_FLAGS)
+
+bench-nobody: build
+	mkdir -p docs
+	d=$$(mktemp -d) && cp $(BIN) $$d/rsp && chmod 755 $$d $$d/rsp && \
+	$$d/rsp bench -user nobody -only "rsp splice,rsp copy,Go io.Copy proxy,HAProxy,nginx stream,systemd-socket-proxyd" \
+		-out docs/bench-nobody.md -chart docs/bench-nobody.svg $(BENCH_FLAGS); rc=$$?; rm -rf $$d; exit $$rc
 
 bench-quick: build
 	./$(BIN) bench -quick -out bench-quick.md -chart bench-quick.svg $(BENCH_FLAGS)
