@@ -184,6 +184,15 @@ func (pp *pipePool) put(p *pipe, empty bool) {
 		p.parked = false
 		pp.budget.park(-1)
 	}
+	if empty && len(pp.free) < pp.max && pp.budget.tight() && p.size > minPipePages*pageSize {
+		// Idle pipes must not hold a tight budget: pooled at the least
+		// size (one system call; closing and making it anew would be
+		// four), and grown again when taken.
+		if n, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, minPipePages*pageSize); err == nil {
+			pp.budget.hold(n-p.size, 0)
+			p.size = n
+		}
+	}
 	if empty && len(pp.free) < pp.max && pp.budget.keep(p.size) {
 		if pp.j != nil && p.owner != 0 {
 			pp.j.Own(p.jref, 0, false) // nobody's: a successor ignores it

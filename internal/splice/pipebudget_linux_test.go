@@ -299,3 +299,28 @@ func TestPipeParkSlots(t *testing.T) {
 		t.Errorf("budget holds %d pages after the unpark; want %d", got, want)
 	}
 }
+
+// TestPipePooledWhenTight: under a tight budget an idle pooled pipe holds
+// the least size, not its full one, and is grown again when taken.
+func TestPipePooledWhenTight(t *testing.T) {
+	b := &pipeBudget{soft: 16384, limit: 12288}
+	pp := &pipePool{max: 4, budget: b}
+	p, err := pp.get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pp.drain()
+	b.held.Add(b.limit / 2) // other pipes hold half the budget: tight
+	pp.put(p, true)
+	if len(pp.free) != 1 || p.size != minPipePages*pageSize {
+		t.Fatalf("pooled under a tight budget: %d pooled, %d bytes; want 1 of %d", len(pp.free), p.size, minPipePages*pageSize)
+	}
+	if got, want := b.held.Load(), b.limit/2+minPipePages; got != want {
+		t.Errorf("budget holds %d pages with the pooled pipe; want %d", got, want)
+	}
+	b.held.Add(-b.limit / 2)
+	if q, err := pp.get(); err != nil || q != p || p.size != defaultPipeSize {
+		t.Errorf("taken again: same %v, %d bytes, %v; want it grown to %d", q == p, p.size, err, defaultPipeSize)
+	}
+	pp.put(p, true)
+}
