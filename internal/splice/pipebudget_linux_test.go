@@ -38,16 +38,26 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
+// dialSeeded connects to addr with a deadline and returns n bytes drawn
+// from seed, to send.
+func dialSeeded(addr string, n int, seed uint64, limit time.Duration) (net.Conn, []byte, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	c.SetDeadline(time.Now().Add(limit))
+	data := make([]byte, n)
+	rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)}).Read(data)
+	return c, data, nil
+}
+
 // echoErr is echo for other goroutines: it returns what went wrong.
 func echoErr(addr string, n int, seed uint64) error {
-	c, err := net.Dial("tcp", addr)
+	c, data, err := dialSeeded(addr, n, seed, 30*time.Second)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	data := make([]byte, n)
-	rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)}).Read(data)
 	got := make(chan []byte, 1)
 	go func() {
 		b, _ := io.ReadAll(c)
@@ -232,14 +242,11 @@ func TestPipeParked(t *testing.T) {
 // sendAndHash sends n seeded bytes to addr, half-closes, and checks that
 // the answer is their SHA-256.
 func sendAndHash(addr string, n int, seed uint64) error {
-	c, err := net.Dial("tcp", addr)
+	c, data, err := dialSeeded(addr, n, seed, 60*time.Second)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(60 * time.Second))
-	data := make([]byte, n)
-	rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), 1}).Read(data)
 	if _, err := c.Write(data); err != nil {
 		return fmt.Errorf("stream %d: %w", seed, err)
 	}
