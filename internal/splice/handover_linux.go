@@ -79,9 +79,7 @@ func (l *loop) freezeConn(c *conn) (FrozenConn, bool) {
 		if h.p != nil && h.n > 0 {
 			l.pool.open.Add(-1) // the pipe leaves with the connection
 			l.pool.budget.hold(-h.p.size, -1)
-			if h.p.parked {
-				l.pool.budget.park(-1)
-			}
+			l.pool.unpark(h.p)
 			if l.j != nil && !l.j.PipeEnd(h.p.jref) {
 				l.jpending = true
 			}

@@ -69,8 +69,8 @@ func (pp *pipePool) get() (*pipe, error) {
 		pp.free = pp.free[:n-1]
 		pp.idle.Add(-1)
 		pp.budget.use(1)
-		if pp.budget.limited() && p.size < cmp.Or(pp.size, defaultPipeSize) {
-			pp.grow(p)
+		if want := cmp.Or(pp.size, defaultPipeSize); pp.budget.limited() && p.size < want {
+			pp.fit(p, want) // made small while the budget was tight
 		}
 		return p, nil
 	}
@@ -113,15 +113,25 @@ func (pp *pipePool) get() (*pipe, error) {
 	return p, nil
 }
 
-// grow makes p, pooled and made small while the budget was tight, as
-// large as a new pipe would be now, if the kernel agrees (it is empty).
-func (pp *pipePool) grow(p *pipe) {
-	if size, _ := pp.budget.size(cmp.Or(pp.size, defaultPipeSize)); p.size < size {
-		if n, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, size); err == nil {
-			pp.budget.hold(n-p.size, 0)
-			p.size = n
-		}
+// resize asks the kernel to make p hold size bytes and counts what it
+// granted in the budget.
+func (pp *pipePool) resize(p *pipe, size int) error {
+	n, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, size)
+	if err == nil {
+		pp.budget.hold(n-p.size, 0)
+		p.size = n
 	}
+	return err
+}
+
+// unpark counts p as moving again; it reports whether it was parked.
+func (pp *pipePool) unpark(p *pipe) bool {
+	if !p.parked {
+		return false
+	}
+	p.parked = false
+	pp.budget.park(-1)
+	return true
 }
 
 // park marks p parked when the pipe budget is tight: its destination
@@ -137,13 +147,7 @@ func (pp *pipePool) park(p *pipe, n int) {
 	}
 	// One slot more: the first may hold the rest of a partly written page.
 	for size := max(int(pagesOf(n+pageSize)), minPipePages) * pageSize; size < p.size; size *= 2 {
-		got, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, size)
-		if err == nil {
-			pp.budget.hold(got-p.size, 0)
-			p.size = got
-			break
-		}
-		if err != unix.EBUSY {
+		if err := pp.resize(p, size); err != unix.EBUSY {
 			break
 		}
 	}
@@ -157,18 +161,11 @@ func (pp *pipePool) park(p *pipe, n int) {
 // allows, and a moving pipe again if it was parked. A parked pipe that
 // the share keeps below need and pipe_size counts as made small.
 func (pp *pipePool) fit(p *pipe, need int) {
-	parked := p.parked
-	if parked {
-		p.parked = false
-		pp.budget.park(-1)
-	}
+	parked := pp.unpark(p)
 	want := cmp.Or(pp.size, defaultPipeSize)
 	share, small := pp.budget.size(want)
 	if size := min(share, int(pagesOf(need))*pageSize); p.size < size {
-		if n, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, size); err == nil {
-			pp.budget.hold(n-p.size, 0)
-			p.size = n
-		}
+		pp.resize(p, size)
 	}
 	if parked && small && p.size < need {
 		pp.budget.countSmall(p.size, want)
@@ -180,18 +177,12 @@ func (pp *pipePool) fit(p *pipe, need int) {
 func (pp *pipePool) put(p *pipe, empty bool) {
 	pp.budget.use(-1)
 	p.sndbuf = 0
-	if p.parked {
-		p.parked = false
-		pp.budget.park(-1)
-	}
+	pp.unpark(p)
 	if empty && len(pp.free) < pp.max && pp.budget.tight() && p.size > minPipePages*pageSize {
 		// Idle pipes must not hold a tight budget: pooled at the least
 		// size (one system call; closing and making it anew would be
 		// four), and grown again when taken.
-		if n, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, minPipePages*pageSize); err == nil {
-			pp.budget.hold(n-p.size, 0)
-			p.size = n
-		}
+		pp.resize(p, minPipePages*pageSize)
 	}
 	if empty && len(pp.free) < pp.max && pp.budget.keep(p.size) {
 		if pp.j != nil && p.owner != 0 {

@@ -101,24 +101,17 @@ func TestPipeBudget(t *testing.T) {
 		}
 	}()
 	const streams = 24
-	var wg sync.WaitGroup
-	errs := make(chan error, streams)
-	for i := range streams {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := echoErr(addr, 8<<20, uint64(i)); err != nil {
-				errs <- fmt.Errorf("stream %d: %w", i, err)
-			}
-		}()
-	}
-	wg.Wait()
-	close(stop)
-	<-sampled
-	close(errs)
-	for err := range errs {
+	errs := inParallel(streams, func(i int) error {
+		if err := echoErr(addr, 8<<20, uint64(i)); err != nil {
+			return fmt.Errorf("stream %d: %w", i, err)
+		}
+		return nil
+	})
+	for _, err := range errs() {
 		t.Error(err)
 	}
+	close(stop)
+	<-sampled
 	waitIdle(t, r)
 	if most > soft {
 		t.Errorf("rsp's pipes held %d pages at most; the budget is %d", most, soft)
@@ -154,22 +147,12 @@ func startStalledSink(t *testing.T, release <-chan struct{}) net.Listener {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				<-release
-				h := sha256.New()
-				io.Copy(h, c)
-				c.Write(h.Sum(nil))
-			}()
-		}
-	}()
+	serveEach(t, ln, func(c net.Conn) {
+		<-release
+		h := sha256.New()
+		io.Copy(h, c)
+		c.Write(h.Sum(nil))
+	})
 	return ln
 }
 
@@ -195,15 +178,7 @@ func TestPipeParked(t *testing.T) {
 	r := &Relay{Loops: 2, PipeSize: size, test: testHooks{pipeBudget: soft}}
 	addr := startRelay(t, r, be.Addr())
 	e := r.impl.(*spliceEngine)
-	var wg sync.WaitGroup
-	errs := make(chan error, streams)
-	for i := range streams {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs <- sendAndHash(addr, payload, uint64(i))
-		}()
-	}
+	errs := inParallel(streams, func(i int) error { return sendAndHash(addr, payload, uint64(i)) })
 	// Parking starts once the budget is half held (tight): the pipes
 	// that stalled before that keep their full size.
 	full := int64(soft*3/4/2/(size/pageSize) + 1)
@@ -213,12 +188,8 @@ func TestPipeParked(t *testing.T) {
 	}
 	parked, held, busy, small := e.budget.parked.Load(), e.budget.held.Load(), e.budget.busy.Load(), e.budget.small.Load()
 	unblock()
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Error(err)
-		}
+	for _, err := range errs() {
+		t.Error(err)
 	}
 	waitIdle(t, r)
 	t.Logf("%d stalled streams: %d pipes parked, %d in use, %d pages held, %d pipes made small; %d made small once all moved again", streams, parked, busy, held, small, e.budget.small.Load())
@@ -236,6 +207,24 @@ func TestPipeParked(t *testing.T) {
 	}
 	if n, p := e.budget.busy.Load(), e.budget.parked.Load(); n != 0 || p != 0 {
 		t.Errorf("%d pipes counted in use and %d parked once every stream ended", n, p)
+	}
+}
+
+// inParallel runs f(0) to f(n-1) in goroutines of their own; the function
+// it returns waits for all of them and returns the errors they returned.
+func inParallel(n int, f func(i int) error) func() []error {
+	errs := make(chan error, n)
+	for i := range n {
+		go func() { errs <- f(i) }()
+	}
+	return func() []error {
+		var out []error
+		for range n {
+			if err := <-errs; err != nil {
+				out = append(out, err)
+			}
+		}
+		return out
 	}
 }
 

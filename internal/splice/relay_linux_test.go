@@ -17,13 +17,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// startEcho runs an echo server that half-closes after echoing.
-func startEcho(t *testing.T) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+// serveEach serves every connection ln accepts with handle, in a
+// goroutine of its own, and closes it after; ln is closed when the test
+// ends.
+func serveEach(t *testing.T, ln net.Listener, handle func(net.Conn)) {
 	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
@@ -33,11 +30,23 @@ func startEcho(t *testing.T) net.Listener {
 			}
 			go func() {
 				defer c.Close()
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
+				handle(c)
 			}()
 		}
 	}()
+}
+
+// startEcho runs an echo server that half-closes after echoing.
+func startEcho(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveEach(t, ln, func(c net.Conn) {
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+	})
 	return ln
 }
 
