@@ -31,8 +31,10 @@ type copyEngine struct {
 	mu      sync.Mutex
 	lns     map[net.Listener]net.Listener // caller's listener → our duplicate
 	live    map[*copyConn]struct{}
-	stopped bool // stopAccepting ran
-	final   bool // closeAll ran: new connections are closed at once
+	waiting map[*copyConn]struct{} // accepted, not yet relayed: in a header, hello or dial
+	waited  sync.WaitGroup         // one per entry of waiting
+	stopped bool                   // stopAccepting ran
+	final   bool                   // closeAll ran: new connections are closed at once
 }
 
 func newCopyEngine(r *Relay) *copyEngine {
@@ -40,6 +42,7 @@ func newCopyEngine(r *Relay) *copyEngine {
 	e := &copyEngine{
 		r: r, ctx: ctx, cancel: cancel, freed: make(chan struct{}, 1),
 		lns: make(map[net.Listener]net.Listener), live: make(map[*copyConn]struct{}),
+		waiting: make(map[*copyConn]struct{}),
 	}
 	e.bufs.New = newCopyBuf
 	return e
@@ -170,6 +173,11 @@ func (e *copyEngine) dialAndRelay(client net.Conn, rt *Route) {
 		f.Accepted++
 		f.Active++
 	})
+	if !e.await(p) {
+		resetConn(client)
+		e.done(p, nil, errClosedByRelay)
+		return
+	}
 	if h := rt.Header; h != nil {
 		if !h.Trusted(d.peer.Addr()) {
 			resetConn(client)
@@ -362,6 +370,7 @@ func (e *copyEngine) ended(p *copyConn, t Target, reason error) {
 	// snapshot sees its bytes once: never in both, never in neither.
 	e.mu.Lock()
 	delete(e.live, p)
+	e.unwait(p)
 	e.counted(func(tl *tally) {
 		f := tl.frontend(p.d.rt.Name)
 		f.Active--
@@ -443,9 +452,34 @@ func (e *copyEngine) kill(server string) int {
 	return len(hit)
 }
 
+// await records p as accepted and not yet relayed, so that closeAll
+// resets its client even while it waits for a header, a hello or a
+// dial. It is false once closeAll ran.
+func (e *copyEngine) await(p *copyConn) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.final {
+		return false
+	}
+	e.waiting[p] = struct{}{}
+	e.waited.Add(1)
+	return true
+}
+
+// unwait removes p from the waiting set, under e.mu.
+func (e *copyEngine) unwait(p *copyConn) {
+	if _, ok := e.waiting[p]; ok {
+		delete(e.waiting, p)
+		e.waited.Done()
+	}
+}
+
+// track moves p to the live set as its relay starts; false once closeAll
+// ran.
 func (e *copyEngine) track(p *copyConn) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.unwait(p)
 	if e.final {
 		return false
 	}
@@ -474,11 +508,38 @@ func (e *copyEngine) closeAll() {
 	for p := range e.live {
 		live = append(live, p)
 	}
+	waiting := make([]net.Conn, 0, len(e.waiting))
+	for p := range e.waiting {
+		waiting = append(waiting, p.client)
+	}
 	e.mu.Unlock()
 	for _, p := range live {
 		p.abort(errClosedByRelay)
 	}
+	// Reset here, not left to their goroutines alone: the process may
+	// exit as soon as this returns, and the kernel would then close them
+	// with a clean FIN. Their goroutines, woken by the canceled ctx, find
+	// them closed and end; the wait lets the last reference go, so that
+	// each is closed (with its reset sent) and reported on return.
+	for _, c := range waiting {
+		resetConn(c)
+	}
+	left := make(chan struct{})
+	go func() {
+		e.waited.Wait()
+		close(left)
+	}()
+	t := time.NewTimer(waitingGrace)
+	defer t.Stop()
+	select {
+	case <-left:
+	case <-t.C:
+	}
 }
+
+// waitingGrace bounds how long closeAll waits for connections it reset
+// before their relay began to end.
+const waitingGrace = 2 * time.Second
 
 func (e *copyEngine) pipes() (open, idle int64) { return 0, 0 }
 

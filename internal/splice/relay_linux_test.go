@@ -312,6 +312,53 @@ func TestShutdownDrains(t *testing.T) {
 	}
 }
 
+// TestShutdownResetsWaiting: a client still awaited for its header when
+// Shutdown gives up has been reset by the time Shutdown returns, in both
+// relays: the process may exit at once, and the kernel would otherwise
+// end it with a clean FIN.
+func TestShutdownResetsWaiting(t *testing.T) {
+	backend := startEcho(t)
+	for _, mode := range []Mode{ModeSplice, ModeCopy} {
+		r := &Relay{Mode: mode}
+		addr := startRoute(t, r, &Route{
+			Name: "test", Picker: fixed{backend.Addr()}, ConnectTimeout: time.Minute,
+			Header: &HeaderRule{
+				Trusted: func(netip.Addr) bool { return true },
+				Parse: func([]byte) (netip.AddrPort, int, error) {
+					return netip.AddrPort{}, 0, ErrHeaderIncomplete
+				},
+				MaxLen: 108,
+			},
+		})
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		for deadline := time.Now().Add(3 * time.Second); r.Stats().Active != 1; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%v: the client was not accepted", mode)
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		err = r.Shutdown(ctx)
+		cancel()
+		if err == nil {
+			t.Fatalf("%v: Shutdown = nil with a client waiting in its header", mode)
+		}
+		// Looked at once, without waiting: the reset is already here.
+		raw, _ := c.(*net.TCPConn).SyscallConn()
+		var rerr error
+		raw.Read(func(fd uintptr) bool {
+			_, _, rerr = unix.Recvfrom(int(fd), make([]byte, 1), unix.MSG_DONTWAIT)
+			return true
+		})
+		if rerr != unix.ECONNRESET {
+			t.Fatalf("%v: a client waiting in its header read %v right after Shutdown returned; want a reset", mode, rerr)
+		}
+	}
+}
+
 // TestConnectionsSpreadOverLoops: connections that arrive together are
 // spread over the event loops (the listener wakes one loop, which hands
 // connections on to less loaded ones), and each handed-over connection is
