@@ -161,11 +161,24 @@ func (l *loop) endWhenFlushed(c *conn, dst *sock) {
 // stream was cut: a Unix peer's ended in an error, bytes were dropped, or
 // the reader never took the rest.
 func (l *loop) flushed(c *conn) {
-	q, err := unix.IoctlGetInt(c.flushTo.fd, unix.SIOCOUTQ)
+	q, closed, err := sendQueue(c.flushTo.fd)
 	cut := false
 	switch {
 	case err != nil || q == 0 || c.flushTo.err && !c.flushTo.unix:
 		// Delivered, or its peer reset it: nothing more will go.
+	case closed:
+		// Reset by its peer, the error taken by a read before epoll
+		// told: nothing more will go. Bytes it never acknowledged (a
+		// FIN counts one) did not arrive.
+		h := &c.up
+		if c.flushTo == &c.client {
+			h = &c.down
+		}
+		fin := 0
+		if h.done {
+			fin = 1
+		}
+		cut = q > fin
 	case c.flushOutq < 0 || q < c.flushOutq:
 		c.flushOutq = q
 		c.deadline = l.now + int64(flushStall)

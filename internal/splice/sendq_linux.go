@@ -29,15 +29,12 @@ func waitFlushed(c net.Conn) {
 	}
 	last, stall := -1, time.Now().Add(flushStall)
 	for {
-		var q int
-		var qerr error
-		closed := false
-		if err := raw.Control(func(fd uintptr) {
-			q, qerr = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ)
-			if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
-				closed = info.State == tcpClose // reset by its peer: nothing more will go
-			}
-		}); err != nil || qerr != nil || q == 0 || closed {
+		var (
+			q      int
+			closed bool
+			qerr   error
+		)
+		if err := raw.Control(func(fd uintptr) { q, closed, qerr = sendQueue(int(fd)) }); err != nil || qerr != nil || q == 0 || closed {
 			return
 		}
 		if last < 0 || q < last {
@@ -47,4 +44,20 @@ func waitFlushed(c net.Conn) {
 		}
 		time.Sleep(flushPoll)
 	}
+}
+
+// sendQueue returns what fd's send queue still holds (SIOCOUTQ: on TCP,
+// bytes not yet acknowledged, and a FIN not yet acknowledged counts one)
+// and whether fd is a TCP socket already closed, by its peer's reset:
+// then nothing more will go, whatever the queue says. The reset's error
+// may have been taken by a read before epoll could report it.
+func sendQueue(fd int) (q int, closed bool, err error) {
+	q, err = unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+	if err != nil || q == 0 {
+		return q, false, err
+	}
+	if info, ierr := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO); ierr == nil {
+		closed = info.State == tcpClose
+	}
+	return q, closed, nil
 }
