@@ -149,7 +149,12 @@ func (e *copyEngine) acceptLoop(ln net.Listener, f *Frontend) {
 		}
 		e.r.stats.active.Add(1)
 		e.r.stats.accepted.Add(1)
-		go e.dialAndRelay(c, f.Route())
+		rt := f.Route()
+		p := &copyConn{client: c, d: dialing{rt: rt, peer: peerOf(c)}, start: time.Now(), id: e.newID()}
+		// Awaited before its goroutine starts: closeAll, which waits for
+		// this loop to stop, then finds it.
+		e.await(p)
+		go e.dialAndRelay(p)
 	}
 }
 
@@ -162,18 +167,18 @@ func peerOf(c net.Conn) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// dialAndRelay connects client to a backend picked by rt, retrying on
-// others while retries remain, and relays until both directions are done.
-// A client that cannot be served is reset.
-func (e *copyEngine) dialAndRelay(client net.Conn, rt *Route) {
-	p := &copyConn{client: client, d: dialing{rt: rt, peer: peerOf(client)}, start: time.Now(), id: e.newID()}
-	d := &p.d
+// dialAndRelay connects p's client to a backend picked by its route,
+// retrying on others while retries remain, and relays until both
+// directions are done. A client that cannot be served is reset.
+func (e *copyEngine) dialAndRelay(p *copyConn) {
+	client, d := p.client, &p.d
+	rt := d.rt
 	e.counted(func(t *tally) {
 		f := t.frontend(rt.Name)
 		f.Accepted++
 		f.Active++
 	})
-	if !e.await(p) {
+	if !p.awaited {
 		resetConn(client)
 		e.done(p, nil, errClosedByRelay)
 		return
@@ -357,6 +362,7 @@ func (e *copyEngine) done(p *copyConn, t Target, reason error) {
 	p.d.releaseSource()
 	e.ended(p, t, reason)
 	e.r.connDone(1)
+	e.unawait(p)
 }
 
 // ended counts p's end and its bytes, and reports it. t is the server it
@@ -370,7 +376,7 @@ func (e *copyEngine) ended(p *copyConn, t Target, reason error) {
 	// snapshot sees its bytes once: never in both, never in neither.
 	e.mu.Lock()
 	delete(e.live, p)
-	e.unwait(p)
+	delete(e.waiting, p)
 	e.counted(func(tl *tally) {
 		f := tl.frontend(p.d.rt.Name)
 		f.Active--
@@ -452,38 +458,40 @@ func (e *copyEngine) kill(server string) int {
 	return len(hit)
 }
 
-// await records p as accepted and not yet relayed, so that closeAll
-// resets its client even while it waits for a header, a hello or a
-// dial. It is false once closeAll ran.
-func (e *copyEngine) await(p *copyConn) bool {
+// await records p as accepted and not yet relayed (p.awaited), so that
+// closeAll resets its client even while it waits for a header, a hello
+// or a dial, and waits for it to end. Not once closeAll ran.
+func (e *copyEngine) await(p *copyConn) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.final {
-		return false
+		return
 	}
 	e.waiting[p] = struct{}{}
 	e.waited.Add(1)
-	return true
+	p.awaited = true
 }
 
-// unwait removes p from the waiting set, under e.mu.
-func (e *copyEngine) unwait(p *copyConn) {
-	if _, ok := e.waiting[p]; ok {
-		delete(e.waiting, p)
+// unawait ends closeAll's wait for p, if it had one: once p relays, or
+// once its end has been counted and reported.
+func (e *copyEngine) unawait(p *copyConn) {
+	if p.awaited {
+		p.awaited = false
 		e.waited.Done()
 	}
 }
 
 // track moves p to the live set as its relay starts; false once closeAll
-// ran.
+// ran (then done ends closeAll's wait for p, after reporting it).
 func (e *copyEngine) track(p *copyConn) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.unwait(p)
+	delete(e.waiting, p)
 	if e.final {
 		return false
 	}
 	e.live[p] = struct{}{}
+	e.unawait(p)
 	return true
 }
 
@@ -549,6 +557,7 @@ func (e *copyEngine) alive(time.Duration) bool { return true }
 // copyConn is one connection relayed by the copy engine.
 type copyConn struct {
 	linger0         bool // SO_LINGER 0 until a clean end (adopt)
+	awaited         bool // in closeAll's wait (await); p's own goroutine clears it
 	d               dialing
 	t               Target // the server connected; nil before
 	id              uint64

@@ -167,18 +167,11 @@ func (l *loop) flushed(c *conn) {
 	case err != nil || q == 0 || c.flushTo.err && !c.flushTo.unix:
 		// Delivered, or its peer reset it: nothing more will go.
 	case closed:
-		// Reset by its peer, the error taken by a read before epoll
-		// told: nothing more will go. Bytes it never acknowledged (a
-		// FIN counts one) did not arrive.
-		h := &c.up
-		if c.flushTo == &c.client {
-			h = &c.down
-		}
-		fin := 0
-		if h.done {
-			fin = 1
-		}
-		cut = q > fin
+		// Reset by its peer, and a read took the reset's error before
+		// epoll could tell (service ends such a connection when it
+		// does): the same end, at once. Nothing more will go.
+		l.finish(c, c.peerErr(c.flushTo, "%s: %w", unix.ECONNRESET), true)
+		return
 	case c.flushOutq < 0 || q < c.flushOutq:
 		c.flushOutq = q
 		c.deadline = l.now + int64(flushStall)

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -313,13 +314,14 @@ func TestShutdownDrains(t *testing.T) {
 }
 
 // TestShutdownResetsWaiting: a client still awaited for its header when
-// Shutdown gives up has been reset by the time Shutdown returns, in both
-// relays: the process may exit at once, and the kernel would otherwise
-// end it with a clean FIN.
+// Shutdown gives up has been reset, and its end reported, by the time
+// Shutdown returns, in both relays: the process may exit at once, and the
+// kernel would otherwise end it with a clean FIN.
 func TestShutdownResetsWaiting(t *testing.T) {
 	backend := startEcho(t)
 	for _, mode := range []Mode{ModeSplice, ModeCopy} {
-		r := &Relay{Mode: mode}
+		var ends atomic.Int32
+		r := &Relay{Mode: mode, OnEnd: func(*ConnInfo) { ends.Add(1) }}
 		addr := startRoute(t, r, &Route{
 			Name: "test", Picker: fixed{backend.Addr()}, ConnectTimeout: time.Minute,
 			Header: &HeaderRule{
@@ -345,6 +347,9 @@ func TestShutdownResetsWaiting(t *testing.T) {
 		cancel()
 		if err == nil {
 			t.Fatalf("%v: Shutdown = nil with a client waiting in its header", mode)
+		}
+		if n := ends.Load(); n != 1 {
+			t.Fatalf("%v: %d ends reported when Shutdown returned, want 1", mode, n)
 		}
 		// Looked at once, without waiting: the reset is already here.
 		raw, _ := c.(*net.TCPConn).SyscallConn()
