@@ -180,8 +180,8 @@ func (pp *pipePool) put(p *pipe, empty bool) {
 	pp.unpark(p)
 	if empty && len(pp.free) < pp.max && pp.budget.tight() && p.size > minPipePages*pageSize {
 		// Idle pipes must not hold a tight budget: pooled at the least
-		// size (one system call; closing and making it anew would be
-		// four), and grown again when taken.
+		// size, and grown again when taken (two system calls in all;
+		// closing it and making it anew would be four).
 		pp.resize(p, minPipePages*pageSize)
 	}
 	if empty && len(pp.free) < pp.max && pp.budget.keep(p.size) {
