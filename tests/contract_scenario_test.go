@@ -248,7 +248,24 @@ func (sc *scenario) budget() time.Duration {
 	if sc.up.read.stopsForGood() || sc.down.read.stopsForGood() {
 		return 3*time.Second + paced + time.Duration(sc.up.size+sc.down.size)*time.Second/(4<<20)
 	}
-	return 10*time.Second + paced + time.Duration(sc.up.size+sc.down.size)*time.Second/(4<<20)
+	reads := sc.up.readTime() + sc.down.readTime()
+	return 10*time.Second + paced + reads + time.Duration(sc.up.size+sc.down.size)*time.Second/(4<<20)
+}
+
+// contractReadCost is what one small read may take, a system call on a
+// busy machine: about 2.7 µs was measured on a 2-core VM running the
+// harness, read a byte at a time, with room for load beside it.
+const contractReadCost = 8 * time.Microsecond
+
+// readTime is how long f's reads may take besides their sleeps: a slow
+// reader asks for a few bytes at a time, and a 10 MiB stream read a byte
+// at a time is ten million reads (seeds 890 and 943 of the long run
+// stalled at their deadline, directly as through rsp).
+func (f *flow) readTime() time.Duration {
+	if f.read.chunk <= 0 {
+		return 0
+	}
+	return time.Duration(f.size/int64(f.read.chunk)) * contractReadCost
 }
 
 // pacingTime is how long f's sleeps add up to, at most.

@@ -107,6 +107,8 @@ var contractRegressions = []struct {
 		"ed0b998: no EPOLLPRI came for an urgent byte that reached a closed window; the splice that stopped at the mark returned 0 and was taken for the FIN: a clean EOF at the mark"},
 	{296, "splice tcp6→rsp→unix; up 1B w=big r=fast; down 14.5KiB w=big r=pause@14.5KiB/343ms; client close-now, server close-now",
 		"80f7103: a read took the client's reset before epoll reported it; rsp waited out its 5 s flush stall on the closed socket, whose send queue still counted the FIN (1 run in 75 under load)"},
+	{315, "copy tcp4→rsp→tcp6; up 617.5KiB w=big r=slow(39B,190x552µs); down 2B w=big r=slow(1B,94x471µs); client shutdown, server reset-now",
+		"008c529: the write to the reset server took its error, the read from it then said EOF, and the client got a FIN before the reset: its stream ended cleanly, undelivered (1 run in 60 under load)"},
 	{163, "copy tcp4→rsp→unix; up 139.5KiB w=big r=slow(38B,94x1.482ms); down 254.6KiB w=big r=fast; client kill-after-send, server close-now",
 		"8be4d6b: the copy relay waited 5 s for the send queue of a socket its peer had reset"},
 	// rsp's own timeouts.

@@ -556,8 +556,10 @@ func (e *copyEngine) alive(time.Duration) bool { return true }
 
 // copyConn is one connection relayed by the copy engine.
 type copyConn struct {
-	linger0         bool // SO_LINGER 0 until a clean end (adopt)
-	awaited         bool // in closeAll's wait (await); p's own goroutine clears it
+	linger0         bool        // SO_LINGER 0 until a clean end (adopt)
+	finClient       atomic.Bool // the client was shut down for writing: a FIN went to it
+	finBackend      atomic.Bool // the same for the backend
+	awaited         bool        // in closeAll's wait (await); p's own goroutine clears it
 	d               dialing
 	t               Target // the server connected; nil before
 	id              uint64
@@ -716,7 +718,16 @@ func (p *copyConn) copyHalf(dst, src net.Conn) {
 		switch {
 		case err == nil:
 		case err == io.EOF:
+			if !p.finSent(src) && resetClosed(src) {
+				// Not a FIN: its peer reset it, and the other direction's
+				// failed write took the error first. A FIN passed on
+				// now, before that direction's reset, would end dst's
+				// stream cleanly.
+				p.abort(p.peerErr(src, fmt.Errorf("read: %w", syscall.ECONNRESET)))
+				return
+			}
 			closeWrite(dst)
+			p.shut(dst)
 			p.halfClosed(src)
 			p.resetLost()
 			return
@@ -838,6 +849,23 @@ func (p *copyConn) err() error {
 		return *e
 	}
 	return nil
+}
+
+// shut records that c was shut down for writing.
+func (p *copyConn) shut(c net.Conn) {
+	if c == p.client {
+		p.finClient.Store(true)
+	} else {
+		p.finBackend.Store(true)
+	}
+}
+
+// finSent reports whether c was shut down for writing (shut).
+func (p *copyConn) finSent(c net.Conn) bool {
+	if c == p.client {
+		return p.finClient.Load()
+	}
+	return p.finBackend.Load()
 }
 
 // closeWrite half-closes c so that its peer reads EOF.

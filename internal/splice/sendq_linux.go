@@ -46,6 +46,28 @@ func waitFlushed(c net.Conn) {
 	}
 }
 
+// resetClosed reports whether c is a TCP socket in the CLOSE state. A
+// socket that read its peer's FIN stays in CLOSE_WAIT until it is shut
+// down itself, so one not shut down and closed was reset, even when its
+// error was taken by another call and a read says EOF.
+func resetClosed(c net.Conn) bool {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return false
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	closed := false
+	raw.Control(func(fd uintptr) {
+		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			closed = info.State == tcpClose
+		}
+	})
+	return closed
+}
+
 // sendQueue returns what fd's send queue still holds (SIOCOUTQ: on TCP,
 // bytes not yet acknowledged, and a FIN not yet acknowledged counts one)
 // and whether fd is a TCP socket already closed, by its peer's reset:

@@ -3,6 +3,7 @@
 package splice
 
 import (
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -76,5 +77,43 @@ func TestSendQueueAfterReset(t *testing.T) {
 	}
 	if q, closed := look(); q == 0 || !closed {
 		t.Fatalf("after the peer's reset: queue %d, closed %v; want the bytes never acknowledged and closed", q, closed)
+	}
+	// With its error taken, a read says EOF, as if a FIN had come: only
+	// the state tells the reset (the copy relay's two directions).
+	a.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if n, err := a.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("read after the taken reset: %d, %v; want 0, EOF (the kernel changed: resetClosed may be moot)", n, err)
+	}
+	if !resetClosed(a) {
+		t.Fatalf("resetClosed = false for a socket its peer reset")
+	}
+}
+
+// TestResetClosedAfterFIN: a socket that read its peer's FIN is not taken
+// for reset, before or after its own shutdown's FIN is acknowledged
+// (then it is closed, but the copy relay knows it shut it down).
+func TestResetClosedAfterFIN(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	b.(*net.TCPConn).CloseWrite()
+	a.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if n, err := a.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("read after the peer's FIN: %d, %v; want 0, EOF", n, err)
+	}
+	if resetClosed(a) {
+		t.Fatalf("resetClosed = true for a socket that read its peer's FIN")
 	}
 }
