@@ -719,15 +719,19 @@ func (p *copyConn) copyHalf(dst, src net.Conn) {
 		case err == nil:
 		case err == io.EOF:
 			if !p.finSent(src) && resetClosed(src) {
-				// Not a FIN: its peer reset it, and the other direction's
-				// failed write took the error first. A FIN passed on
+				// Reset by its peer (after a FIN or not), the error taken
+				// by the other direction's failed write. A FIN passed on
 				// now, before that direction's reset, would end dst's
-				// stream cleanly.
+				// stream cleanly. What src sent is delivered first.
+				waitFlushed(dst)
 				p.abort(p.peerErr(src, fmt.Errorf("read: %w", syscall.ECONNRESET)))
 				return
 			}
-			closeWrite(dst)
+			// Recorded first: on loopback the FIN may be acknowledged,
+			// and dst closed, before closeWrite returns, and the other
+			// direction must not take that for a reset.
 			p.shut(dst)
+			closeWrite(dst)
 			p.halfClosed(src)
 			p.resetLost()
 			return
