@@ -18,20 +18,7 @@ import (
 // more will go. A flush that waited on the count alone waited its whole
 // stall time (contract seed 296).
 func TestSendQueueAfterReset(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, b := tcpPair(t)
 	raw, err := a.(*net.TCPConn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
@@ -93,21 +80,7 @@ func TestSendQueueAfterReset(t *testing.T) {
 // for reset, before or after its own shutdown's FIN is acknowledged
 // (then it is closed, but the copy relay knows it shut it down).
 func TestResetClosedAfterFIN(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b := tcpPair(t)
 	b.(*net.TCPConn).CloseWrite()
 	a.SetReadDeadline(time.Now().Add(2 * time.Second))
 	if n, err := a.Read(make([]byte, 1)); n != 0 || err != io.EOF {
@@ -116,4 +89,26 @@ func TestResetClosedAfterFIN(t *testing.T) {
 	if resetClosed(a) {
 		t.Fatalf("resetClosed = true for a socket that read its peer's FIN")
 	}
+}
+
+// tcpPair returns both ends of a loopback TCP connection, closed at the
+// test's end.
+func tcpPair(t *testing.T) (a, b net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	b, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return a, b
 }
