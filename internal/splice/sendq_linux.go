@@ -60,12 +60,14 @@ func resetClosed(c net.Conn) bool {
 		return false
 	}
 	closed := false
-	raw.Control(func(fd uintptr) {
-		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
-			closed = info.State == tcpClose
-		}
-	})
+	raw.Control(func(fd uintptr) { closed = tcpClosed(int(fd)) })
 	return closed
+}
+
+// tcpClosed reports whether fd is a TCP socket in the CLOSE state.
+func tcpClosed(fd int) bool {
+	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	return err == nil && info.State == tcpClose
 }
 
 // sendQueue returns what fd's send queue still holds (SIOCOUTQ: on TCP,
@@ -78,8 +80,5 @@ func sendQueue(fd int) (q int, closed bool, err error) {
 	if err != nil || q == 0 {
 		return q, false, err
 	}
-	if info, ierr := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO); ierr == nil {
-		closed = info.State == tcpClose
-	}
-	return q, closed, nil
+	return q, tcpClosed(fd), nil
 }
