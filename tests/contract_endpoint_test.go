@@ -262,7 +262,15 @@ func readFlow(c net.Conn, f *flow, start, deadline time.Time) readObs {
 				limit = min(limit, f.read.pauseAt-n)
 			}
 		}
-		k, err := c.Read(buf[:limit])
+		var (
+			k   int
+			err error
+		)
+		if urged && n == f.urgentAt {
+			k, err = readAtMark(c, buf[:limit], deadline)
+		} else {
+			k, err = c.Read(buf[:limit])
+		}
 		h.Write(buf[:k])
 		n += int64(k)
 		if err != nil {
@@ -271,6 +279,34 @@ func readFlow(c net.Conn, f *flow, start, deadline time.Time) readObs {
 		if gaps > 0 {
 			gaps--
 			time.Sleep(f.read.gap)
+		}
+	}
+}
+
+// markRetry is how long a read at an urgent mark waits for readiness
+// before it asks the socket again.
+const markRetry = 20 * time.Millisecond
+
+// readAtMark reads from c positioned at its urgent mark, until the
+// deadline. Linux answers a non-blocking read there with EAGAIN whenever
+// a signal is pending on the reading thread (tcp_recvmsg stops at the
+// mark "if we have read anything or have SIGURG pending"), even with
+// bytes or the end of the stream behind the mark. Go then waits for a
+// readiness edge that may never come, since the bytes and the FIN or
+// reset arrived before; a test process that starts and stops rsp gets
+// SIGCHLD often enough to hit it (a direct connection stalled so in a
+// long run, seed 1277). Short deadlines make the read ask again.
+func readAtMark(c net.Conn, b []byte, deadline time.Time) (int, error) {
+	defer c.SetReadDeadline(deadline)
+	for {
+		try := time.Now().Add(markRetry)
+		if try.After(deadline) {
+			try = deadline
+		}
+		c.SetReadDeadline(try)
+		k, err := c.Read(b)
+		if k > 0 || !errors.Is(err, os.ErrDeadlineExceeded) || !time.Now().Before(deadline) {
+			return k, err
 		}
 	}
 }
