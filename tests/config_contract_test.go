@@ -283,6 +283,8 @@ func TestFileAndFlagsAgree(t *testing.T) {
 			[]string{"-drain-timeout", "1000h"}, []string{"-drain-timeout 1000h0m0s is more than 720h0m0s"}},
 		{"small pipe", "[global]\npipe_size = 100\n" + fe, []string{":2:", "pipe_size 100 out of range: give bytes from 4096 to 67108864, or 0 for the default"},
 			[]string{"-pipe-size", "100"}, []string{"-pipe-size 100 out of range: give bytes from 4096 to 67108864, or 0 for the default"}},
+		{"small notsent_lowat", "[global]\nnotsent_lowat = 100\n" + fe, []string{":2:", "notsent_lowat 100 out of range: give bytes from 4096 to 67108864, 0 for the default (131072), or -1 to keep the kernel's"},
+			[]string{"-notsent-lowat", "100"}, []string{"-notsent-lowat 100 out of range: give bytes from 4096 to 67108864, 0 for the default (131072), or -1 to keep the kernel's"}},
 		{"keepalive count", "[defaults]\ntcp_keepalive_count = 128\n" + fe, []string{":2:", "tcp_keepalive_count 128 out of range"}, nil, nil},
 		{"keepalive fraction", fe + "tcp_keepalive = \"1500ms\"\n", []string{":4:", "frontend f: tcp_keepalive 1.5s", "whole seconds"},
 			[]string{"-tcp-keepalive", "1500ms"}, []string{"-tcp-keepalive 1.5s", "whole seconds"}},

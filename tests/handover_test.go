@@ -178,7 +178,13 @@ server.h = { address = %q }
 		t.Fatalf("old rsp %d still runs after the hand-over", oldPID)
 	}
 	closeHanded.Do(func() { close(handed) })
-	m := tookRE.FindStringSubmatch(p.stderr.String())
+	// The new rsp logs the take-over once the old one has let go: that
+	// may come a moment after the old one exited.
+	var m []string
+	eventually(10*time.Second, func() bool {
+		m = tookRE.FindStringSubmatch(p.stderr.String())
+		return m != nil
+	})
 	if m == nil || m[1] != strconv.Itoa(oldPID) || m[3] != "0" {
 		t.Fatalf("new rsp did not log taking over from %d with none lost:\n%s", oldPID, p.stderr.String())
 	}

@@ -28,6 +28,7 @@ type options struct {
 	maxConn        int
 	relay          splice.Mode
 	pipeSize       int
+	notSentLowat   int
 	logLevel       slog.Level
 	metrics        string          // -metrics [HOST]:PORT
 	control        string          // -control PATH
@@ -118,6 +119,7 @@ func newFlagSet(name string, o *options) *flag.FlagSet {
 	fs.IntVar(&o.maxConn, "maxconn", 0, "")
 	fs.Var(modeFlag{&o.relay}, "relay", "")
 	fs.IntVar(&o.pipeSize, "pipe-size", 0, "")
+	fs.IntVar(&o.notSentLowat, "notsent-lowat", 0, "")
 	fs.Var(levelFlag{&o.logLevel}, "log-level", "")
 	fs.StringVar(&o.metrics, "metrics", "", "")
 	fs.StringVar(&o.control, "control", "", "")
@@ -172,6 +174,10 @@ flags:
                            copy: io.Copy through user space
   -pipe-size BYTES         capacity asked of each pipe, 4096 to 67108864;
                            0 for the default (1048576)
+  -notsent-lowat BYTES     bytes not yet sent that a socket rsp writes to may
+                           queue once it is full (TCP_NOTSENT_LOWAT), 4096
+                           to 67108864; 0 for the default (131072), -1 for
+                           the kernel's (net.ipv4.tcp_notsent_lowat)
   -log-level LEVEL         debug, info, warn or error (default info)
   -log-format text|json    log lines as logfmt (default) or JSON
   -conn-log all|errors|off one log line per connection: every one, those
@@ -218,7 +224,7 @@ func parseArgs(args []string) (*options, error) {
 	fs.Visit(func(f *flag.Flag) { o.set[f.Name] = true })
 	if o.config != "" {
 		for _, name := range []string{"listen", "backend", "connect-timeout", "idle-timeout", "half-close-timeout", "drain-timeout",
-			"tcp-keepalive", "tcp-user-timeout", "maxconn", "relay", "pipe-size", "metrics", "control", "conn-log", "log-format"} {
+			"tcp-keepalive", "tcp-user-timeout", "maxconn", "relay", "pipe-size", "notsent-lowat", "metrics", "control", "conn-log", "log-format"} {
 			if o.set[name] {
 				return nil, usagef("-%s cannot be combined with -config: set it in the configuration file (see rsp(8))", name)
 			}
@@ -277,6 +283,9 @@ func parseArgs(args []string) (*options, error) {
 		}
 	}
 	if err := config.CheckPipeSize("-pipe-size", o.pipeSize); err != nil {
+		return nil, &usageError{msg: err.Error()}
+	}
+	if err := config.CheckNotSentLowat("-notsent-lowat", o.notSentLowat); err != nil {
 		return nil, &usageError{msg: err.Error()}
 	}
 	if o.maxConn < 0 {

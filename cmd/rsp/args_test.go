@@ -32,8 +32,8 @@ func TestParseArgsFlags(t *testing.T) {
 	if !slices.Equal(o.listen, []string{"127.0.0.1:1", "[::1]:2", ":3"}) || o.backend != "[::1]:80" || o.relay != splice.ModeCopy || o.idleTimeout != 0 {
 		t.Fatalf("flags gave %+v", o)
 	}
-	o, err = parseArgs([]string{"-tcp-keepalive", "0", "-tcp-user-timeout", "20s", "-pipe-size", "4096", "1", "h", "2"})
-	if err != nil || o.keepAlive != 0 || o.userTimeout != 20*time.Second || o.pipeSize != 4096 {
+	o, err = parseArgs([]string{"-tcp-keepalive", "0", "-tcp-user-timeout", "20s", "-pipe-size", "4096", "-notsent-lowat", "-1", "1", "h", "2"})
+	if err != nil || o.keepAlive != 0 || o.userTimeout != 20*time.Second || o.pipeSize != 4096 || o.notSentLowat != -1 {
 		t.Fatalf("keepalive flags gave %+v, %v", o, err)
 	}
 	// Flags after the classic arguments, and -listen overriding the port.
@@ -48,6 +48,7 @@ func TestParseArgsErrors(t *testing.T) {
 		{"-nope"}, {"1", "2"}, {"99999", "h", "1"}, {"1", "h", "0"}, {"-backend", "h:1", "1", "h", "2"},
 		{"-listen", ":1"}, {"-backend", "h"}, {"-backend", ":80"}, {"-relay", "x"}, {"-connect-timeout", "-1s", "1", "h", "2"},
 		{"-connect-timeout", "0", "1", "h", "2"}, {"-idle-timeout", "721h", "1", "h", "2"}, {"-pipe-size", "4095", "1", "h", "2"},
+		{"-notsent-lowat", "-2", "1", "h", "2"}, {"-notsent-lowat", "4095", "1", "h", "2"}, {"-notsent-lowat", "67108865", "1", "h", "2"},
 		{"-tcp-keepalive", "1500ms", "1", "h", "2"}, {"-tcp-keepalive", "32768s", "1", "h", "2"}, {"-tcp-user-timeout", "1us", "1", "h", "2"},
 		{"-config", "x.conf", "-tcp-keepalive", "5s"},
 	} {

@@ -46,7 +46,8 @@ func FuzzParseArgs(f *testing.F) {
 		}
 		if max(o.connectTimeout, o.idleTimeout, o.halfClose, o.drainTimeout, o.userTimeout) > config.MaxTimeout ||
 			o.keepAlive < 0 || o.keepAlive > config.MaxKeepAlive || o.userTimeout < 0 ||
-			(o.pipeSize != 0 && (o.pipeSize < config.MinPipeSize || o.pipeSize > config.MaxPipeSize)) {
+			(o.pipeSize != 0 && (o.pipeSize < config.MinPipeSize || o.pipeSize > config.MaxPipeSize)) ||
+			(o.notSentLowat != 0 && o.notSentLowat != -1 && (o.notSentLowat < config.MinNotSentLowat || o.notSentLowat > config.MaxNotSentLowat)) {
 			t.Fatalf("accepted %q with out-of-range settings %+v", args, o)
 		}
 	})

@@ -102,7 +102,7 @@ func loadConfig(o *options, sd []activation.Listener) (*config.Config, error) {
 	}
 	return &config.Config{
 		Path: "command line", MaxConn: o.maxConn, Relay: o.relay.String(),
-		DrainTimeout: o.drainTimeout, PipeSize: o.pipeSize,
+		DrainTimeout: o.drainTimeout, PipeSize: o.pipeSize, NotSentLowat: o.notSentLowat,
 		Metrics: o.metrics, Control: o.control, ConnLog: o.connLog, LogFormat: o.logFormat, ConnLogSample: 1, Handover: "auto",
 		Frontends: []*config.Frontend{fe},
 		Backends: []*config.Backend{{
@@ -160,7 +160,7 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2)
 	defer signal.Stop(sigs)
 	mode, _ := splice.ParseMode(cfg.Relay)
-	relay := &splice.Relay{Mode: mode, MaxConn: cfg.MaxConn, PipeSize: cfg.PipeSize, Loops: eventLoops(mode), Logger: logger, OnEnd: connLog.Log}
+	relay := &splice.Relay{Mode: mode, MaxConn: cfg.MaxConn, PipeSize: cfg.PipeSize, NotSentLowat: cfg.NotSentLowat, Loops: eventLoops(mode), Logger: logger, OnEnd: connLog.Log}
 	journal := openJournal(cfg, relay.Loops, logger)
 	if journal != nil {
 		relay.Journal = journal // mapped until the process exits: loops write to it to the end
@@ -438,9 +438,9 @@ func reload(o *options, cur *config.Config, px *proxy.Proxy, relay *splice.Relay
 		}
 		return cur, err
 	}
-	if cfg.Relay != cur.Relay || cfg.PipeSize != cur.PipeSize {
-		logger.Warn("relay and pipe_size take effect at the next restart", "relay", cur.Relay, "pipe_size", cur.PipeSize)
-		cfg.Relay, cfg.PipeSize = cur.Relay, cur.PipeSize
+	if cfg.Relay != cur.Relay || cfg.PipeSize != cur.PipeSize || cfg.NotSentLowat != cur.NotSentLowat {
+		logger.Warn("relay, pipe_size and notsent_lowat take effect at the next restart", "relay", cur.Relay, "pipe_size", cur.PipeSize, "notsent_lowat", cur.NotSentLowat)
+		cfg.Relay, cfg.PipeSize, cfg.NotSentLowat = cur.Relay, cur.PipeSize, cur.NotSentLowat
 	}
 	if cfg.Metrics != cur.Metrics || cfg.Control != cur.Control || cfg.LogFormat != cur.LogFormat {
 		logger.Warn("metrics, control and log_format take effect at the next restart", "metrics", cur.Metrics, "control", cur.Control, "log_format", cur.LogFormat)

@@ -102,8 +102,9 @@ func TestMarkdownRatiosAndChart(t *testing.T) {
 	}
 }
 
-// TestCostsPerUnit: CPU time per unit of work, the kernel's share of the
-// proxy's, and no proxy rows where there is no proxy (direct).
+// TestCostsPerUnit: CPU time per unit of work (the proxy's, the
+// endpoints', and both together), the kernel's share of the proxy's, and
+// no proxy rows where there is no proxy (direct).
 func TestCostsPerUnit(t *testing.T) {
 	c := newCosts(wRR64, "µs/rt")
 	proxy := cpuTimes{user: 100 * time.Millisecond, sys: 300 * time.Millisecond}
@@ -114,7 +115,7 @@ func TestCostsPerUnit(t *testing.T) {
 		r    Result
 		v    float64
 		unit string
-	}{{c.proxy, 20, "µs/rt"}, {c.ends, 30, "µs/rt"}, {c.kernel, 75, "%"}} {
+	}{{c.proxy, 20, "µs/rt"}, {c.ends, 30, "µs/rt"}, {c.all, 50, "µs/rt"}, {c.kernel, 75, "%"}} {
 		if len(want.r.Values) != 1 || math.Abs(want.r.Values[0]-want.v) > 1e-9 || want.r.Unit != want.unit {
 			t.Errorf("%s: %v %s, want [%v] %s", want.r.Workload, want.r.Values, want.r.Unit, want.v, want.unit)
 		}
@@ -122,8 +123,8 @@ func TestCostsPerUnit(t *testing.T) {
 	if rs := c.results(false); len(rs) != 1 || rs[0].Workload != wRR64+wEndCPU {
 		t.Errorf("without a proxy: %d rows (%v), want the client+backend row only", len(rs), rs)
 	}
-	if rs := c.results(true); len(rs) != 3 {
-		t.Errorf("with a proxy: %d rows, want 3", len(rs))
+	if rs := c.results(true); len(rs) != 4 {
+		t.Errorf("with a proxy: %d rows, want 4", len(rs))
 	}
 	md := Markdown([]Result{
 		{Workload: wRR64 + wEndCPU, Contender: "direct", Unit: "µs/rt", Values: []float64{30}},

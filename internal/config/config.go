@@ -61,6 +61,9 @@ type Config struct {
 	DrainTimeout time.Duration
 	LogLevel     string // "debug", "info", "warn" or "error"
 	PipeSize     int
+	// NotSentLowat is notsent_lowat: 0 for the default, -1 for the
+	// kernel's own setting.
+	NotSentLowat int
 	// Metrics is the [HOST]:PORT of the /metrics listener; "" for none
 	// (a systemd socket named "metrics" serves it too).
 	Metrics string
@@ -196,6 +199,7 @@ type globalSection struct {
 	DrainTimeout  *duration `toml:"drain_timeout"`
 	LogLevel      *string   `toml:"log_level"`
 	PipeSize      *int      `toml:"pipe_size"`
+	NotSentLowat  *int      `toml:"notsent_lowat"`
 	Metrics       *string   `toml:"metrics"`
 	Control       *string   `toml:"control"`
 	LogFormat     *string   `toml:"log_format"`
@@ -633,6 +637,7 @@ func (c *checker) build(f *fileConfig) *Config {
 		DrainTimeout: durOr(f.Global.DrainTimeout, DefaultDrainTimeout),
 		LogLevel:     strOr(f.Global.LogLevel, "info"),
 		PipeSize:     intOr(f.Global.PipeSize, 0),
+		NotSentLowat: intOr(f.Global.NotSentLowat, 0),
 		Metrics:      strOr(f.Global.Metrics, ""),
 		Control:      strOr(f.Global.Control, ""),
 		LogFormat:    strOr(f.Global.LogFormat, "text"),
@@ -662,6 +667,9 @@ func (c *checker) build(f *fileConfig) *Config {
 	}
 	if err := CheckPipeSize("pipe_size", cfg.PipeSize); err != nil {
 		c.add([]string{"global", "pipe_size"}, "%v", err)
+	}
+	if err := CheckNotSentLowat("notsent_lowat", cfg.NotSentLowat); err != nil {
+		c.add([]string{"global", "notsent_lowat"}, "%v", err)
 	}
 	c.checkDuration([]string{"global", "drain_timeout"}, "", f.Global.DrainTimeout, CheckDuration)
 	if f.Global.Resolvers != nil {

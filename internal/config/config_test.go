@@ -133,6 +133,7 @@ func TestErrors(t *testing.T) {
 		{"huge check interval", "[backend.b]\nserver.s = { address = \"127.0.0.1:9000\" }\n[backend.b.health]\ninterval = \"1000h\"\n",
 			[]string{"x.conf:4: backend b: health interval 1000h0m0s is more than 720h0m0s"}},
 		{"pipe size", "[global]\npipe_size = 4095\n" + base, []string{"x.conf:2: pipe_size 4095 out of range: give bytes from 4096 to 67108864, or 0 for the default"}},
+		{"notsent_lowat", "[global]\nnotsent_lowat = -2\n" + base, []string{"x.conf:2: notsent_lowat -2 out of range: give bytes from 4096 to 67108864, 0 for the default (131072), or -1 to keep the kernel's (net.ipv4.tcp_notsent_lowat)"}},
 		{"wildcard clash", base + "[frontend.f]\nlisten = \":80\"\nbackend = \"b\"\n[frontend.g]\nlisten = \"0.0.0.0:80\"\nbackend = \"b\"\n",
 			[]string{"x.conf:7: frontend g: listen 0.0.0.0:80 clashes with frontend f's listen :80: both bind every IPv4 and IPv6 address on port 80"}},
 		{"keepalive", base + "[frontend.f]\nlisten = \":1\"\nbackend = \"b\"\ntcp_keepalive = \"500ms\"\ntcp_keepalive_count = 200\ntcp_user_timeout = \"10us\"\n",

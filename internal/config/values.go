@@ -20,6 +20,14 @@ const (
 	// and 64 MiB, far above the kernel's default pipe-max-size (1 MiB).
 	MinPipeSize = 4096
 	MaxPipeSize = 64 << 20
+	// MinNotSentLowat and MaxNotSentLowat bound notsent_lowat
+	// (-notsent-lowat): a page, and the largest pipe.
+	MinNotSentLowat = 4096
+	MaxNotSentLowat = MaxPipeSize
+	// DefaultNotSentLowat is notsent_lowat's default: the bytes not yet
+	// sent that a socket rsp writes to may hold once a write to it has
+	// blocked (128 KiB, the value the option's author suggested).
+	DefaultNotSentLowat = 128 << 10
 	// MaxKeepAlive bounds tcp_keepalive: the kernel counts TCP_KEEPIDLE
 	// and TCP_KEEPINTVL in whole seconds, at most 32767.
 	MaxKeepAlive = 32767 * time.Second
@@ -82,6 +90,15 @@ func CheckUserTimeout(what string, d time.Duration) error {
 func CheckPipeSize(what string, n int) error {
 	if n != 0 && (n < MinPipeSize || n > MaxPipeSize) {
 		return fmt.Errorf("%s %d out of range: give bytes from %d to %d, or 0 for the default (1 MiB)", what, n, MinPipeSize, MaxPipeSize)
+	}
+	return nil
+}
+
+// CheckNotSentLowat validates notsent_lowat (-notsent-lowat): bytes,
+// 0 for the default, or -1 for the kernel's own setting.
+func CheckNotSentLowat(what string, n int) error {
+	if n != 0 && n != -1 && (n < MinNotSentLowat || n > MaxNotSentLowat) {
+		return fmt.Errorf("%s %d out of range: give bytes from %d to %d, 0 for the default (%d), or -1 to keep the kernel's (net.ipv4.tcp_notsent_lowat)", what, n, MinNotSentLowat, MaxNotSentLowat, DefaultNotSentLowat)
 	}
 	return nil
 }

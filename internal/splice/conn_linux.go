@@ -92,6 +92,9 @@ func (l *loop) open(cfd int, peer netip.AddrPort, ln *listener) {
 	if ln.tcp && !ln.nodelay {
 		unix.SetsockoptInt(cfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
+	if ln.tcp {
+		l.capSendQueue(cfd)
+	}
 	if l.j != nil {
 		setLinger0(cfd) // until recorded (record)
 	}
@@ -337,4 +340,18 @@ func (l *loop) onEvent(c *conn, fd int, ev uint32) {
 		return
 	}
 	l.service(c)
+}
+
+// capSendQueue limits the bytes not yet sent that TCP socket fd may
+// queue to the loop's lowat (TCP_NOTSENT_LOWAT). A send queue full of
+// unsent bytes moves nothing faster: the pipe already holds the next
+// ones, and TCP's flow control keeps the rest in the source's socket.
+// Without a limit, every busy connection fills its send buffer (4 MiB
+// each by default), and a few hundred of them reach the host's TCP
+// memory limit (tcp_mem), past which the kernel prunes receive queues
+// and drops segments for every socket on the host.
+func (l *loop) capSendQueue(fd int) {
+	if l.lowat > 0 {
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, l.lowat)
+	}
 }

@@ -65,6 +65,7 @@ func (l *loop) dial(c *conn) {
 	l.linkFD(c, bfd)
 	if family != unix.AF_UNIX {
 		unix.SetsockoptInt(bfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		l.capSendQueue(bfd)
 		if ka := c.rt.ServerKeepAlive; ka != (KeepAlive{}) {
 			setKeepAlive(bfd, ka, false) // a new socket has the defaults
 		}

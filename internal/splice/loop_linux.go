@@ -104,6 +104,7 @@ type loop struct {
 	full      bool        // accepting paused at MaxConn
 	scratch   []byte      // buffer for the no-pipe fallback, made on first use
 	noSplice  bool        // test hook: pretend the kernel refuses to splice
+	lowat     int         // TCP_NOTSENT_LOWAT for a TCP destination that blocked; 0: none
 	j         LoopJournal // records connections for crash survival; nil when off
 	jpending  bool        // j has messages to send again (Flush)
 
@@ -126,6 +127,7 @@ func newLoop(e *spliceEngine, index int) (*loop, error) {
 		tick:   int64(maxTick),
 
 		noSplice:  e.r.test.noSplice,
+		lowat:     e.r.notSentLowat(),
 		accepting: true,
 	}
 	if e.r.Journal != nil {

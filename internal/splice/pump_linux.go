@@ -312,7 +312,11 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 				// pipe moves again.
 				tight := b.tight()
 				if tight {
-					want = fillFor(h.p, dst.fd, max(want, cmp.Or(l.pool.size, defaultPipeSize)))
+					lowat := l.lowat
+					if dst.unix {
+						lowat = 0
+					}
+					want = fillFor(h.p, dst.fd, max(want, cmp.Or(l.pool.size, defaultPipeSize)), lowat)
 				}
 				if h.p.parked || tight && want > h.p.size {
 					l.pool.fit(h.p, max(want, h.p.size))
@@ -590,12 +594,14 @@ func (l *loop) passUrgent(c *conn, h *half, src, dst *sock) (progress, blocked b
 const minFill = 64 << 10
 
 // fillFor returns how much to read into pipe p, of up to size bytes, for
-// socket dst: what its send buffer has room for, at least minFill. Bytes
+// socket dst: what its send buffer has room for, and with a
+// TCP_NOTSENT_LOWAT of lowat (0: none) no more than lowat less the bytes
+// it holds not yet sent, but at least minFill. Bytes
 // dst cannot take would wait in the pipe, which then stays in use; under
 // a pipe budget every pipe in use shrinks the next one's share, and with
 // it the bytes each splice moves. Bytes left in the source socket are
 // kept by TCP's flow control instead, at no cost to the budget.
-func fillFor(p *pipe, dst, size int) int {
+func fillFor(p *pipe, dst, size, lowat int) int {
 	outq, err := unix.IoctlGetInt(dst, unix.SIOCOUTQ)
 	if err != nil {
 		return size
@@ -613,7 +619,17 @@ func fillFor(p *pipe, dst, size int) int {
 		}
 		p.sndbuf = int32(min(n, 1<<30))
 	}
-	return max(min(size, room()&^(pageSize-1)), min(size, minFill))
+	fill := room()
+	if lowat > 0 {
+		// The send queue takes bytes while fewer than lowat wait unsent:
+		// what the peer's window lets go out at once is not counted, but
+		// a reader that stopped opens no window, and bytes read beyond
+		// that would wait in the pipe.
+		if nsd, err := unix.IoctlGetInt(dst, unix.SIOCOUTQNSD); err == nil {
+			fill = min(fill, lowat-nsd)
+		}
+	}
+	return max(min(size, fill&^(pageSize-1)), min(size, minFill))
 }
 
 // dropPipe gives h's pipe back: to the pool if empty, closed if it still

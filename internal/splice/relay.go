@@ -259,6 +259,13 @@ type Relay struct {
 	// means 1 MiB. The kernel may grant less (pipe-max-size,
 	// pipe-user-pages-soft); rsp uses what it grants.
 	PipeSize int
+	// NotSentLowat is how many bytes not yet sent a TCP socket the splice
+	// relay writes to may queue, once a write to it has blocked
+	// (TCP_NOTSENT_LOWAT); zero means 128 KiB, negative leaves the
+	// kernel's setting (net.ipv4.tcp_notsent_lowat, by default no limit).
+	// Bytes beyond it wait in the pipe and in the source's socket, where
+	// TCP's flow control holds them back, instead of in the send queue.
+	NotSentLowat int
 	// MaxIdlePipes is how many empty pipes each loop keeps for reuse; zero
 	// means 32. Pipes beyond it are closed when returned.
 	MaxIdlePipes int
@@ -535,6 +542,20 @@ func (r *Relay) logger() *slog.Logger {
 		return r.Logger
 	}
 	return slog.Default()
+}
+
+// defaultNotSentLowat is NotSentLowat's default: 128 KiB.
+const defaultNotSentLowat = 128 << 10
+
+// notSentLowat returns the TCP_NOTSENT_LOWAT to set; 0: none.
+func (r *Relay) notSentLowat() int {
+	switch {
+	case r.NotSentLowat < 0:
+		return 0
+	case r.NotSentLowat == 0:
+		return defaultNotSentLowat
+	}
+	return r.NotSentLowat
 }
 
 func (r *Relay) maxIdlePipes() int {
