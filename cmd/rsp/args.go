@@ -174,10 +174,10 @@ flags:
                            copy: io.Copy through user space
   -pipe-size BYTES         capacity asked of each pipe, 4096 to 67108864;
                            0 for the default (1048576)
-  -notsent-lowat BYTES     bytes not yet sent that a socket rsp writes to may
-                           queue once it is full (TCP_NOTSENT_LOWAT), 4096
-                           to 67108864; 0 for the default (131072), -1 for
-                           the kernel's (net.ipv4.tcp_notsent_lowat)
+  -notsent-lowat BYTES     bytes not yet sent that each TCP socket the splice
+                           relay writes to may queue (TCP_NOTSENT_LOWAT),
+                           4096 to 67108864; 0 for the default (131072), -1
+                           for the kernel's (net.ipv4.tcp_notsent_lowat)
   -log-level LEVEL         debug, info, warn or error (default info)
   -log-format text|json    log lines as logfmt (default) or JSON
   -conn-log all|errors|off one log line per connection: every one, those

@@ -216,15 +216,17 @@ func (c *costs) add(proxy, ends cpuTimes, units, scale float64) {
 	if p > 0 {
 		c.proxy.Values = append(c.proxy.Values, p.Seconds()/scale/units)
 		c.kernel.Values = append(c.kernel.Values, 100*proxy.sys.Seconds()/p.Seconds())
-		c.all.Values = append(c.all.Values, (p+e).Seconds()/scale/units)
 	}
 	c.ends.Values = append(c.ends.Values, e.Seconds()/scale/units)
+	c.all.Values = append(c.all.Values, (p+e).Seconds()/scale/units)
 }
 
-// results returns the rows that apply: the proxy's only where there is one.
+// results returns the rows that apply: the proxy's only where there is
+// one. Without one (direct) the sum is the endpoints' alone, the baseline
+// of the others' sums.
 func (c *costs) results(withProxy bool) []Result {
 	if !withProxy {
-		return []Result{c.ends}
+		return []Result{c.ends, c.all}
 	}
 	return []Result{c.proxy, c.ends, c.all, c.kernel}
 }

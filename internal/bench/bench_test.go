@@ -120,8 +120,8 @@ func TestCostsPerUnit(t *testing.T) {
 			t.Errorf("%s: %v %s, want [%v] %s", want.r.Workload, want.r.Values, want.r.Unit, want.v, want.unit)
 		}
 	}
-	if rs := c.results(false); len(rs) != 1 || rs[0].Workload != wRR64+wEndCPU {
-		t.Errorf("without a proxy: %d rows (%v), want the client+backend row only", len(rs), rs)
+	if rs := c.results(false); len(rs) != 2 || rs[0].Workload != wRR64+wEndCPU || rs[1].Workload != wRR64+wAllCPU {
+		t.Errorf("without a proxy: %d rows (%v), want the client+backend row and the sum", len(rs), rs)
 	}
 	if rs := c.results(true); len(rs) != 4 {
 		t.Errorf("with a proxy: %d rows, want 4", len(rs))

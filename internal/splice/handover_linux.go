@@ -191,6 +191,12 @@ func (l *loop) thawConn(th *thawing) {
 			l.taint(c) // bytes in a pipe a crash would lose
 		}
 	}
+	for _, s := range [2]*sock{&c.client, &c.backend} {
+		if !s.unix {
+			// This process's notsent_lowat, whatever the last one set.
+			l.capSendQueue(s.fd)
+		}
+	}
 	for _, fd := range [2]int{c.client.fd, c.backend.fd} {
 		if l.j == nil {
 			// The hand-over set SO_LINGER 0 so that a socket nobody

@@ -3,9 +3,11 @@
 package splice
 
 import (
+	"io"
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -40,6 +42,9 @@ func testNotSentLowat(t *testing.T, up bool) {
 		{"kernel", -1, func(n uint32) bool { return n > 1<<20 }, "more than 1 MiB (no limit)"},
 	} {
 		t.Run(dir+"/"+tc.name, func(t *testing.T) {
+			if tc.lowat < 0 && !kernelUnlimited() {
+				t.Skip("net.ipv4.tcp_notsent_lowat limits this host's sockets: keeping the kernel's setting is no different")
+			}
 			backend, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				t.Fatal(err)
@@ -71,16 +76,18 @@ func testNotSentLowat(t *testing.T, up bool) {
 			if !up {
 				writer, peer = s, c.LocalAddr().(*net.TCPAddr)
 			}
+			const total = 64 << 20 // blocks long before it is all written
 			var wrote atomic.Int64
 			go func() {
 				buf := make([]byte, 64<<10)
-				for range 1024 { // 64 MiB at most; blocks long before
+				for range total / len(buf) {
 					n, err := writer.Write(buf)
 					wrote.Add(int64(n))
 					if err != nil {
 						return
 					}
 				}
+				writer.(*net.TCPConn).CloseWrite()
 			}()
 			// Wait until the writes stop moving.
 			last, still := int64(-1), 0
@@ -103,8 +110,18 @@ func testNotSentLowat(t *testing.T, up bool) {
 			lowat, _ := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT)
 			t.Logf("%d bytes written; rsp's socket to the reader: %d bytes not sent, lowat %d", last, info.Notsent_bytes, lowat)
 			if !tc.check(info.Notsent_bytes) {
-				t.Fatalf("rsp's send queue to a peer that stopped reading holds %d bytes not sent (TCP_NOTSENT_LOWAT %d); want %s",
+				t.Errorf("rsp's send queue to a peer that stopped reading holds %d bytes not sent (TCP_NOTSENT_LOWAT %d); want %s",
 					info.Notsent_bytes, lowat, tc.want)
+			}
+			// The reader reads again: the whole stream must come, and end.
+			reader := s
+			if !up {
+				reader = c
+			}
+			reader.SetReadDeadline(time.Now().Add(20 * time.Second))
+			n, err := io.Copy(io.Discard, reader)
+			if err != nil || n != total {
+				t.Fatalf("once the reader read again: %d of %d bytes, then %v; want all of them and EOF", n, total, err)
 			}
 		})
 	}
@@ -130,4 +147,61 @@ func socketTo(t *testing.T, addr *net.TCPAddr) int {
 	}
 	t.Fatalf("no socket of rsp's connected to %v", addr)
 	return -1
+}
+
+// kernelUnlimited reports whether the host leaves TCP_NOTSENT_LOWAT
+// unlimited by default (net.ipv4.tcp_notsent_lowat at its maximum).
+func kernelUnlimited() bool {
+	raw, err := os.ReadFile("/proc/sys/net/ipv4/tcp_notsent_lowat")
+	if err != nil {
+		return false
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(raw)), 10, 64)
+	return err == nil && v >= 1<<31-1
+}
+
+// TestFillForNotSent: under a pipe budget, a read for a TCP destination
+// with TCP_NOTSENT_LOWAT takes no more than the destination can queue
+// unsent, the least read once that is full, where the room in its send
+// buffer alone would ask for more.
+func TestFillForNotSent(t *testing.T) {
+	a, b := tcpPair(t)
+	_ = b // never reads
+	raw, err := a.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const lowat = 128 << 10
+	var fd int
+	raw.Control(func(f uintptr) { fd = int(f) })
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, lowat); err != nil {
+		t.Fatal(err)
+	}
+	// Fill a's queue until the kernel takes no more.
+	if err := unix.SetNonblock(fd, true); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64<<10)
+	for range 1024 {
+		if _, err := unix.Write(fd, buf); err == unix.EAGAIN {
+			break
+		}
+	}
+	nsd, err := unix.IoctlGetInt(fd, unix.SIOCOUTQNSD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 4 << 20
+	without := fillFor(&pipe{}, fd, size, 0)
+	with := fillFor(&pipe{}, fd, size, lowat)
+	t.Logf("%d bytes unsent; fill without the limit %d, with it %d", nsd, without, with)
+	if nsd < lowat/2 {
+		t.Fatalf("the send queue took only %d unsent bytes before EAGAIN; want at least %d", nsd, lowat/2)
+	}
+	if want := max(minFill, (lowat-nsd)&^(pageSize-1)); with != want {
+		t.Errorf("fill for a destination holding %d unsent bytes of %d: %d, want %d", nsd, lowat, with, want)
+	}
+	if without <= with {
+		t.Errorf("the send buffer's room alone gave %d, no more than the limit's %d: the test shows nothing", without, with)
+	}
 }
