@@ -294,6 +294,9 @@ func (l *loop) pump(c *conn, h *half, src, dst *sock) (more bool, err error) {
 						return err == nil, err // lost: requeued to discard
 					}
 					if n == 0 && !h.eof {
+						if src.urg {
+							continue // at a mark: passUrgent's
+						}
 						return false, nil
 					}
 					moved += n
@@ -554,7 +557,10 @@ func (l *loop) passUrgent(c *conn, h *half, src, dst *sock) (progress, blocked b
 	if h.p == nil {
 		p, err := l.pool.get()
 		if err != nil {
-			return false, false, fmt.Errorf("urgent data from %s: no pipe: %w", sideName(c, src), err)
+			// No pipe: the urgent byte went on, and copyChunk's recv
+			// moves past the mark with the bytes after it.
+			src.urg = false
+			return true, false, nil
 		}
 		h.p = p
 		l.own(c, h)
@@ -621,11 +627,12 @@ func fillFor(p *pipe, dst, size, lowat int) int {
 	}
 	fill := room()
 	if lowat > 0 {
-		// The send queue takes bytes while fewer than lowat wait unsent:
-		// what the peer's window lets go out at once is not counted, but
-		// a reader that stopped opens no window, and bytes read beyond
-		// that would wait in the pipe.
-		if nsd, err := unix.IoctlGetInt(dst, unix.SIOCOUTQNSD); err == nil {
+		// The send queue takes bytes while fewer than lowat wait unsent.
+		// With none waiting, the peer's window lets everything go out at
+		// once, and only the buffer's room counts; once some wait, its
+		// reader is behind, and bytes read beyond lowat would wait in
+		// the pipe.
+		if nsd, err := unix.IoctlGetInt(dst, unix.SIOCOUTQNSD); err == nil && nsd > 0 {
 			fill = min(fill, lowat-nsd)
 		}
 	}
@@ -645,13 +652,25 @@ func (l *loop) dropPipe(h *half) {
 // copyChunk moves one chunk from src to dst through the loop's buffer. It
 // peeks, writes what dst takes, and only then consumes that much from
 // src, so no byte waits in user space between events. It returns the
-// bytes moved; zero with no error means one side would block.
+// bytes moved; zero with no error means one side would block, or (with
+// src.urg set) that src stands at an urgent mark whose byte passUrgent
+// must send on first.
 func (l *loop) copyChunk(c *conn, src, dst *sock, h *half) (int, error) {
 	if !dst.writable {
 		return 0, nil
 	}
 	if l.scratch == nil {
 		l.scratch = make([]byte, scratchSize)
+	}
+	if !src.unix && atMark(src.fd) {
+		// At an urgent mark: a recv here would step over an urgent byte
+		// not yet read, and the stream would go on without it. One that
+		// is pending (or announced) is passUrgent's to send on.
+		var b [1]byte
+		if _, _, err := unix.Recvfrom(src.fd, b[:], unix.MSG_OOB|unix.MSG_PEEK); err == nil || err == unix.EAGAIN {
+			src.urg = true
+			return 0, nil
+		}
 	}
 	n, _, err := unix.Recvfrom(src.fd, l.scratch, unix.MSG_PEEK)
 	switch {

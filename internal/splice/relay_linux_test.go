@@ -269,6 +269,58 @@ func TestNoPipeFallback(t *testing.T) {
 	}
 }
 
+// TestNoPipeUrgent: without pipes (fd exhaustion) urgent data still goes
+// on as urgent data at its mark: a backend reading it inline
+// (SO_OOBINLINE) gets the stream exactly as sent, never one a byte short
+// with a clean end.
+func TestNoPipeUrgent(t *testing.T) {
+	const size = 256 << 10
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan []byte, 16)
+	serveEach(t, ln, func(c net.Conn) {
+		raw, _ := c.(*net.TCPConn).SyscallConn()
+		raw.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_OOBINLINE, 1) })
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b, _ := io.ReadAll(c)
+		got <- b
+	})
+	r := &Relay{test: testHooks{noPipes: true}}
+	addr := startRelay(t, r, ln.Addr())
+	for i := range 16 {
+		want := make([]byte, size)
+		rand.NewChaCha8([32]byte{byte(i)}).Read(want)
+		at := size/4 + i*size/32
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(want[:at])
+		raw, _ := c.(*net.TCPConn).SyscallConn()
+		var serr error
+		raw.Control(func(fd uintptr) { serr = unix.Sendto(int(fd), want[at:at+1], unix.MSG_OOB, nil) })
+		if serr != nil {
+			t.Fatal(serr)
+		}
+		c.Write(want[at+1:])
+		c.(*net.TCPConn).CloseWrite()
+		var b []byte
+		select {
+		case b = <-got:
+		case <-time.After(15 * time.Second):
+			t.Fatalf("connection %d: the backend saw no end within 15 s", i)
+		}
+		c.Close()
+		if !bytes.Equal(b, want) {
+			t.Fatalf("connection %d: the backend got %d bytes, want the %d sent with the urgent byte %#02x inline at %d (equal up to it: %v)",
+				i, len(b), size, want[at], at, len(b) >= at && bytes.Equal(b[:at], want[:at]))
+		}
+	}
+}
+
 // TestShutdownDrains: Shutdown waits for a live connection and returns nil
 // when it ends; with an expired context it closes it and says so.
 func TestShutdownDrains(t *testing.T) {
