@@ -25,8 +25,8 @@ const (
 	MinNotSentLowat = 4096
 	MaxNotSentLowat = MaxPipeSize
 	// DefaultNotSentLowat is notsent_lowat's default: the bytes not yet
-	// sent that a socket rsp writes to may hold once a write to it has
-	// blocked (128 KiB, the value the option's author suggested).
+	// sent that each TCP socket rsp writes to may queue (128 KiB, the
+	// value the option's author suggested).
 	DefaultNotSentLowat = 128 << 10
 	// MaxKeepAlive bounds tcp_keepalive: the kernel counts TCP_KEEPIDLE
 	// and TCP_KEEPINTVL in whole seconds, at most 32767.

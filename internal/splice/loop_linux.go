@@ -104,7 +104,7 @@ type loop struct {
 	full      bool        // accepting paused at MaxConn
 	scratch   []byte      // buffer for the no-pipe fallback, made on first use
 	noSplice  bool        // test hook: pretend the kernel refuses to splice
-	lowat     int         // TCP_NOTSENT_LOWAT for a TCP destination that blocked; 0: none
+	lowat     int         // TCP_NOTSENT_LOWAT set on each TCP socket (capSendQueue); 0: none
 	j         LoopJournal // records connections for crash survival; nil when off
 	jpending  bool        // j has messages to send again (Flush)
 
