@@ -520,3 +520,62 @@ func TestHandoverToCopyRelay(t *testing.T) {
 		t.Errorf("connection after the refused hand-over: %v", err)
 	}
 }
+
+// TestHandoverHalfClosedTail: a client that half-closed and reads its
+// echo slowly, at the hand-over, still has bytes of it in rsp's pipe
+// while the server has finished both ways (its socket hung up). The next
+// rsp takes the connection over and delivers the whole tail, then the
+// end; before, the hand-over reset it as "ending".
+func TestHandoverHalfClosedTail(t *testing.T) {
+	be, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	go func() {
+		for {
+			c, err := be.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+				c.(*net.TCPConn).CloseWrite()
+			}()
+		}
+	}()
+	p := startRsp(t, "-listen", "127.0.0.1:0", "-backend", be.Addr().String())
+	c := dial(t, listeningOn(p, "default"))
+	defer c.Close()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 32<<10) })
+	const size = 256 << 10
+	if _, err := c.Write(make([]byte, size)); err != nil {
+		t.Fatal(err)
+	}
+	c.CloseWrite()
+	time.Sleep(300 * time.Millisecond) // the echo comes back and stalls at the client
+	p.signal(syscall.SIGUSR2)
+	if !eventually(20*time.Second, func() bool { return handedRE.MatchString(p.stderr.String()) }) {
+		t.Fatalf("no hand-over logged:\n%s", p.stderr.String())
+	}
+	m := handedRE.FindStringSubmatch(p.stderr.String())
+	newPID, _ := strconv.Atoi(m[1])
+	t.Cleanup(func() {
+		if !exited(newPID) {
+			syscall.Kill(newPID, syscall.SIGKILL)
+		}
+	})
+	if m[2] != "1" {
+		t.Errorf("handed over %s connections; want the half-closed one:\n%s", m[2], p.stderr.String())
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := io.Copy(io.Discard, c)
+	if n != size || err != nil {
+		t.Fatalf("the half-closed client got back %d of %d bytes, then %v; want all of them and EOF\n%s", n, size, err, p.stderr.String())
+	}
+}

@@ -62,8 +62,15 @@ func (l *loop) freezeConns(out *[]FrozenConn) {
 // freezeConn detaches c from the loop, its sockets and pipes left open,
 // and describes it; false if c cannot be carried and must be reset.
 func (l *loop) freezeConn(c *conn) (FrozenConn, bool) {
+	// A socket shut down both ways (hup) without an error is carried
+	// once rsp has sent its FIN there: the hang-up is the peer's FIN and
+	// ours, what the peer sent before its FIN is still to be read, and
+	// the other side may still be taking the last bytes from a pipe.
+	// (With TCP_NOTSENT_LOWAT those bytes wait in the pipe rather than in
+	// the socket's send queue, so a half-closed echo is often here.)
 	if c.closed || c.connecting || c.header || c.hello || c.target == nil || c.flushTo != nil ||
-		c.client.urgSeen || c.backend.urgSeen || c.client.err || c.backend.err || c.client.hup || c.backend.hup {
+		c.client.urgSeen || c.backend.urgSeen || c.client.err || c.backend.err ||
+		c.client.hup && !c.down.done || c.backend.hup && !c.up.done {
 		return FrozenConn{}, false
 	}
 	for _, h := range [2]*half{&c.up, &c.down} {
