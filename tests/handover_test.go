@@ -527,24 +527,7 @@ func TestHandoverToCopyRelay(t *testing.T) {
 // rsp takes the connection over and delivers the whole tail, then the
 // end; before, the hand-over reset it as "ending".
 func TestHandoverHalfClosedTail(t *testing.T) {
-	be, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer be.Close()
-	go func() {
-		for {
-			c, err := be.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
+	be := echoBackend(t)
 	p := startRsp(t, "-listen", "127.0.0.1:0", "-backend", be.Addr().String())
 	c := dial(t, listeningOn(p, "default"))
 	defer c.Close()

@@ -199,12 +199,11 @@ func (l *loop) thawConn(th *thawing) {
 		}
 	}
 	for _, s := range [2]*sock{&c.client, &c.backend} {
+		fd := s.fd
 		if !s.unix {
 			// This process's notsent_lowat, whatever the last one set.
-			l.capSendQueue(s.fd)
+			l.capSendQueue(fd)
 		}
-	}
-	for _, fd := range [2]int{c.client.fd, c.backend.fd} {
 		if l.j == nil {
 			// The hand-over set SO_LINGER 0 so that a socket nobody
 			// resumed would reset; a journal keeps it so (record).
