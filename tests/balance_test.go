@@ -493,18 +493,18 @@ func echoThroughSlow(c *net.TCPConn, seed uint64, n int64) error {
 // echoPaced sends n bytes from seed through c, pausing for pause after
 // every per bytes, half-closes, and checks that the same bytes come back.
 func echoPaced(c *net.TCPConn, seed uint64, n int64, per int, pause time.Duration) error {
-	return echoVia(c, &pacer{w: c, per: per, pause: pause}, seed, n)
+	return echoVia(c, c, &pacer{w: c, per: per, pause: pause}, seed, n)
 }
 
 // echoVia sends n bytes from seed through w, a writer to c, half-closes
-// c, and checks that the same bytes come back.
-func echoVia(c *net.TCPConn, w io.Writer, seed uint64, n int64) error {
+// c, and checks that the same bytes come back through r, a reader of c.
+func echoVia(c *net.TCPConn, r io.Reader, w io.Writer, seed uint64, n int64) error {
 	c.SetDeadline(time.Now().Add(2 * time.Minute))
 	got := make(chan error, 1)
 	var back digest
 	go func() {
 		var err error
-		back, err = receive(bufio.NewReader(c))
+		back, err = receive(bufio.NewReader(r))
 		got <- err
 	}()
 	sent, err := send(w, seed, n)

@@ -83,7 +83,7 @@ func (g *gate) Write(b []byte) (int, error) {
 
 // echoGated is echoPaced whose sender waits for open halfway.
 func echoGated(c *net.TCPConn, seed uint64, n int64, open <-chan struct{}) error {
-	return echoVia(c, &gate{w: c, at: int(n / 2), open: open}, seed, n)
+	return echoVia(c, c, &gate{w: c, at: int(n / 2), open: open}, seed, n)
 }
 
 var handedRE = regexp.MustCompile(`msg="handed over" pid=(\d+) conns=(\d+)`)

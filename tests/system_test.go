@@ -10,6 +10,7 @@ package tests
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -559,6 +560,44 @@ func TestSystemd(t *testing.T) {
 
 func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
 
+// echoGatedSeen is echoGated that sends on seen once, when the first
+// echoed bytes come back: the stream is then relayed end to end.
+func echoGatedSeen(c *net.TCPConn, seed uint64, n int64, open <-chan struct{}, seen chan<- struct{}) error {
+	return echoVia(c, &firstRead{r: c, seen: seen}, &gate{w: c, at: int(n / 2), open: open}, seed, n)
+}
+
+// firstRead passes reads through to r and sends on seen at the first
+// bytes read.
+type firstRead struct {
+	r    io.Reader
+	seen chan<- struct{}
+}
+
+func (f *firstRead) Read(b []byte) (int, error) {
+	n, err := f.r.Read(b)
+	if n > 0 && f.seen != nil {
+		f.seen <- struct{}{}
+		f.seen = nil
+	}
+	return n, err
+}
+
+// peekOne waits, up to c's deadline, until c has a byte to read, and
+// leaves it there.
+func peekOne(c *net.TCPConn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var perr error
+	err = raw.Read(func(fd uintptr) bool {
+		var b [1]byte
+		_, _, perr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK)
+		return perr != syscall.EAGAIN
+	})
+	return cmp.Or(err, perr)
+}
+
 // handoverStreams is how many streams cross a restart and an upgrade.
 const handoverStreams = 200
 
@@ -966,9 +1005,11 @@ func scrapeValue(url, family string, want map[string]string) (float64, error) {
 // echoed before do runs and the rest after, plus one client that sent
 // everything and half-closed before do runs and reads the echo only
 // after it: rsp holds that echo in its pipes and socket buffers across
-// do. Every stream must come back byte-exact with no reset. While do
-// runs, new clients connect every 5 ms: it returns the longest a client
-// waited for its echo, and the errors seen.
+// do. do runs once every stream has had echoed bytes back, so each is
+// relayed end to end (and journaled, with handover = "crash"). Every
+// stream must come back byte-exact with no reset. While do runs, new
+// clients connect every 5 ms: it returns the longest a client waited for
+// its echo, and the errors seen.
 func streamsAcross(t *testing.T, addr string, n int, do func()) (longest time.Duration) {
 	t.Helper()
 	longest, _ = streamsAcrossCrash(t, addr, n, do, false)
@@ -987,15 +1028,14 @@ func streamsAcrossCrash(t *testing.T, addr string, n int, do func(), crash bool)
 	defer once.Do(func() { close(open) })
 	var wg sync.WaitGroup
 	errs := make(chan error, n+1)
-	ready := make(chan struct{}, n+1)
+	seen := make(chan struct{}, n+1) // a stream's first echoed bytes
 	for i := range n {
 		c := dial(t, addr)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer c.Close()
-			ready <- struct{}{}
-			if err := echoGated(c, uint64(5000+i), size, open); err != nil {
+			if err := echoGatedSeen(c, uint64(5000+i), size, open, seen); err != nil {
 				errs <- fmt.Errorf("stream %d: %w", i, err)
 			}
 		}()
@@ -1007,21 +1047,35 @@ func streamsAcrossCrash(t *testing.T, addr string, n int, do func(), crash bool)
 		defer half.Close()
 		half.SetDeadline(time.Now().Add(2 * time.Minute))
 		sent, err := send(half, 4999, size/4) // fits in the buffers on the way
-		ready <- struct{}{}
 		if err != nil {
+			seen <- struct{}{}
 			errs <- fmt.Errorf("half-closed stream: send: %w", err)
 			return
 		}
 		half.CloseWrite()
+		err = peekOne(half)
+		seen <- struct{}{}
+		if err != nil {
+			errs <- fmt.Errorf("half-closed stream: no echo before the change: %w", err)
+			return
+		}
 		<-open
 		if got, err := receive(half); err != nil || got != sent {
 			errs <- fmt.Errorf("half-closed stream: got back %v, %v; want %v", got, err, sent)
 		}
 	}()
-	for range n + 1 {
-		<-ready
+	echoed, limit := 0, time.After(time.Minute)
+wait:
+	for echoed < n+1 {
+		select {
+		case <-seen:
+			echoed++
+		case <-limit:
+			t.Errorf("%d of %d streams had echoed bytes back within a minute", echoed, n+1)
+			break wait
+		}
 	}
-	time.Sleep(300 * time.Millisecond) // the first halves in flight
+	time.Sleep(100 * time.Millisecond) // the first halves in flight
 	stop := make(chan struct{})
 	pinged := make(chan time.Duration)
 	go func() {
