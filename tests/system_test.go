@@ -560,27 +560,23 @@ func TestSystemd(t *testing.T) {
 
 func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
 
-// echoGatedSeen is echoGated that sends on seen once, when the first
-// echoed bytes come back: the stream is then relayed end to end.
-func echoGatedSeen(c *net.TCPConn, seed uint64, n int64, open <-chan struct{}, seen chan<- struct{}) error {
-	return echoVia(c, &firstRead{r: c, seen: seen}, &gate{w: c, at: int(n / 2), open: open}, seed, n)
-}
-
-// firstRead passes reads through to r and sends on seen at the first
-// bytes read.
+// firstRead passes reads through to r and signals seen once, at the
+// first bytes read (or when told: signal).
 type firstRead struct {
 	r    io.Reader
 	seen chan<- struct{}
+	once sync.Once
 }
 
 func (f *firstRead) Read(b []byte) (int, error) {
 	n, err := f.r.Read(b)
-	if n > 0 && f.seen != nil {
-		f.seen <- struct{}{}
-		f.seen = nil
+	if n > 0 {
+		f.signal()
 	}
 	return n, err
 }
+
+func (f *firstRead) signal() { f.once.Do(func() { f.seen <- struct{}{} }) }
 
 // peekOne waits, up to c's deadline, until c has a byte to read, and
 // leaves it there.
@@ -1035,7 +1031,11 @@ func streamsAcrossCrash(t *testing.T, addr string, n int, do func(), crash bool)
 		go func() {
 			defer wg.Done()
 			defer c.Close()
-			if err := echoGatedSeen(c, uint64(5000+i), size, open, seen); err != nil {
+			// Each stream signals seen once: at its first echoed bytes,
+			// or when it ended without any.
+			fr := &firstRead{r: c, seen: seen}
+			defer fr.signal()
+			if err := echoVia(c, fr, &gate{w: c, at: size / 2, open: open}, uint64(5000+i), size); err != nil {
 				errs <- fmt.Errorf("stream %d: %w", i, err)
 			}
 		}()

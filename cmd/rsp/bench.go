@@ -19,6 +19,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(io.Discard)
 	quick := fs.Bool("quick", false, "")
 	runs := fs.Int("runs", 3, "")
+	rounds := fs.Int("rounds", 1, "")
 	idle := fs.Int("idle-conns", 0, "")
 	maxConns := fs.Int("max-conns", 0, "")
 	only := fs.String("only", "", "")
@@ -38,8 +39,8 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, benchUsage)
 		return 0
 	}
-	if fs.NArg() > 0 || *runs < 1 {
-		fmt.Fprintf(stderr, "rsp: bench takes flags only (got %q, -runs %d); run 'rsp bench -h'\n", fs.Args(), *runs)
+	if fs.NArg() > 0 || *runs < 1 || *rounds < 1 {
+		fmt.Fprintf(stderr, "rsp: bench takes flags only, and -runs and -rounds of at least 1 (got %q, -runs %d, -rounds %d); run 'rsp bench -h'\n", fs.Args(), *runs, *rounds)
 		return 2
 	}
 	self, err := os.Executable()
@@ -47,7 +48,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "rsp: bench: cannot find own binary: %v\n", err)
 		return 1
 	}
-	o := &bench.Options{Rsp: self, Quick: *quick, Runs: *runs, IdleConns: *idle, MaxConns: *maxConns, Log: stderr,
+	o := &bench.Options{Rsp: self, Quick: *quick, Runs: *runs, Rounds: *rounds, IdleConns: *idle, MaxConns: *maxConns, Log: stderr,
 		User: *user, ProxyCPUs: *proxyCPUs, LoadCPUs: *loadCPUs}
 	if *rspArgs != "" {
 		o.RspArgs = strings.Fields(*rspArgs)
@@ -84,7 +85,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-const benchUsage = `usage: rsp bench [-quick] [-runs N] [-idle-conns N] [-max-conns N] [-only NAMES] [-workloads WORDS] [-user NAME] [-proxy-cpus L] [-load-cpus L] [-out FILE] [-chart FILE]
+const benchUsage = `usage: rsp bench [-quick] [-runs N] [-rounds N] [-idle-conns N] [-max-conns N] [-only NAMES] [-workloads WORDS] [-user NAME] [-proxy-cpus L] [-load-cpus L] [-out FILE] [-chart FILE]
 
 Measures, in one run and side by side on loopback: direct connections, rsp
 (splice and copy), a plain Go io.Copy proxy, and HAProxy, nginx stream and
@@ -96,6 +97,10 @@ own server). Each proxy is its own process; its CPU, RSS and fds come from
   -quick          384 MiB transfers, 0.75 s runs, 4 MiB integrity echoes,
                   1000 idle connections (under 2 minutes)
   -runs N         repetitions of each figure (default 3)
+  -rounds N       run the contenders N times in turn, forwards then
+                  backwards, with -runs runs each, and pool the values, so
+                  that a shared machine's drift falls on all of them alike
+                  (default 1)
   -idle-conns N   idle connections for the memory figure (default 5000)
   -max-conns N    cap of rsp's concurrency probe (default 9990; not with -quick)
   -only NAMES     comma-separated contenders to run besides direct

@@ -36,6 +36,11 @@ type Options struct {
 	// backend, to CPU lists (taskset -c syntax, "0-3,8"); "" leaves them
 	// free.
 	ProxyCPUs, LoadCPUs string
+	// Rounds runs every contender that many times in turn, forwards and
+	// then backwards, each time with Runs runs of each figure, and pools
+	// the values: drift of a shared machine then falls on every contender
+	// alike instead of on whichever ran last. 0 means 1.
+	Rounds int
 
 	cred *syscall.Credential // from User
 }
@@ -141,7 +146,6 @@ func Run(o *Options) ([]Result, error) {
 	defer t.stop()
 	src := &sources{}
 	var out []Result
-	host := 2 // each proxy listens on its own 127.0.0.N
 	if err := o.checkWorkloads(); err != nil {
 		return nil, err
 	}
@@ -155,16 +159,60 @@ func Run(o *Options) ([]Result, error) {
 			return nil, fmt.Errorf("-only %q: no such contender here (installed: %s)", name, strings.Join(names, ", "))
 		}
 	}
+	var picked []Contender
 	for _, c := range cs {
-		if c.start != nil && len(o.Only) > 0 && !slices.Contains(o.Only, c.Name) {
-			continue
+		if c.start == nil || len(o.Only) == 0 || slices.Contains(o.Only, c.Name) {
+			picked = append(picked, c)
 		}
-		o.logf("== %s", c.Name)
-		out = append(out, measure(o, c, backend, fmt.Sprintf("127.0.0.%d", host), src)...)
-		out = append(out, external(o, c, t, fmt.Sprintf("127.0.0.%d", host))...)
-		host++
+	}
+	hosts := map[string]int{} // each proxy listens on its own 127.0.0.N
+	for round := range max(o.Rounds, 1) {
+		for _, c := range roundOrder(picked, round) {
+			if _, ok := hosts[c.Name]; !ok {
+				hosts[c.Name] = 2 + len(hosts)
+			}
+			host := fmt.Sprintf("127.0.0.%d", hosts[c.Name])
+			if o.Rounds > 1 {
+				o.logf("== %s (round %d of %d)", c.Name, round+1, o.Rounds)
+			} else {
+				o.logf("== %s", c.Name)
+			}
+			out = pool(out, measure(o, c, backend, host, src))
+			out = pool(out, external(o, c, t, host))
+		}
 	}
 	return out, nil
+}
+
+// roundOrder is the order of contenders in round (from 0): as given in
+// even rounds, reversed in odd ones, so that each contender's runs
+// average over the same stretch of time.
+func roundOrder(cs []Contender, round int) []Contender {
+	order := slices.Clone(cs)
+	if round%2 == 1 {
+		slices.Reverse(order)
+	}
+	return order
+}
+
+// pool adds the results of one round to those of the rounds before: a
+// figure already there (same workload and contender) gets the new values,
+// and keeps the first failure's note; a new one is appended.
+func pool(into, round []Result) []Result {
+	for _, r := range round {
+		i := slices.IndexFunc(into, func(have Result) bool {
+			return have.Workload == r.Workload && have.Contender == r.Contender
+		})
+		if i < 0 {
+			into = append(into, r)
+			continue
+		}
+		into[i].Values = append(into[i].Values, r.Values...)
+		if into[i].Note == "" {
+			into[i].Note = r.Note
+		}
+	}
+	return into
 }
 
 // meter reads the CPU time of a proxy and of the two endpoints around a

@@ -4,6 +4,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -147,5 +148,47 @@ func TestCPUOfSelf(t *testing.T) {
 	}
 	if got := cpuOf("self").sub(before); got.user+got.sys < 30*time.Millisecond {
 		t.Fatalf("CPU time after 2 s of computing: %v (x=%d)", got, x)
+	}
+}
+
+// TestRoundsPoolInTurn: with rounds, contenders take turns forwards then
+// backwards, and each figure pools every round's runs under its first
+// place, keeping the first failure's note.
+func TestRoundsPoolInTurn(t *testing.T) {
+	cs := []Contender{{Name: "direct"}, {Name: "a"}, {Name: "b"}}
+	names := func(cs []Contender) (s []string) {
+		for _, c := range cs {
+			s = append(s, c.Name)
+		}
+		return s
+	}
+	if got := names(roundOrder(cs, 0)); !slices.Equal(got, []string{"direct", "a", "b"}) {
+		t.Errorf("round 0: %v", got)
+	}
+	if got := names(roundOrder(cs, 1)); !slices.Equal(got, []string{"b", "a", "direct"}) {
+		t.Errorf("round 1: %v", got)
+	}
+	if got := names(cs); !slices.Equal(got, []string{"direct", "a", "b"}) {
+		t.Errorf("roundOrder changed its argument: %v", got)
+	}
+
+	var out []Result
+	out = pool(out, []Result{{Workload: wUp1, Contender: "direct", Values: []float64{10, 11}}})
+	out = pool(out, []Result{{Workload: wUp1, Contender: "a", Values: []float64{5}}, {Workload: wRR1, Contender: "a", Note: "refused"}})
+	out = pool(out, []Result{{Workload: wRR1, Contender: "a", Values: []float64{7}, Note: "later"}, {Workload: wUp1, Contender: "a", Values: []float64{6}}})
+	out = pool(out, []Result{{Workload: wUp1, Contender: "direct", Values: []float64{12}}})
+	want := []Result{
+		{Workload: wUp1, Contender: "direct", Values: []float64{10, 11, 12}},
+		{Workload: wUp1, Contender: "a", Values: []float64{5, 6}},
+		{Workload: wRR1, Contender: "a", Values: []float64{7}, Note: "refused"},
+	}
+	if len(out) != len(want) {
+		t.Fatalf("pooled %d figures, want %d: %+v", len(out), len(want), out)
+	}
+	for i := range want {
+		if out[i].Workload != want[i].Workload || out[i].Contender != want[i].Contender ||
+			!slices.Equal(out[i].Values, want[i].Values) || out[i].Note != want[i].Note {
+			t.Errorf("figure %d: %+v, want %+v", i, out[i], want[i])
+		}
 	}
 }
