@@ -585,12 +585,16 @@ func peekOne(c *net.TCPConn) error {
 	if err != nil {
 		return err
 	}
+	var n int
 	var perr error
 	err = raw.Read(func(fd uintptr) bool {
 		var b [1]byte
-		_, _, perr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK)
-		return perr != syscall.EAGAIN
+		n, _, perr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK)
+		return perr != syscall.EAGAIN && perr != syscall.EINTR
 	})
+	if err == nil && perr == nil && n == 0 {
+		perr = io.ErrUnexpectedEOF
+	}
 	return cmp.Or(err, perr)
 }
 
@@ -1002,7 +1006,9 @@ func scrapeValue(url, family string, want map[string]string) (float64, error) {
 // everything and half-closed before do runs and reads the echo only
 // after it: rsp holds that echo in its pipes and socket buffers across
 // do. do runs once every stream has had echoed bytes back, so each is
-// relayed end to end (and journaled, with handover = "crash"). Every
+// relayed end to end (and, with handover = "crash", rsp has sent its
+// sockets to systemd's store: it records a connection before relaying
+// its first byte, though systemd reads that message a moment later). Every
 // stream must come back byte-exact with no reset. While do runs, new
 // clients connect every 5 ms: it returns the longest a client waited for
 // its echo, and the errors seen.
@@ -1023,7 +1029,7 @@ func streamsAcrossCrash(t *testing.T, addr string, n int, do func(), crash bool)
 	var once sync.Once
 	defer once.Do(func() { close(open) })
 	var wg sync.WaitGroup
-	errs := make(chan error, n+1)
+	errs := make(chan error, n+2)    // the streams, the half-closed one, the new clients
 	seen := make(chan struct{}, n+1) // a stream's first echoed bytes
 	for i := range n {
 		c := dial(t, addr)
@@ -1065,17 +1071,24 @@ func streamsAcrossCrash(t *testing.T, addr string, n int, do func(), crash bool)
 		}
 	}()
 	echoed, limit := 0, time.After(time.Minute)
-wait:
 	for echoed < n+1 {
 		select {
 		case <-seen:
 			echoed++
 		case <-limit:
-			t.Errorf("%d of %d streams had echoed bytes back within a minute", echoed, n+1)
-			break wait
+			t.Errorf("%d of %d streams had echoed bytes back within a minute: the change is not tried", echoed, n+1)
+			once.Do(func() { close(open) })
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			return 0, 0
 		}
 	}
-	time.Sleep(100 * time.Millisecond) // the first halves in flight
+	// The first halves in flight; and, before a crash, time for systemd
+	// to read the last stores.
+	time.Sleep(300 * time.Millisecond)
 	stop := make(chan struct{})
 	pinged := make(chan time.Duration)
 	go func() {

@@ -165,51 +165,63 @@ func Run(o *Options) ([]Result, error) {
 			picked = append(picked, c)
 		}
 	}
-	hosts := map[string]int{} // each proxy listens on its own 127.0.0.N
+	// Each contender keeps its place in the table and its own 127.0.0.N
+	// through every round, whatever order the round runs them in.
+	figures := make([][]Result, len(picked))
 	for round := range max(o.Rounds, 1) {
-		for _, c := range roundOrder(picked, round) {
-			if _, ok := hosts[c.Name]; !ok {
-				hosts[c.Name] = 2 + len(hosts)
-			}
-			host := fmt.Sprintf("127.0.0.%d", hosts[c.Name])
+		for _, i := range roundOrder(len(picked), round) {
+			c := picked[i]
+			host := fmt.Sprintf("127.0.0.%d", 2+i)
 			if o.Rounds > 1 {
 				o.logf("== %s (round %d of %d)", c.Name, round+1, o.Rounds)
 			} else {
 				o.logf("== %s", c.Name)
 			}
-			out = pool(out, measure(o, c, backend, host, src))
-			out = pool(out, external(o, c, t, host))
+			figures[i] = pool(figures[i], measure(o, c, backend, host, src), round)
+			figures[i] = pool(figures[i], external(o, c, t, host), round)
 		}
+	}
+	for _, f := range figures {
+		out = append(out, f...)
 	}
 	return out, nil
 }
 
-// roundOrder is the order of contenders in round (from 0): as given in
-// even rounds, reversed in odd ones, so that each contender's runs
-// average over the same stretch of time.
-func roundOrder(cs []Contender, round int) []Contender {
-	order := slices.Clone(cs)
-	if round%2 == 1 {
-		slices.Reverse(order)
+// roundOrder is the order in which round (from 0) runs n contenders, as
+// indexes: as given in even rounds, reversed in odd ones, so that each
+// contender's runs average over the same stretch of time.
+func roundOrder(n, round int) []int {
+	order := make([]int, n)
+	for i := range order {
+		order[i] = i
+		if round%2 == 1 {
+			order[i] = n - 1 - i
+		}
 	}
 	return order
 }
 
-// pool adds the results of one round to those of the rounds before: a
-// figure already there (same workload and contender) gets the new values,
-// and keeps the first failure's note; a new one is appended.
-func pool(into, round []Result) []Result {
+// pool adds one round's results of a contender to those of the rounds
+// before: a figure already there (same workload and contender) gets the
+// new values, a new one is appended. A note that differs from the ones
+// kept is added with its round's number, so that a round that failed
+// ("FAILED: bytes lost", a proxy that would not start) is never hidden by
+// one that did not.
+func pool(into, round []Result, n int) []Result {
 	for _, r := range round {
 		i := slices.IndexFunc(into, func(have Result) bool {
 			return have.Workload == r.Workload && have.Contender == r.Contender
 		})
 		if i < 0 {
+			if r.Note != "" && n > 0 {
+				r.Note = fmt.Sprintf("round %d: %s", n+1, r.Note)
+			}
 			into = append(into, r)
 			continue
 		}
 		into[i].Values = append(into[i].Values, r.Values...)
-		if into[i].Note == "" {
-			into[i].Note = r.Note
+		if r.Note != "" && !strings.Contains(into[i].Note, r.Note) {
+			into[i].Note = strings.TrimPrefix(fmt.Sprintf("%s; round %d: %s", into[i].Note, n+1, r.Note), "; ")
 		}
 	}
 	return into

@@ -153,34 +153,35 @@ func TestCPUOfSelf(t *testing.T) {
 
 // TestRoundsPoolInTurn: with rounds, contenders take turns forwards then
 // backwards, and each figure pools every round's runs under its first
-// place, keeping the first failure's note.
+// place; a note that differs in a later round (a failure after an "ok")
+// is kept with its round's number.
 func TestRoundsPoolInTurn(t *testing.T) {
-	cs := []Contender{{Name: "direct"}, {Name: "a"}, {Name: "b"}}
-	names := func(cs []Contender) (s []string) {
-		for _, c := range cs {
-			s = append(s, c.Name)
+	for round, want := range [][]int{{0, 1, 2}, {2, 1, 0}, {0, 1, 2}, {2, 1, 0}} {
+		if got := roundOrder(3, round); !slices.Equal(got, want) {
+			t.Errorf("round %d: %v, want %v", round, got, want)
 		}
-		return s
-	}
-	if got := names(roundOrder(cs, 0)); !slices.Equal(got, []string{"direct", "a", "b"}) {
-		t.Errorf("round 0: %v", got)
-	}
-	if got := names(roundOrder(cs, 1)); !slices.Equal(got, []string{"b", "a", "direct"}) {
-		t.Errorf("round 1: %v", got)
-	}
-	if got := names(cs); !slices.Equal(got, []string{"direct", "a", "b"}) {
-		t.Errorf("roundOrder changed its argument: %v", got)
 	}
 
 	var out []Result
-	out = pool(out, []Result{{Workload: wUp1, Contender: "direct", Values: []float64{10, 11}}})
-	out = pool(out, []Result{{Workload: wUp1, Contender: "a", Values: []float64{5}}, {Workload: wRR1, Contender: "a", Note: "refused"}})
-	out = pool(out, []Result{{Workload: wRR1, Contender: "a", Values: []float64{7}, Note: "later"}, {Workload: wUp1, Contender: "a", Values: []float64{6}}})
-	out = pool(out, []Result{{Workload: wUp1, Contender: "direct", Values: []float64{12}}})
+	out = pool(out, []Result{
+		{Workload: wUp1, Contender: "a", Values: []float64{10, 11}},
+		{Workload: wIntegr, Contender: "a", Values: []float64{0}, Note: "ok"},
+	}, 0)
+	out = pool(out, []Result{
+		{Workload: wUp1, Contender: "a", Values: []float64{12}},
+		{Workload: wIntegr, Contender: "a", Values: []float64{0}, Note: "ok"},
+		{Workload: wRR1, Contender: "a", Note: "refused"},
+	}, 1)
+	out = pool(out, []Result{
+		{Workload: wIntegr, Contender: "a", Values: []float64{3}, Note: "FAILED: bytes lost or changed"},
+		{Workload: wRR1, Contender: "a", Values: []float64{7}},
+		{Workload: wUp1, Contender: "b", Values: []float64{5}},
+	}, 2)
 	want := []Result{
-		{Workload: wUp1, Contender: "direct", Values: []float64{10, 11, 12}},
-		{Workload: wUp1, Contender: "a", Values: []float64{5, 6}},
-		{Workload: wRR1, Contender: "a", Values: []float64{7}, Note: "refused"},
+		{Workload: wUp1, Contender: "a", Values: []float64{10, 11, 12}},
+		{Workload: wIntegr, Contender: "a", Values: []float64{0, 0, 3}, Note: "ok; round 3: FAILED: bytes lost or changed"},
+		{Workload: wRR1, Contender: "a", Values: []float64{7}, Note: "round 2: refused"},
+		{Workload: wUp1, Contender: "b", Values: []float64{5}},
 	}
 	if len(out) != len(want) {
 		t.Fatalf("pooled %d figures, want %d: %+v", len(out), len(want), out)
