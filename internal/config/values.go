@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	"rsp/internal/splice"
 )
 
 // Bounds of settings, shared by the configuration file and the command
@@ -24,10 +26,6 @@ const (
 	// (-notsent-lowat): a page, and the largest pipe.
 	MinNotSentLowat = 4096
 	MaxNotSentLowat = MaxPipeSize
-	// DefaultNotSentLowat is notsent_lowat's default: the bytes not yet
-	// sent that each TCP socket rsp writes to may queue (128 KiB, the
-	// value the option's author suggested).
-	DefaultNotSentLowat = 128 << 10
 	// MaxKeepAlive bounds tcp_keepalive: the kernel counts TCP_KEEPIDLE
 	// and TCP_KEEPINTVL in whole seconds, at most 32767.
 	MaxKeepAlive = 32767 * time.Second
@@ -98,7 +96,7 @@ func CheckPipeSize(what string, n int) error {
 // 0 for the default, or -1 for the kernel's own setting.
 func CheckNotSentLowat(what string, n int) error {
 	if n != 0 && n != -1 && (n < MinNotSentLowat || n > MaxNotSentLowat) {
-		return fmt.Errorf("%s %d out of range: give bytes from %d to %d, 0 for the default (%d), or -1 to keep the kernel's (net.ipv4.tcp_notsent_lowat)", what, n, MinNotSentLowat, MaxNotSentLowat, DefaultNotSentLowat)
+		return fmt.Errorf("%s %d out of range: give bytes from %d to %d, 0 for the default (%d), or -1 to keep the kernel's (net.ipv4.tcp_notsent_lowat)", what, n, MinNotSentLowat, MaxNotSentLowat, splice.DefaultNotSentLowat)
 	}
 	return nil
 }

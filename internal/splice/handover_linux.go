@@ -201,8 +201,9 @@ func (l *loop) thawConn(th *thawing) {
 	for _, s := range [2]*sock{&c.client, &c.backend} {
 		fd := s.fd
 		if !s.unix {
-			// This process's notsent_lowat, whatever the last one set.
-			l.capSendQueue(fd)
+			// This process's notsent_lowat (0: the kernel's), whatever
+			// the last one set.
+			unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, l.lowat)
 		}
 		if l.j == nil {
 			// The hand-over set SO_LINGER 0 so that a socket nobody

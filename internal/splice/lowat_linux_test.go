@@ -37,7 +37,7 @@ func testNotSentLowat(t *testing.T, up bool) {
 		check func(notsent uint32) bool
 		want  string
 	}{
-		{"default", 0, func(n uint32) bool { return n <= defaultNotSentLowat+64<<10 }, "at most 192 KiB (128 KiB and a segment)"},
+		{"default", 0, func(n uint32) bool { return n <= DefaultNotSentLowat+64<<10 }, "at most 192 KiB (128 KiB and a segment)"},
 		{"64KiB", 64 << 10, func(n uint32) bool { return n <= 64<<10+64<<10 }, "at most 128 KiB (64 KiB and a segment)"},
 		{"kernel", -1, func(n uint32) bool { return n > 1<<20 }, "more than 1 MiB (no limit)"},
 	} {

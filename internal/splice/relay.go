@@ -544,8 +544,9 @@ func (r *Relay) logger() *slog.Logger {
 	return slog.Default()
 }
 
-// defaultNotSentLowat is NotSentLowat's default: 128 KiB.
-const defaultNotSentLowat = 128 << 10
+// DefaultNotSentLowat is NotSentLowat's default, and notsent_lowat's:
+// 128 KiB, the value the option's author suggested.
+const DefaultNotSentLowat = 128 << 10
 
 // notSentLowat returns the TCP_NOTSENT_LOWAT to set; 0: none.
 func (r *Relay) notSentLowat() int {
@@ -553,7 +554,7 @@ func (r *Relay) notSentLowat() int {
 	case r.NotSentLowat < 0:
 		return 0
 	case r.NotSentLowat == 0:
-		return defaultNotSentLowat
+		return DefaultNotSentLowat
 	}
 	return r.NotSentLowat
 }
