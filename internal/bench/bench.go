@@ -345,12 +345,6 @@ func measure(o *Options, c Contender, backendProc *process, host string, src *so
 			cost.add(pc, ec, float64(bulk)/(1<<30), 1)
 		}
 		add(tp)
-		if b.streams == 1 {
-			if p != nil {
-				add(cost.proxy)
-			}
-			continue
-		}
 		for _, r := range cost.results(p != nil) {
 			add(r)
 		}

@@ -4,6 +4,8 @@ import (
 	"io"
 	"math"
 	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -191,5 +193,44 @@ func TestRoundsPoolInTurn(t *testing.T) {
 			!slices.Equal(out[i].Values, want[i].Values) || out[i].Note != want[i].Note {
 			t.Errorf("figure %d: %+v, want %+v", i, out[i], want[i])
 		}
+	}
+}
+
+// TestOneLoopContender: "rsp splice 1 loop" starts the same relay as
+// "rsp splice" with GOMAXPROCS=1 in its environment (one event loop),
+// and "rsp splice" without it. A stand-in for rsp announces its
+// environment and arguments in place of its address.
+func TestOneLoopContender(t *testing.T) {
+	stub := filepath.Join(t.TempDir(), "rsp")
+	script := "#!/bin/sh\necho \"msg=\\\"rsp started\\\" listen=g${GOMAXPROCS}_$(echo \"$@\" | tr ' ' '_')\" >&2\nexec cat\n"
+	if err := os.WriteFile(stub, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("GOMAXPROCS", "")
+	o := &Options{Rsp: stub}
+	args := "_-listen_127.0.0.9:0_-backend_127.0.0.1:7_-relay_splice_-idle-timeout_0"
+	for _, c := range []struct {
+		name  string
+		start func(*Options, string, string) (*process, error)
+		want  string
+	}{
+		{"rsp splice 1 loop", startRspOneLoop, "g1" + args},
+		{"rsp splice", rspStarter("splice"), "g" + args},
+	} {
+		p, err := c.start(o, "127.0.0.1:7", "127.0.0.9")
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		p.stop()
+		if p.addr != c.want {
+			t.Errorf("%s started with %q; want %q", c.name, p.addr, c.want)
+		}
+	}
+	found := false
+	for _, c := range contenders(o) {
+		found = found || c.Name == "rsp splice 1 loop"
+	}
+	if !found {
+		t.Error(`no contender "rsp splice 1 loop"`)
 	}
 }

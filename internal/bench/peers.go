@@ -32,6 +32,7 @@ func contenders(o *Options) []Contender {
 		{Name: "rsp splice edge", start: startRspEdge},
 		{Name: "rsp splice crash", start: startRspCrash},
 		{Name: "rsp splice as nobody", start: startRspNobody},
+		{Name: "rsp splice 1 loop", start: startRspOneLoop},
 		{Name: "rsp copy", start: rspStarter("copy")},
 		{Name: "Go io.Copy proxy", start: startIOCopy},
 	}
@@ -84,6 +85,17 @@ func rspStarter(mode string, extra ...string) func(*Options, string, string) (*p
 		cmd := o.proxy(exec.Command(o.Rsp, append(args, o.RspArgs...)...))
 		return start(cmd, rspStartRE, true)
 	}
+}
+
+// startRspOneLoop runs rsp splice with one event loop (GOMAXPROCS=1), as
+// an operator would on a host where rsp shares few cores with what it
+// serves: beside "rsp splice" (a loop per CPU), it shows what the second
+// loop buys in rate and costs in CPU per connection.
+func startRspOneLoop(o *Options, backend, host string) (*process, error) {
+	args := []string{"-listen", host + ":0", "-backend", backend, "-relay", "splice", "-idle-timeout", "0"}
+	cmd := exec.Command(o.Rsp, append(args, o.RspArgs...)...)
+	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
+	return start(o.proxy(cmd), rspStartRE, true)
 }
 
 // startRspEdge runs rsp splice with the checks of issue 17 on every
