@@ -15,18 +15,32 @@ import (
 // rssKiB is the resident memory of process pid, from /proc.
 func rssKiB(t *testing.T, pid int) int {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	status, err := procStatus(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
+	v, ok := status["VmRSS"]
+	if !ok {
+		t.Fatal("no VmRSS")
+	}
+	n, _ := strconv.Atoi(strings.TrimSuffix(v, " kB"))
+	return n
+}
+
+// procStatus returns the fields of /proc/PID/status, by name, their
+// values trimmed.
+func procStatus(pid int) (map[string]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return nil, err
+	}
+	fields := map[string]string{}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-			return n
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			fields[k] = strings.TrimSpace(v)
 		}
 	}
-	t.Fatal("no VmRSS")
-	return 0
+	return fields, nil
 }
 
 // TestBackendClosesAtOnce: a backend that accepts and closes straight away

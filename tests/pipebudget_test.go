@@ -51,12 +51,10 @@ func TestPipeBudgetAsNobody(t *testing.T) {
 	serveEach(backend, func(c *net.TCPConn) {
 		defer c.Close()
 		<-release
-		h := sha256.New()
 		c.SetReadDeadline(time.Now().Add(time.Minute))
-		if _, err := io.Copy(h, c); err != nil {
-			return
+		if d, err := receive(c); err == nil {
+			c.Write(d.sum[:])
 		}
-		c.Write(h.Sum(nil))
 	})
 
 	cmd := exec.Command(rspBin, "-listen", "127.0.0.1:0", "-backend", backend.Addr().String(),
@@ -216,18 +214,13 @@ func proxyChildren(pid int) []string {
 	entries, _ := os.ReadDir("/proc")
 	var out []string
 	for _, e := range entries {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		status, err := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
+		child, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		fields := map[string]string{}
-		for _, line := range strings.Split(string(status), "\n") {
-			if k, v, ok := strings.Cut(line, ":"); ok {
-				fields[k] = strings.TrimSpace(v)
-			}
+		fields, err := procStatus(child)
+		if err != nil {
+			continue
 		}
 		if fields["PPid"] != strconv.Itoa(pid) {
 			continue

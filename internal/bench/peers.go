@@ -80,11 +80,16 @@ var (
 // observing costs.
 func rspStarter(mode string, extra ...string) func(*Options, string, string) (*process, error) {
 	return func(o *Options, backend, host string) (*process, error) {
-		args := []string{"-listen", host + ":0", "-backend", backend, "-relay", mode, "-idle-timeout", "0"}
-		args = append(args, extra...)
-		cmd := o.proxy(exec.Command(o.Rsp, append(args, o.RspArgs...)...))
-		return start(cmd, rspStartRE, true)
+		return start(o.proxy(rspCmd(o, mode, backend, host, extra...)), rspStartRE, true)
 	}
+}
+
+// rspCmd returns the command that runs rsp in relay mode in front of
+// backend, listening on host, with extra flags and then -rsp-args.
+func rspCmd(o *Options, mode, backend, host string, extra ...string) *exec.Cmd {
+	args := []string{"-listen", host + ":0", "-backend", backend, "-relay", mode, "-idle-timeout", "0"}
+	args = append(append(args, extra...), o.RspArgs...)
+	return exec.Command(o.Rsp, args...)
 }
 
 // startRspOneLoop runs rsp splice with one event loop (GOMAXPROCS=1), as
@@ -92,8 +97,7 @@ func rspStarter(mode string, extra ...string) func(*Options, string, string) (*p
 // serves: beside "rsp splice" (a loop per CPU), it shows what the second
 // loop buys in rate and costs in CPU per connection.
 func startRspOneLoop(o *Options, backend, host string) (*process, error) {
-	args := []string{"-listen", host + ":0", "-backend", backend, "-relay", "splice", "-idle-timeout", "0"}
-	cmd := exec.Command(o.Rsp, append(args, o.RspArgs...)...)
+	cmd := rspCmd(o, "splice", backend, host)
 	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
 	return start(o.proxy(cmd), rspStartRE, true)
 }
