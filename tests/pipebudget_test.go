@@ -155,7 +155,8 @@ func budgetStream(addr string, seed uint64, size int64, sent chan<- struct{}) er
 // TestBenchAsDeployed: `rsp bench -user nobody -proxy-cpus 0 -load-cpus 1`
 // through the built binary runs the proxy it measures as uid 65534 and
 // pinned to CPU 0 (read from /proc while it runs), takes -rounds turns,
-// and writes its figures.
+// and writes figures for the workloads of the deployed case: many
+// streams, the server closing first, and wrk and iperf3 where installed.
 func TestBenchAsDeployed(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("needs root, to run the proxies as an unprivileged user")
@@ -166,7 +167,7 @@ func TestBenchAsDeployed(t *testing.T) {
 	dir := t.TempDir()
 	out := filepath.Join(dir, "bench.md")
 	cmd := exec.Command(rspBin, "bench", "-quick", "-runs", "1", "-rounds", "2", "-only", "rsp splice",
-		"-workloads", "download", "-user", "nobody", "-proxy-cpus", "0", "-load-cpus", "1",
+		"-workloads", "download,128 streams,server closes,wrk,iperf3", "-user", "nobody", "-proxy-cpus", "0", "-load-cpus", "1",
 		"-out", out, "-chart", filepath.Join(dir, "bench.svg"))
 	var stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr
@@ -203,8 +204,19 @@ func TestBenchAsDeployed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !regexp.MustCompile(`\| download, 1 stream \| rsp splice \| [0-9.]+ Gbit/s \| 2: `).Match(md) {
-		t.Errorf("no download figure of rsp splice over two rounds in the table:\n%s", md)
+	// The workloads of the deployed case, and the external loads where
+	// installed, each a figure over the two rounds.
+	rows := []string{"download, 1 stream", "upload, 128 streams", "HTTP/1.1 Connection: close, server closes first, 16 clients"}
+	if _, err := exec.LookPath("wrk"); err == nil {
+		rows = append(rows, "wrk: HTTP/1.1 Connection: close, 16 conns")
+	}
+	if _, err := exec.LookPath("iperf3"); err == nil {
+		rows = append(rows, "iperf3: 8 streams")
+	}
+	for _, row := range rows {
+		if !regexp.MustCompile(`\| ` + regexp.QuoteMeta(row) + ` \| rsp splice \| [0-9.]+ \S+ \| 2: `).Match(md) {
+			t.Errorf("no figure of rsp splice for %q over two rounds in the table:\n%s", row, md)
+		}
 	}
 }
 
