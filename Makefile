@@ -93,9 +93,11 @@ package:
 # The packages checked as files (lintian, rpm) and then installed and run
 # under a real systemd in a Debian 12 container (systemd-nspawn; root).
 # A few minutes; the container root is cached in /var/cache/rsp-tests.
+# On failure it ends with each failing test's messages (tests/failures.awk).
 test-system: package
-	RSP_DEB=$(abspath $(DEB)) RSP_RPM=$(abspath $(RPM)) $(GO) test -tags system -count=1 -v -timeout 20m \
-		-run '^(TestPackageFiles|TestSystemd)$$' ./tests/
+	set -o pipefail; RSP_DEB=$(abspath $(DEB)) RSP_RPM=$(abspath $(RPM)) $(GO) test -tags system -count=1 -v -timeout 20m \
+		-run '^(TestPackageFiles|TestSystemd)$$' ./tests/ 2>&1 | tee dist/test-system.log \
+		|| { awk -f tests/failures.awk dist/test-system.log; exit 1; }
 
 # Measures rsp against direct loopback, a plain Go io.Copy proxy and the
 # installed peers (make bench-peers, with wrk and iperf3); writes
