@@ -2,6 +2,7 @@ package tests
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -26,7 +27,13 @@ import (
 //	             client is half-closed while bytes flow back.
 func handoverBackend(t *testing.T, handed <-chan struct{}) net.Listener {
 	ln := listen(t)
-	serveEach(ln, func(c *net.TCPConn) {
+	serveEach(ln, handoverServe(handed))
+	return ln
+}
+
+// handoverServe is handoverBackend's handler of one connection.
+func handoverServe(handed <-chan struct{}) func(*net.TCPConn) {
+	return func(c *net.TCPConn) {
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(2 * time.Minute))
 		br := bufio.NewReader(c)
@@ -52,8 +59,44 @@ func handoverBackend(t *testing.T, handed <-chan struct{}) net.Listener {
 				c.CloseWrite()
 			}
 		}
-	})
-	return ln
+	}
+}
+
+// lateBackend is a server whose listening queue is full until open is
+// closed (connects to it wait, their SYNs dropped), and which then
+// serves each connection with handle. It returns its address.
+func lateBackend(t *testing.T, open <-chan struct{}, handle func(*net.TCPConn)) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "late backend")
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := syscall.Getsockname(fd)
+	addr := (&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: sa.(*syscall.SockaddrInet4).Port}).String()
+	for range 4 { // fill the queue: further SYNs are dropped
+		d := net.Dialer{Timeout: 200 * time.Millisecond}
+		if c, err := d.Dial("tcp", addr); err == nil {
+			t.Cleanup(func() { c.Close() })
+		}
+	}
+	ln, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		<-open
+		serveEach(ln, handle)
+	}()
+	return addr
 }
 
 // gate writes to w, and waits for open once at bytes have gone.
@@ -87,6 +130,7 @@ func echoGated(c *net.TCPConn, seed uint64, n int64, open <-chan struct{}) error
 }
 
 var handedRE = regexp.MustCompile(`msg="handed over" pid=(\d+) conns=(\d+)`)
+var pendingRE = regexp.MustCompile(`msg="took over live connections" from="rsp pid \d+" .* not_yet_connected=(\d+)`)
 var tookRE = regexp.MustCompile(`msg="took over live connections" from="rsp pid (\d+)" conns=(\d+) lost=(\d+) listeners=\d+ bytes_in_pipes=(\d+)`)
 
 // exited reports whether pid has exited (gone, or a zombie not yet
@@ -104,10 +148,13 @@ func exited(pid int) bool {
 // TestHandoverSIGUSR2: SIGUSR2 makes rsp start its successor from its
 // own binary and hand it the listener and every live connection: streams
 // mid-flight (some with bytes held in rsp's pipes, one half-closed with
-// bytes still coming back) finish byte-exact with no reset; a connection
-// idle at the hand-over keeps working; the old process exits 0; the new
-// one serves new clients on the same address and, once every stream
-// ended, holds no connection and no pipe.
+// bytes still coming back) finish byte-exact with no reset; clients not
+// yet connected (connecting to a server that has not answered, halfway
+// through a PROXY header or a ClientHello) are routed and connected by
+// the successor, byte-exact; a connection idle at the hand-over keeps
+// working; the old process exits 0; the new one serves new clients on
+// the same address and, once every stream ended, holds no connection and
+// no pipe.
 func TestHandoverSIGUSR2(t *testing.T) {
 	handed := make(chan struct{})
 	var closeHanded sync.Once
@@ -133,28 +180,44 @@ listen = "127.0.0.1:0"
 backend = "b"
 sni_timeout = "60s"
 [frontend.tls.sni]
-"a.example" = "b"
+"a.example" = "e"
 [backend.b]
 server.s = { address = %q }
 [backend.hole]
 server.h = { address = %q }
-`, be.Addr(), blackHole(t))))
+[backend.e]
+server.e = { address = %q }
+`, be.Addr(), lateBackend(t, handed, handoverServe(handed)), echoBackend(t).Addr())))
 	addr, holeAddr := listeningOn(p, "f"), listeningOn(p, "hole")
 	baseSockets := socketFDs(t, p.pid())
 	const streams = 60
 	const size, stallSize = carriedSize, carriedStall
 	ms := startCarriedStreams(t, addr, streams, 1000, handed)
-	// A client whose server has not answered the connect yet: the
-	// hand-over cannot carry it and resets it, not leaving it hanging.
+	// Clients not yet connected at the hand-over: one whose server has
+	// not answered the connect (its listening queue is full until the
+	// hand-over), with its request sent; two halfway through a PROXY
+	// header and a ClientHello. The successor takes them on.
 	dialing := dial(t, holeAddr)
 	defer dialing.Close()
-	// Clients halfway through a PROXY header and a ClientHello: not
-	// carried, reset.
 	inHeader, inHello := dial(t, listeningOn(p, "hdr")), dial(t, listeningOn(p, "tls"))
 	defer inHeader.Close()
 	defer inHello.Close()
+	const pendingSize = 256 << 10
+	if _, err := dialing.Write([]byte("echo\n")); err != nil {
+		t.Fatal(err)
+	}
+	pendingSent := make(chan digest, 1)
+	go func() {
+		// More than the socket buffers hold: it finishes once relayed.
+		d, err := send(dialing, 77, pendingSize)
+		if err == nil {
+			dialing.CloseWrite()
+		}
+		pendingSent <- d
+	}()
 	fmt.Fprintf(inHeader, "PROXY TCP4 192.0.2.1")
-	inHello.Write([]byte{0x16, 0x03, 0x01, 0x00, 0x80, 0x01, 0x00})
+	hello := clientHello(t, "a.example")
+	inHello.Write(hello[:7])
 	time.Sleep(200 * time.Millisecond) // mid-stream
 
 	oldPID := p.pid()
@@ -197,18 +260,44 @@ server.h = { address = %q }
 		t.Errorf("new rsp took over %d connections; want at least %d", n, 2*streams/3+2)
 	}
 
-	dialing.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := dialing.Read(make([]byte, 1)); !isReset(err) {
-		t.Errorf("client still connecting at the hand-over: read = %v; want a reset", err)
+	if m := pendingRE.FindStringSubmatch(p.stderr.String()); m == nil {
+		t.Errorf("new rsp logged no count of clients not yet connected:\n%s", p.stderr.String())
+	} else if n, _ := strconv.Atoi(m[1]); n < 3 {
+		t.Errorf("new rsp did not log taking over the 3 clients not yet connected (%v):\n%s", m, p.stderr.String())
 	}
-	if !strings.Contains(p.stderr.String(), "frontend=hole backend=hole server=h") || !strings.Contains(p.stderr.String(), "cause=handover") {
-		t.Errorf("the connecting client's end is not logged with cause handover")
+	// The client whose connect was under way: connected by the
+	// successor once its server answers, every byte back.
+	dialing.SetDeadline(time.Now().Add(30 * time.Second))
+	if got, err := receive(dialing); err != nil || got != <-pendingSent || got.n != pendingSize {
+		t.Errorf("client still connecting at the hand-over: got back %v, %v; want %v", got, err, expected(77, pendingSize))
 	}
+	// The PROXY header and the ClientHello, finished: the successor reads
+	// them and relays what follows.
+	fmt.Fprintf(inHeader, " 198.51.100.2 4321 80\r\necho\n")
+	inHello.Write(hello[7:])
 	for what, c := range map[string]*net.TCPConn{"PROXY header": inHeader, "ClientHello": inHello} {
-		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := c.Read(make([]byte, 1)); !isReset(err) {
-			t.Errorf("client halfway through a %s at the hand-over: read = %v; want a reset", what, err)
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		sent, err := send(c, 78, 64<<10)
+		if err == nil {
+			err = c.CloseWrite()
 		}
+		var got digest
+		if err == nil && what == "ClientHello" {
+			// The echo server returns the hello first.
+			back := make([]byte, len(hello))
+			if _, err = io.ReadFull(c, back); err == nil && !bytes.Equal(back, hello) {
+				err = fmt.Errorf("the ClientHello came back changed")
+			}
+		}
+		if err == nil {
+			got, err = receive(c)
+		}
+		if err != nil || got != sent {
+			t.Errorf("client halfway through a %s at the hand-over: got back %v, %v; want %v", what, got, err, sent)
+		}
+	}
+	if !eventually(5*time.Second, func() bool { return strings.Contains(p.stderr.String(), "client=192.0.2.1:4321") }) {
+		t.Errorf("the successor's log has no connection from 192.0.2.1:4321, the client the PROXY header named")
 	}
 	// The idle connection, and a new client on the same address.
 	ms.stillServes(t, addr, "hand-over")
@@ -241,8 +330,8 @@ server.h = { address = %q }
 	if n != streams {
 		t.Errorf("%d connection log lines of whole streams on server s; want one for each of the %d streams", n, streams)
 	}
-	if n := strings.Count(p.stderr.String(), "cause=handover"); n != 3 {
-		t.Errorf("%d connections reset at the hand-over; want the 3 not established (connecting, PROXY header, ClientHello)", n)
+	if n := strings.Count(p.stderr.String(), "cause=handover"); n != 0 {
+		t.Errorf("%d connections reset at the hand-over; want none", n)
 	}
 	syscall.Kill(newPID, syscall.SIGTERM)
 	if !eventually(10*time.Second, func() bool { return exited(newPID) }) {
@@ -377,7 +466,8 @@ func socketFDs(t *testing.T, pid int) int {
 // as before. A configuration the new binary refuses stops it before
 // anything moves; a successor that dies before it serves gives every
 // connection back: streams frozen mid-flight finish byte-exact in the
-// old process, which accepts again.
+// old process, which accepts again, and so does a client that was still
+// connecting.
 func TestHandoverFails(t *testing.T) {
 	handed := make(chan struct{})
 	var closeHanded sync.Once
@@ -387,13 +477,29 @@ func TestHandoverFails(t *testing.T) {
 [frontend.f]
 listen = "127.0.0.1:0"
 backend = "b"
+[frontend.late]
+listen = "127.0.0.1:0"
+backend = "late"
+connect_timeout = "60s"
 [backend.b]
 server.s = { address = %q }
-`, be.Addr()))
+[backend.late]
+server.l = { address = %q }
+`, be.Addr(), lateBackend(t, handed, handoverServe(handed))))
 	cmd := exec.Command(rspBin, "-config", path)
 	cmd.Env = append(os.Environ(), "RSP_TEST_FAIL_TAKEOVER=1")
 	p := launch(t, cmd)
 	p.waitStarted()
+	p.addr = listeningOn(p, "f")
+	// Connecting through both failed hand-overs, to a server that answers
+	// once the test is done with them.
+	connecting := dial(t, listeningOn(p, "late"))
+	defer connecting.Close()
+	fmt.Fprintf(connecting, "echo\n")
+	connectingDone := make(chan error, 1)
+	go func() {
+		connectingDone <- echoPaced(connecting, 55, 256<<10, 256<<10, 0)
+	}()
 
 	const streams = 10
 	const size = 2 << 20
@@ -452,6 +558,9 @@ server.s = { address = %q }
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+	if err := <-connectingDone; err != nil {
+		t.Errorf("client connecting at both failed hand-overs: %v", err)
 	}
 	// The old process accepts again.
 	fresh := dial(t, p.addr)

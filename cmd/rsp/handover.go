@@ -123,6 +123,12 @@ func (in *inherited) resume(px *proxy.Proxy, relay *splice.Relay, logger *slog.L
 			logger.Warn("cannot remove the handed-over descriptors from systemd's store", "err", err)
 		}
 	}
+	pending := 0
+	for _, fc := range in.u.Conns {
+		if fc.Pending {
+			pending++
+		}
+	}
 	resumed, failed, inPipes := thawAll(in.u.Conns, px, relay)
 	for key, ln := range px.Inherited {
 		ln.Close()
@@ -132,7 +138,8 @@ func (in *inherited) resume(px *proxy.Proxy, relay *splice.Relay, logger *slog.L
 	if in.passed.FromParent {
 		from = fmt.Sprintf("rsp pid %d", in.parent)
 	}
-	logger.Info("took over live connections", "from", from, "conns", resumed, "lost", in.lost+failed, "listeners", in.listeners, "bytes_in_pipes", inPipes)
+	logger.Info("took over live connections", "from", from, "conns", resumed, "lost", in.lost+failed, "listeners", in.listeners, "bytes_in_pipes", inPipes,
+		"not_yet_connected", pending)
 }
 
 // thawAll resumes conns in relay, routed by px: it counts those resumed,

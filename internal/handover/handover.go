@@ -41,10 +41,14 @@ type conn struct {
 	IDs []FileID
 }
 
-// fdsOf points at the descriptors of fc that it has: its two sockets,
-// then the ends of the pipes that hold bytes.
+// fdsOf points at the descriptors of fc that it has: its two sockets
+// (its client's only, if Pending), then the ends of the pipes that hold
+// bytes.
 func fdsOf(fc *splice.FrozenConn) []*int {
-	out := []*int{&fc.ClientFD, &fc.ServerFD}
+	out := []*int{&fc.ClientFD}
+	if !fc.Pending {
+		out = append(out, &fc.ServerFD)
+	}
 	for _, fd := range []*int{&fc.Up.PipeR, &fc.Up.PipeW, &fc.Down.PipeR, &fc.Down.PipeW} {
 		if *fd >= 0 {
 			out = append(out, fd)

@@ -133,3 +133,44 @@ func TestUnpackMissing(t *testing.T) {
 	unix.Close(peers[0])
 	unix.Close(peers[1])
 }
+
+// TestPackUnpackPending: a connection not yet connected travels as its
+// client socket alone, with what the next process needs to route it.
+func TestPackUnpackPending(t *testing.T) {
+	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(sp[1])
+	fc := splice.FrozenConn{
+		ID: 9, Frontend: "f", Backend: "b", ClientFD: sp[0], ServerFD: -1, ClientUnix: true, Tries: 1,
+		Up: splice.FrozenHalf{PipeR: -1, PipeW: -1}, Down: splice.FrozenHalf{PipeR: -1, PipeW: -1},
+		Pending: true, HeaderRead: true,
+	}
+	p, err := Pack([]splice.FrozenConn{fc}, nil)
+	if err != nil {
+		t.Fatalf("Pack of a pending connection: %v", err)
+	}
+	files, names := pass(t, p, nil)
+	p.Close()
+	fc.Forget()
+	if len(names) != 2 {
+		t.Fatalf("names %v; want the state and the client socket", names)
+	}
+	u, lost, err := Unpack(files, names)
+	if err != nil || lost != 0 || len(u.Conns) != 1 {
+		t.Fatalf("Unpack: %+v, lost %d, %v", u, lost, err)
+	}
+	got := u.Conns[0]
+	defer got.Close()
+	if !got.Pending || !got.HeaderRead || got.ServerFD != -1 || got.Tries != 1 || got.Up.PipeR != -1 || got.Down.PipeW != -1 {
+		t.Errorf("connection %+v", got)
+	}
+	if _, err := unix.Write(sp[1], []byte("first bytes")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	if n, err := unix.Read(got.ClientFD, buf); err != nil || string(buf[:n]) != "first bytes" {
+		t.Errorf("client socket from its peer: %q, %v", buf[:n], err)
+	}
+}

@@ -342,7 +342,10 @@ func (p *Proxy) Owned() map[string]net.Listener {
 // Resume returns the route and server for a connection handed over by
 // the rsp before this one, its server counted: the running frontend and
 // server of those names, or, where the configuration no longer has
-// them, a bare route and a server that only names itself.
+// them, a bare route and a server that only names itself. A connection
+// handed over before it was connected (Pending) gets its frontend's
+// route and no server: it is routed as a new client is. Where its
+// frontend is gone, the bare route has no server, and it is reset.
 func (p *Proxy) Resume(fc splice.FrozenConn) (*splice.Route, splice.Target) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -352,6 +355,9 @@ func (p *Proxy) Resume(fc splice.FrozenConn) (*splice.Route, splice.Target) {
 			rt = b.fe.Route()
 			break
 		}
+	}
+	if fc.Pending {
+		return rt, nil
 	}
 	if pl := p.pools[fc.Backend]; pl != nil {
 		if s := pl.Server(strings.TrimPrefix(fc.Server, fc.Backend+"/")); s != nil {

@@ -82,11 +82,6 @@ type conn struct {
 // backend and begins a non-blocking connect to it.
 func (l *loop) open(cfd int, peer netip.AddrPort, ln *listener) {
 	rt := ln.fe.Route()
-	l.nextID++
-	c := &conn{dialing: dialing{rt: rt, peer: peer}, id: l.nextID, client: sock{fd: cfd, unix: !ln.tcp}, backend: sock{fd: -1}, last: l.now, born: l.now}
-	c.fe = l.tally.frontend(rt.Name)
-	c.fe.Accepted++
-	c.fe.Active++
 	// Small writes must leave at once: the proxy must not add Nagle delay
 	// to request/response traffic.
 	if ln.tcp && !ln.nodelay {
@@ -98,14 +93,34 @@ func (l *loop) open(cfd int, peer netip.AddrPort, ln *listener) {
 	if l.j != nil {
 		setLinger0(cfd) // until recorded (record)
 	}
+	c := l.newConn(rt, cfd, !ln.tcp, peer, l.now)
+	c.fe.Accepted++
+	l.begin(c, rt.Header != nil, false)
+}
+
+// newConn makes the connection of client socket cfd under rt, born at
+// born (loop clock), live in l and in its frontend's count.
+func (l *loop) newConn(rt *Route, cfd int, unixSock bool, peer netip.AddrPort, born int64) *conn {
+	l.nextID++
+	c := &conn{dialing: dialing{rt: rt, peer: peer}, id: l.nextID, client: sock{fd: cfd, unix: unixSock}, backend: sock{fd: -1}, last: l.now, born: born}
+	c.fe = l.tally.frontend(rt.Name)
+	c.fe.Active++
 	l.link(c)
 	l.useTimeouts(rt)
-	if h := rt.Header; h != nil {
-		if !h.Trusted(peer.Addr()) {
+	return c
+}
+
+// begin takes c from its first step to its backend connect: its PROXY
+// header if header, else its gate unless gated, then its ClientHello if
+// the route reads one.
+func (l *loop) begin(c *conn, header, gated bool) {
+	rt := c.rt
+	if header {
+		if !rt.Header.Trusted(c.peer.Addr()) {
 			l.finish(c, errUntrusted, true)
 			return
 		}
-		if err := l.register(c, cfd); err != nil {
+		if err := l.register(c, c.client.fd); err != nil {
 			l.finish(c, err, true)
 			return
 		}
@@ -114,10 +129,10 @@ func (l *loop) open(cfd int, peer netip.AddrPort, ln *listener) {
 		l.readHeader(c) // it may be here already
 		return
 	}
-	if !l.gate(c) {
+	if !gated && !l.gate(c) {
 		return
 	}
-	if err := l.register(c, cfd); err != nil {
+	if err := l.register(c, c.client.fd); err != nil {
 		l.finish(c, err, true)
 		return
 	}

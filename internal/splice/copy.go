@@ -895,6 +895,8 @@ func (e *copyEngine) unfreeze() {
 
 func (e *copyEngine) thaw(fc FrozenConn, _ *Route, t Target) error {
 	fc.Close()
-	t.Release()
+	if t != nil {
+		t.Release()
+	}
 	return ErrNoHandover
 }

@@ -2,6 +2,7 @@ package splice
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"time"
 
@@ -30,6 +31,16 @@ type FrozenConn struct {
 	ClientFirst            bool
 	// HalfClosed is how long ago the first direction ended; 0 if none did.
 	HalfClosed time.Duration
+	// Pending marks a connection not yet relaying: connecting to its
+	// server, or waiting for its PROXY header or ClientHello. Only its
+	// client socket goes (ServerFD is -1, no pipes); nothing of the
+	// client's stream was consumed but a whole PROXY header, and the
+	// next process routes and connects it anew.
+	Pending bool
+	// HeaderRead says, with Pending, that the client's PROXY header (if
+	// its frontend takes one) was read, and Peer is the client it named:
+	// the connection passed its frontend's gate (access list, limits).
+	HeaderRead bool
 }
 
 // FrozenHalf is one direction of a FrozenConn.
@@ -43,18 +54,19 @@ type FrozenHalf struct {
 	Sent         int64 // bytes delivered so far
 }
 
-// errHandover ends a connection that a hand-over could not carry: one not
-// yet connected, reading a PROXY header or a ClientHello, or ending.
-var errHandover = errors.New("reset at hand-over: not established, or ending")
+// errHandover ends a connection that a hand-over could not carry: one
+// ending, or with an error or urgent data pending.
+var errHandover = errors.New("reset at hand-over: ending, or an error or urgent data pending")
 
 // ErrNoHandover says the relay cannot hand its connections over: only
 // the splice relay, on Linux, can.
 var ErrNoHandover = errors.New("live connections can be handed over by the splice relay only: set relay = \"splice\"")
 
-// Freeze stops accepting, takes every established connection out of the
-// relay, unchanged, and returns them; the connections it cannot carry
-// (not yet connected, reading a PROXY header or ClientHello, ending) are
-// reset, cause handover. The relay then holds no connection and can be
+// Freeze stops accepting, takes every connection out of the relay,
+// unchanged, and returns them: established ones with their sockets and
+// the bytes in flight, and those not yet connected (Pending) with their
+// client socket only. The connections it cannot carry (ending, or with
+// an error or urgent data pending) are reset, cause handover. The relay then holds no connection and can be
 // shut down. Freeze may be called once.
 func (r *Relay) Freeze() ([]FrozenConn, error) {
 	r.mu.Lock()
@@ -93,7 +105,8 @@ func (r *Relay) Unfreeze() {
 // Thaw resumes in r a connection frozen by another relay (another
 // process's): bytes move again as they would have there. rt is the route
 // of its frontend, t its server, already counted as picked (Thaw's end
-// releases it). Thaw takes ownership of fc's file descriptors, and
+// releases it); for a Pending fc, t is nil and a server is picked as for
+// a new client. Thaw takes ownership of fc's file descriptors, and
 // closes them if it fails.
 func (r *Relay) Thaw(fc FrozenConn, rt *Route, t Target) error {
 	r.mu.Lock()
@@ -102,6 +115,10 @@ func (r *Relay) Thaw(fc FrozenConn, rt *Route, t Target) error {
 	if e == nil {
 		fc.Close()
 		return errors.New("relay not started")
+	}
+	if fc.Pending && (rt == nil || rt.Picker == nil) {
+		fc.Close()
+		return fmt.Errorf("frontend %s: not in the configuration, so its client not yet connected is reset", fc.Frontend)
 	}
 	return e.thaw(fc, rt, t)
 }

@@ -45,18 +45,57 @@ func (e *spliceEngine) freeze() ([]FrozenConn, error) {
 	return out, nil
 }
 
-// freezeConns takes the loop's established connections out (into out)
-// and resets the others.
+// freezeConns takes the loop's connections out (into out), established
+// or not yet connected, and resets those that cannot be carried.
 func (l *loop) freezeConns(out *[]FrozenConn) {
 	for c := l.live.next; c != &l.live; {
 		next := c.next
 		if fc, ok := l.freezeConn(c); ok {
+			*out = append(*out, fc)
+		} else if fc, ok := l.freezePending(c); ok {
 			*out = append(*out, fc)
 		} else {
 			l.finish(c, errHandover, true)
 		}
 		c = next
 	}
+}
+
+// freezePending detaches c if it is not yet connected (connecting, or
+// waiting for its PROXY header or ClientHello), for the next process to
+// route and connect anew: nothing of the client's stream was consumed
+// but a whole PROXY header, so its client socket is all that goes. A
+// connect in progress is abandoned. false if c cannot be carried.
+func (l *loop) freezePending(c *conn) (FrozenConn, bool) {
+	if c.closed || !(c.connecting || c.header || c.hello) || c.client.err || c.client.urgSeen {
+		return FrozenConn{}, false
+	}
+	tries := c.tries
+	if c.connecting {
+		tries-- // abandoned, not failed
+	}
+	fc := FrozenConn{
+		ID: uint64(l.index)<<32 | uint64(c.id), Frontend: c.rt.Name, Backend: c.rt.Backend, Peer: c.peer,
+		ClientFD: c.client.fd, ServerFD: -1, ClientUnix: c.client.unix,
+		Up: FrozenHalf{PipeR: -1, PipeW: -1}, Down: FrozenHalf{PipeR: -1, PipeW: -1},
+		Born: l.e.start.Add(time.Duration(c.born)), Tries: tries,
+		Pending: true, HeaderRead: !c.header,
+	}
+	if c.target != nil {
+		fc.Server = c.target.Name()
+	}
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.client.fd, nil)
+	if fd := c.backend.fd; fd >= 0 {
+		l.byFD[fd] = nil
+		unix.Close(fd) // also leaves the epoll set
+		c.backend = sock{fd: -1}
+	}
+	l.forget(c)
+	c.closed = true
+	l.unlink(c)
+	c.leave(false)
+	l.releaseConn(c)
+	return fc, true
 }
 
 // freezeConn detaches c from the loop, its sockets and pipes left open,
@@ -139,14 +178,18 @@ func (e *spliceEngine) thaw(fc FrozenConn, rt *Route, t Target) error {
 	}
 	if best == nil || !e.r.admitAlways() {
 		fc.Close()
-		t.Release()
+		if t != nil {
+			t.Release()
+		}
 		return errors.New("relay is not running")
 	}
 	best.load.Add(1)
 	if !best.enqueue(command{op: cmdThaw, thaw: &thawing{fc: fc, rt: rt, t: t}}) {
 		best.load.Add(-1)
 		fc.Close()
-		t.Release()
+		if t != nil {
+			t.Release()
+		}
 		e.r.connDone(1)
 		return errors.New("relay is not running")
 	}
@@ -164,6 +207,10 @@ type thawing struct {
 func (l *loop) thawConn(th *thawing) {
 	l.load.Add(-1)
 	fc, rt := th.fc, th.rt
+	if fc.Pending {
+		l.reopen(fc, rt)
+		return
+	}
 	l.nextID++
 	born := l.now - int64(time.Since(fc.Born))
 	c := &conn{
@@ -216,6 +263,27 @@ func (l *loop) thawConn(th *thawing) {
 		}
 	}
 	l.service(c)
+}
+
+// reopen resumes a connection handed over before it was connected, as
+// if just accepted under rt: from its PROXY header if that was not read
+// yet, else past its gate (its limits held, as the previous process
+// admitted it), to its ClientHello if the route reads one, and its
+// connect.
+func (l *loop) reopen(fc FrozenConn, rt *Route) {
+	fd := fc.ClientFD
+	if !fc.ClientUnix {
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, l.lowat)
+	}
+	if l.j == nil {
+		clearLinger(fd) // else kept until recorded, as for a new client
+	}
+	c := l.newConn(rt, fd, fc.ClientUnix, fc.Peer, l.now-int64(time.Since(fc.Born)))
+	c.tries = fc.Tries
+	if fc.HeaderRead {
+		c.holdLimits(l.now)
+	}
+	l.begin(c, rt.Header != nil && !fc.HeaderRead, fc.HeaderRead)
 }
 
 // thawHalf rebuilds a direction; its pipe, if any, joins the loop's

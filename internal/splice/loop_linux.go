@@ -398,7 +398,9 @@ func (l *loop) exit(reason error) {
 		} else if c.op == cmdThaw {
 			l.load.Add(-1)
 			c.thaw.fc.Close()
-			c.thaw.t.Release()
+			if c.thaw.t != nil {
+				c.thaw.t.Release()
+			}
 			l.e.r.connDone(1)
 		} else if c.ln != nil && c.ln.fd >= 0 {
 			unix.Close(c.ln.fd)
