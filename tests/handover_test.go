@@ -339,6 +339,124 @@ server.e = { address = %q }
 	}
 }
 
+// TestHandoverKeepsWaits: a client handed over while rsp waits for its
+// PROXY header or its ClientHello waits no longer in all than the
+// frontend allows: the successor takes the wait on where it was, so
+// restarts cannot stretch it. The PROXY header's end comes at the connect
+// timeout, a reset; the ClientHello's sends the client to the frontend's
+// backend (an echo, so the client sees its bytes come back).
+func TestHandoverKeepsWaits(t *testing.T) {
+	const wait, handAt = 4 * time.Second, 2500 * time.Millisecond
+	be := echoBackend(t)
+	p := startRsp(t, "-config", writeConfig(t, "", fmt.Sprintf(`
+[frontend.hdr]
+listen = "127.0.0.1:0"
+backend = "b"
+accept_proxy_from = "127.0.0.0/8"
+connect_timeout = %[2]q
+[frontend.tls]
+listen = "127.0.0.1:0"
+backend = "b"
+sni_timeout = %[2]q
+[frontend.tls.sni]
+"a.example" = "b"
+[backend.b]
+server.s = { address = %[1]q }
+`, be.Addr(), wait.String())))
+	start := time.Now()
+	inHeader, inHello := dial(t, listeningOn(p, "hdr")), dial(t, listeningOn(p, "tls"))
+	defer inHeader.Close()
+	defer inHello.Close()
+	fmt.Fprintf(inHeader, "PROXY TCP4 192.0.2.1")
+	partial := clientHello(t, "a.example")[:7]
+	inHello.Write(partial)
+	time.Sleep(handAt - time.Since(start))
+	p.signal(syscall.SIGUSR2)
+	var newPID int
+	if !eventually(20*time.Second, func() bool {
+		m := handedRE.FindStringSubmatch(p.stderr.String())
+		if m != nil {
+			newPID, _ = strconv.Atoi(m[1])
+		}
+		return m != nil
+	}) {
+		t.Fatalf("no hand-over logged:\n%s", p.stderr.String())
+	}
+	defer func() {
+		if !exited(newPID) {
+			syscall.Kill(newPID, syscall.SIGTERM)
+		}
+	}()
+	// Ended by the successor within the frontend's wait, not a wait
+	// begun anew at the hand-over (which would end past handAt+wait).
+	limit := wait + handAt/2
+	inHeader.SetReadDeadline(time.Now().Add(15 * time.Second))
+	if _, err := inHeader.Read(make([]byte, 1)); !isReset(err) {
+		t.Errorf("client with half a PROXY header: read = %v; want a reset", err)
+	} else if took := time.Since(start); took < wait-100*time.Millisecond || took > limit {
+		t.Errorf("client with half a PROXY header reset %v after it connected; want about %v (the connect timeout), well before %v", took, wait, handAt+wait)
+	}
+	inHello.SetReadDeadline(time.Now().Add(15 * time.Second))
+	back := make([]byte, len(partial))
+	if _, err := io.ReadFull(inHello, back); err != nil || !bytes.Equal(back, partial) {
+		t.Errorf("client with part of a ClientHello: got back %x, %v; want %x from the frontend's backend", back, err, partial)
+	} else if took := time.Since(start); took < wait-100*time.Millisecond || took > limit {
+		t.Errorf("client with part of a ClientHello routed %v after it connected; want about %v (sni_timeout), well before %v", took, wait, handAt+wait)
+	}
+}
+
+// TestHandoverHeaderDropped: a client halfway through its PROXY header
+// when the hand-over goes to a file whose frontend no longer reads PROXY
+// headers is reset, its header never relayed to the server as data.
+func TestHandoverHeaderDropped(t *testing.T) {
+	be := echoBackend(t)
+	conf := `
+[frontend.hdr]
+listen = "127.0.0.1:0"
+backend = "b"
+%s
+[backend.b]
+server.s = { address = %q }
+`
+	path := writeConfig(t, "", fmt.Sprintf(conf, `accept_proxy_from = "127.0.0.0/8"`, be.Addr()))
+	p := startRsp(t, "-config", path)
+	c := dial(t, listeningOn(p, "hdr"))
+	defer c.Close()
+	fmt.Fprintf(c, "PROXY TCP4 192.0.2.1")
+	time.Sleep(200 * time.Millisecond)
+	// The same listen line: the successor takes the socket.
+	if err := os.WriteFile(path, []byte(fmt.Sprintf(conf, "", be.Addr())), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.signal(syscall.SIGUSR2)
+	var newPID int
+	if !eventually(20*time.Second, func() bool {
+		m := handedRE.FindStringSubmatch(p.stderr.String())
+		if m != nil {
+			newPID, _ = strconv.Atoi(m[1])
+		}
+		return m != nil
+	}) {
+		t.Fatalf("no hand-over logged:\n%s", p.stderr.String())
+	}
+	defer func() {
+		if !exited(newPID) {
+			syscall.Kill(newPID, syscall.SIGTERM)
+		}
+	}()
+	// Relayed as data, the half header would come back from the echo.
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if b, err := io.ReadAll(c); !isReset(err) {
+		t.Errorf("client halfway through a PROXY header: got %q, %v; want a reset", b, err)
+	}
+	if !eventually(5*time.Second, func() bool {
+		m := tookRE.FindStringSubmatch(p.stderr.String())
+		return m != nil && m[3] == "1"
+	}) || !strings.Contains(p.stderr.String(), "no longer reads PROXY headers") {
+		t.Errorf("the successor did not count the client lost, saying why:\n%s", p.stderr.String())
+	}
+}
+
 // carriedSize and carriedStall are the sizes of startCarriedStreams' streams:
 // a stalled one sends more than rsp's send buffer towards the server that
 // does not read (tcp_wmem, 4 MiB at most by default) and that server's

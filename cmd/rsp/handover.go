@@ -129,7 +129,7 @@ func (in *inherited) resume(px *proxy.Proxy, relay *splice.Relay, logger *slog.L
 			pending++
 		}
 	}
-	resumed, failed, inPipes := thawAll(in.u.Conns, px, relay)
+	resumed, failed, inPipes := thawAll(in.u.Conns, px, relay, logger)
 	for key, ln := range px.Inherited {
 		ln.Close()
 		delete(px.Inherited, key)
@@ -143,16 +143,24 @@ func (in *inherited) resume(px *proxy.Proxy, relay *splice.Relay, logger *slog.L
 }
 
 // thawAll resumes conns in relay, routed by px: it counts those resumed,
-// those that failed (reset), and the bytes they had in pipes.
-func thawAll(conns []splice.FrozenConn, px *proxy.Proxy, relay *splice.Relay) (resumed, failed, inPipes int) {
+// those that failed (reset), and the bytes they had in pipes; the first
+// failure is logged, with how many there were.
+func thawAll(conns []splice.FrozenConn, px *proxy.Proxy, relay *splice.Relay, logger *slog.Logger) (resumed, failed, inPipes int) {
+	var first error
 	for _, fc := range conns {
 		inPipes += fc.Up.N + fc.Down.N
 		rt, t := px.Resume(fc)
 		if err := relay.Thaw(fc, rt, t); err != nil {
+			if first == nil {
+				first = err
+			}
 			failed++
 			continue
 		}
 		resumed++
+	}
+	if first != nil {
+		logger.Warn("connections handed over could not be resumed and were reset", "count", failed, "first", first)
 	}
 	return resumed, failed, inPipes
 }
@@ -164,7 +172,7 @@ func (in *inherited) resumeCrashed(px *proxy.Proxy, relay *splice.Relay, logger 
 	if err := handover.Forget(rec.Names); err != nil {
 		logger.Warn("cannot remove a crashed rsp's descriptors from systemd's store", "err", err)
 	}
-	resumed, failed, inPipes := thawAll(rec.Conns, px, relay)
+	resumed, failed, inPipes := thawAll(rec.Conns, px, relay, logger)
 	lvl := slog.LevelWarn
 	if len(rec.Conns)+rec.Reset == 0 {
 		lvl = slog.LevelInfo
@@ -253,7 +261,7 @@ func (s *successor) handOver() (pid int, conns int, err error) {
 // takeBack resumes here the connections of a hand-over that did not
 // happen, as they left, and accepts again.
 func (s *successor) takeBack(frozen []splice.FrozenConn) error {
-	thawAll(frozen, s.px, s.relay)
+	thawAll(frozen, s.px, s.relay, s.logger)
 	s.relay.Unfreeze()
 	return s.px.ServeAgain()
 }

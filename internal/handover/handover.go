@@ -195,6 +195,9 @@ func Unpack(files []*os.File, names []string) (u *Unpacked, lost int, err error)
 	}
 	for _, c := range st.Conns {
 		fc := c.FrozenConn
+		if fc.Pending {
+			fc.ServerFD = -1 // not passed: no number of the old process's may stay
+		}
 		fds := fdsOf(&fc) // still the old process's numbers
 		whole := len(fds) == len(c.IDs)
 		for i, fd := range fds {

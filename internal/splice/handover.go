@@ -41,6 +41,10 @@ type FrozenConn struct {
 	// its frontend takes one) was read, and Peer is the client it named:
 	// the connection passed its frontend's gate (access list, limits).
 	HeaderRead bool
+	// Wait is, with Pending, what was left of its wait for a PROXY
+	// header or ClientHello (0 if that wait was over): the next process
+	// waits no longer.
+	Wait time.Duration
 }
 
 // FrozenHalf is one direction of a FrozenConn.
@@ -119,6 +123,12 @@ func (r *Relay) Thaw(fc FrozenConn, rt *Route, t Target) error {
 	if fc.Pending && (rt == nil || rt.Picker == nil) {
 		fc.Close()
 		return fmt.Errorf("frontend %s: not in the configuration, so its client not yet connected is reset", fc.Frontend)
+	}
+	if fc.Pending && !fc.HeaderRead && rt.Header == nil {
+		// Its PROXY header, sent or on its way, would reach the server
+		// as data.
+		fc.Close()
+		return fmt.Errorf("frontend %s: no longer reads PROXY headers, so its client still sending one is reset", fc.Frontend)
 	}
 	return e.thaw(fc, rt, t)
 }

@@ -50,6 +50,13 @@ func (e *spliceEngine) freeze() ([]FrozenConn, error) {
 func (l *loop) freezeConns(out *[]FrozenConn) {
 	for c := l.live.next; c != &l.live; {
 		next := c.next
+		if c.connecting {
+			l.settleConnect(c)
+		}
+		if c.closed {
+			c = next
+			continue
+		}
 		if fc, ok := l.freezeConn(c); ok {
 			*out = append(*out, fc)
 		} else if fc, ok := l.freezePending(c); ok {
@@ -59,6 +66,19 @@ func (l *loop) freezeConns(out *[]FrozenConn) {
 		}
 		c = next
 	}
+}
+
+// settleConnect completes c's connect if the kernel finished it before
+// the loop heard (the event waits in epoll): a hand-over then carries the
+// connection established, rather than abandoning a connect that worked.
+// A connect that failed is handled as on its event (a retry, or the end).
+func (l *loop) settleConnect(c *conn) {
+	fds := []unix.PollFd{{Fd: int32(c.backend.fd), Events: unix.POLLOUT}}
+	if n, err := unix.Poll(fds, 0); err != nil || n == 0 || fds[0].Revents == 0 {
+		return
+	}
+	c.backend.writable = true
+	l.connected(c)
 }
 
 // freezePending detaches c if it is not yet connected (connecting, or
@@ -73,6 +93,7 @@ func (l *loop) freezePending(c *conn) (FrozenConn, bool) {
 	tries := c.tries
 	if c.connecting {
 		tries-- // abandoned, not failed
+		c.srv.Attempts--
 	}
 	fc := FrozenConn{
 		ID: uint64(l.index)<<32 | uint64(c.id), Frontend: c.rt.Name, Backend: c.rt.Backend, Peer: c.peer,
@@ -80,6 +101,9 @@ func (l *loop) freezePending(c *conn) (FrozenConn, bool) {
 		Up: FrozenHalf{PipeR: -1, PipeW: -1}, Down: FrozenHalf{PipeR: -1, PipeW: -1},
 		Born: l.e.start.Add(time.Duration(c.born)), Tries: tries,
 		Pending: true, HeaderRead: !c.header,
+	}
+	if c.header || c.hello {
+		fc.Wait = time.Duration(max(c.deadline-l.now, 0))
 	}
 	if c.target != nil {
 		fc.Server = c.target.Name()
@@ -284,6 +308,11 @@ func (l *loop) reopen(fc FrozenConn, rt *Route) {
 		c.holdLimits(l.now)
 	}
 	l.begin(c, rt.Header != nil && !fc.HeaderRead, fc.HeaderRead)
+	// The wait it was in goes on from where it was: a PROXY header's, or
+	// (past it, connecting included: 0 left) a ClientHello's.
+	if !c.closed && (c.header && !fc.HeaderRead || c.hello && fc.HeaderRead) {
+		c.deadline = min(c.deadline, l.now+int64(fc.Wait))
+	}
 }
 
 // thawHalf rebuilds a direction; its pipe, if any, joins the loop's
