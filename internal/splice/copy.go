@@ -727,6 +727,13 @@ func (p *copyConn) copyHalf(dst, src net.Conn) {
 				p.abort(p.peerErr(src, fmt.Errorf("read: %w", syscall.ECONNRESET)))
 				return
 			}
+			if p.err() != nil {
+				// Aborted meanwhile by the other direction, which may
+				// have closed src before resetClosed looked (abort
+				// records why before it closes anything): dst gets the
+				// abort's reset, and no FIN before it.
+				return
+			}
 			// Recorded first: on loopback the FIN may be acknowledged,
 			// and dst closed, before closeWrite returns, and the other
 			// direction must not take that for a reset.

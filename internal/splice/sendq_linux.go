@@ -49,7 +49,8 @@ func waitFlushed(c net.Conn) {
 // resetClosed reports whether c is a TCP socket in the CLOSE state. A
 // socket that read its peer's FIN stays in CLOSE_WAIT until it is shut
 // down itself, so one not shut down and closed was reset, even when its
-// error was taken by another call and a read says EOF.
+// error was taken by another call and a read says EOF. A TCP socket
+// that rsp has closed meanwhile (an abort) counts as reset too.
 func resetClosed(c net.Conn) bool {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
@@ -57,10 +58,12 @@ func resetClosed(c net.Conn) bool {
 	}
 	raw, err := tc.SyscallConn()
 	if err != nil {
-		return false
+		return true
 	}
 	closed := false
-	raw.Control(func(fd uintptr) { closed = tcpClosed(int(fd)) })
+	if err := raw.Control(func(fd uintptr) { closed = tcpClosed(int(fd)) }); err != nil {
+		return true
+	}
 	return closed
 }
 

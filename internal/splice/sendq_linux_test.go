@@ -91,6 +91,17 @@ func TestResetClosedAfterFIN(t *testing.T) {
 	}
 }
 
+// TestResetClosedAfterAbort: a socket that the other direction's abort
+// closed meanwhile counts as reset, so that no FIN follows it (the copy
+// relay's EOF branch races with abort).
+func TestResetClosedAfterAbort(t *testing.T) {
+	a, _ := tcpPair(t)
+	a.Close()
+	if !resetClosed(a) {
+		t.Fatalf("resetClosed = false for a socket rsp closed")
+	}
+}
+
 // tcpPair returns both ends of a loopback TCP connection, closed at the
 // test's end.
 func tcpPair(t *testing.T) (a, b net.Conn) {
