@@ -82,6 +82,10 @@ type readObs struct {
 	err    error
 	urgent urgentObs
 	took   time.Duration // from the start of the run to the end of the read side
+	// unreadAtKill is, for a killed endpoint, what its socket held unread
+	// when it died (stopped first, so it read no more): more than 0
+	// means its kernel reset the connection rather than sending a FIN.
+	unreadAtKill int
 }
 
 func (o readObs) String() string {
@@ -508,9 +512,20 @@ func runKilledEndpoint(c net.Conn, e *endpoint, start, deadline time.Time) sideO
 	if err := cmd.Start(); err != nil {
 		return fail(fmt.Errorf("start child: %w", err))
 	}
-	f.Close()
+	// This process's copy stays open until the kill, to see what the
+	// child left unread: the child is stopped, its socket looked at, then
+	// killed, and the copy closed so that the death closes the socket.
 	var once sync.Once
-	kill := func() { once.Do(func() { cmd.Process.Kill() }) }
+	unread := 0
+	kill := func() {
+		once.Do(func() {
+			cmd.Process.Signal(syscall.SIGSTOP)
+			waitStopped(cmd.Process.Pid)
+			unread, _ = unix.IoctlGetInt(int(f.Fd()), unix.SIOCINQ)
+			cmd.Process.Kill()
+			f.Close()
+		})
+	}
 	timer := time.AfterFunc(time.Until(deadline), kill)
 	defer timer.Stop()
 	if e.killAfter > 0 {
@@ -530,5 +545,20 @@ func runKilledEndpoint(c net.Conn, e *endpoint, start, deadline time.Time) sideO
 	kill()
 	cmd.Wait()
 	took := time.Since(start)
-	return sideObs{read: readObs{end: endKilled, took: took}, write: writeObs{n: written, end: endKilled}}
+	return sideObs{read: readObs{end: endKilled, took: took, unreadAtKill: unread}, write: writeObs{n: written, end: endKilled}}
+}
+
+// waitStopped waits, up to 200 ms, until process pid is stopped.
+func waitStopped(pid int) {
+	for range 200 {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return
+		}
+		s := string(b)
+		if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) && (s[i+2] == 'T' || s[i+2] == 't') {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

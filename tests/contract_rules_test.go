@@ -199,11 +199,11 @@ func (d *direction) checkEOF(fs *findings) {
 	case whole:
 	case d.from.close == killed && r.got.n >= w.n:
 		// The kernel closed the killed sender after what it had written.
-	case d.from.close == killed && d.unixNoReset() && d.fromTr.isTCP() && d.fr.got.n < d.rw.n:
-		// The killed TCP sender left bytes of its peer's unread, so its
-		// kernel reset the connection, and rsp ends the direction as a
-		// reset (what the sender wrote need not arrive): a Unix receiver
-		// reads that as EOF.
+	case d.from.close == killed && d.unixNoReset() && d.fromTr.isTCP() && d.fr.unreadAtKill > 0:
+		// The killed TCP sender died with bytes of its peer's unread, so
+		// its kernel reset the connection, and rsp ends the direction as
+		// a reset (what the sender wrote need not arrive): a Unix
+		// receiver reads that as EOF.
 		fs.note("%s: a reset reached a Unix-socket receiver as EOF after %d of the %d bytes its killed sender wrote (AF_UNIX has no reset)", d.name, r.got.n, w.n)
 	case d.from.close == killed:
 		fs.bad("clean EOF after %d bytes and no reset, but the killed sender had written %d: bytes lost before its FIN", r.got.n, w.n)

@@ -728,10 +728,13 @@ func (p *copyConn) copyHalf(dst, src net.Conn) {
 				return
 			}
 			if p.err() != nil {
-				// Aborted meanwhile by the other direction, which may
-				// have closed src before resetClosed looked (abort
+				// Aborted meanwhile, maybe by the other direction, which
+				// may have closed src before resetClosed looked (abort
 				// records why before it closes anything): dst gets the
-				// abort's reset, and no FIN before it.
+				// abort's reset, and no FIN before it. The abort is let
+				// finish first, so that the relay's own close cannot come
+				// before its reset.
+				p.once.Do(func() {})
 				return
 			}
 			// Recorded first: on loopback the FIN may be acknowledged,
