@@ -165,27 +165,38 @@ func isReset(err error) bool { return errors.Is(err, syscall.ECONNRESET) }
 // connects to it hang: a listen backlog of 0 with the queue filled.
 func blackHole(t *testing.T) string {
 	t.Helper()
+	fd, addr := fullQueue(t)
+	t.Cleanup(func() { syscall.Close(fd) })
+	return addr
+}
+
+// fullQueue returns a TCP socket listening on 127.0.0.1 with its accept
+// queue full (a backlog of 0, filled by connections held to the test's
+// end), so that new connects to it wait, their SYNs dropped; and its
+// address. The caller owns the socket.
+func fullQueue(t *testing.T) (int, string) {
+	t.Helper()
 	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { syscall.Close(fd) })
 	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		syscall.Close(fd)
 		t.Fatal(err)
 	}
 	if err := syscall.Listen(fd, 0); err != nil {
+		syscall.Close(fd)
 		t.Fatal(err)
 	}
 	sa, _ := syscall.Getsockname(fd)
 	addr := (&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: sa.(*syscall.SockaddrInet4).Port}).String()
-	// Fill the queue; further SYNs are dropped.
 	for range 4 {
 		d := net.Dialer{Timeout: 200 * time.Millisecond}
 		if c, err := d.Dial("tcp", addr); err == nil {
 			t.Cleanup(func() { c.Close() })
 		}
 	}
-	return addr
+	return fd, addr
 }
 
 // TestConnectTimeout: a backend that never answers the connect makes rsp

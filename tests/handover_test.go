@@ -67,25 +67,8 @@ func handoverServe(handed <-chan struct{}) func(*net.TCPConn) {
 // serves each connection with handle. It returns its address.
 func lateBackend(t *testing.T, open <-chan struct{}, handle func(*net.TCPConn)) string {
 	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fd, addr := fullQueue(t)
 	f := os.NewFile(uintptr(fd), "late backend")
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, _ := syscall.Getsockname(fd)
-	addr := (&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: sa.(*syscall.SockaddrInet4).Port}).String()
-	for range 4 { // fill the queue: further SYNs are dropped
-		d := net.Dialer{Timeout: 200 * time.Millisecond}
-		if c, err := d.Dial("tcp", addr); err == nil {
-			t.Cleanup(func() { c.Close() })
-		}
-	}
 	ln, err := net.FileListener(f)
 	f.Close()
 	if err != nil {
@@ -221,22 +204,7 @@ server.e = { address = %q }
 	time.Sleep(200 * time.Millisecond) // mid-stream
 
 	oldPID := p.pid()
-	p.signal(syscall.SIGUSR2)
-	var newPID int
-	if !eventually(20*time.Second, func() bool {
-		m := handedRE.FindStringSubmatch(p.stderr.String())
-		if m != nil {
-			newPID, _ = strconv.Atoi(m[1])
-		}
-		return m != nil
-	}) {
-		t.Fatalf("no hand-over logged:\n%s", p.stderr.String())
-	}
-	t.Cleanup(func() {
-		if !exited(newPID) {
-			syscall.Kill(newPID, syscall.SIGKILL)
-		}
-	})
+	newPID := handOver(t, p)
 	if !eventually(10*time.Second, func() bool { return exited(oldPID) }) {
 		t.Fatalf("old rsp %d still runs after the hand-over", oldPID)
 	}
@@ -371,22 +339,7 @@ server.s = { address = %[1]q }
 	partial := clientHello(t, "a.example")[:7]
 	inHello.Write(partial)
 	time.Sleep(handAt - time.Since(start))
-	p.signal(syscall.SIGUSR2)
-	var newPID int
-	if !eventually(20*time.Second, func() bool {
-		m := handedRE.FindStringSubmatch(p.stderr.String())
-		if m != nil {
-			newPID, _ = strconv.Atoi(m[1])
-		}
-		return m != nil
-	}) {
-		t.Fatalf("no hand-over logged:\n%s", p.stderr.String())
-	}
-	defer func() {
-		if !exited(newPID) {
-			syscall.Kill(newPID, syscall.SIGTERM)
-		}
-	}()
+	handOver(t, p)
 	// Ended by the successor within the frontend's wait, not a wait
 	// begun anew at the hand-over (which would end past handAt+wait).
 	limit := wait + handAt/2
@@ -428,22 +381,7 @@ server.s = { address = %q }
 	if err := os.WriteFile(path, []byte(fmt.Sprintf(conf, "", be.Addr())), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p.signal(syscall.SIGUSR2)
-	var newPID int
-	if !eventually(20*time.Second, func() bool {
-		m := handedRE.FindStringSubmatch(p.stderr.String())
-		if m != nil {
-			newPID, _ = strconv.Atoi(m[1])
-		}
-		return m != nil
-	}) {
-		t.Fatalf("no hand-over logged:\n%s", p.stderr.String())
-	}
-	defer func() {
-		if !exited(newPID) {
-			syscall.Kill(newPID, syscall.SIGTERM)
-		}
-	}()
+	handOver(t, p)
 	// Relayed as data, the half header would come back from the echo.
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if b, err := io.ReadAll(c); !isReset(err) {
@@ -455,6 +393,29 @@ server.s = { address = %q }
 	}) || !strings.Contains(p.stderr.String(), "no longer reads PROXY headers") {
 		t.Errorf("the successor did not count the client lost, saying why:\n%s", p.stderr.String())
 	}
+}
+
+// handOver sends p SIGUSR2 and waits for its hand-over; it returns the
+// successor's pid, stopped at the test's end.
+func handOver(t *testing.T, p *proc) int {
+	t.Helper()
+	p.signal(syscall.SIGUSR2)
+	var newPID int
+	if !eventually(20*time.Second, func() bool {
+		m := handedRE.FindStringSubmatch(p.stderr.String())
+		if m != nil {
+			newPID, _ = strconv.Atoi(m[1])
+		}
+		return m != nil
+	}) {
+		t.Fatalf("no hand-over logged:\n%s", p.stderr.String())
+	}
+	t.Cleanup(func() {
+		if !exited(newPID) {
+			syscall.Kill(newPID, syscall.SIGTERM)
+		}
+	})
+	return newPID
 }
 
 // carriedSize and carriedStall are the sizes of startCarriedStreams' streams:

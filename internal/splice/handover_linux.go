@@ -115,11 +115,19 @@ func (l *loop) freezePending(c *conn) (FrozenConn, bool) {
 		c.backend = sock{fd: -1}
 	}
 	l.forget(c)
+	l.detach(c, false)
+	return fc, true
+}
+
+// detach takes c, its sockets out of epoll, out of the loop for another
+// process, counting its bytes to its server if toServer. The server,
+// limits and slot go with the process: the next one counts the
+// connection anew.
+func (l *loop) detach(c *conn, toServer bool) {
 	c.closed = true
 	l.unlink(c)
-	c.leave(false)
+	c.leave(toServer)
 	l.releaseConn(c)
-	return fc, true
 }
 
 // freezeConn detaches c from the loop, its sockets and pipes left open,
@@ -157,12 +165,7 @@ func (l *loop) freezeConn(c *conn) (FrozenConn, bool) {
 		}
 		l.dropPipe(h)
 	}
-	c.closed = true
-	l.unlink(c)
-	c.leave(true)
-	// The server, limits and slot go with the process: the next one
-	// counts the connection anew.
-	l.releaseConn(c)
+	l.detach(c, true)
 	return fc, true
 }
 
