@@ -904,9 +904,6 @@ func (e *copyEngine) unfreeze() {
 }
 
 func (e *copyEngine) thaw(fc FrozenConn, _ *Route, t Target) error {
-	fc.Close()
-	if t != nil {
-		t.Release()
-	}
+	dropThawed(fc, t)
 	return ErrNoHandover
 }

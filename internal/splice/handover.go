@@ -70,8 +70,9 @@ var ErrNoHandover = errors.New("live connections can be handed over by the splic
 // unchanged, and returns them: established ones with their sockets and
 // the bytes in flight, and those not yet connected (Pending) with their
 // client socket only. The connections it cannot carry (ending, or with
-// an error or urgent data pending) are reset, cause handover. The relay then holds no connection and can be
-// shut down. Freeze may be called once.
+// an error or urgent data pending) are reset, cause handover. The relay
+// then holds no connection and can be shut down. Freeze may be called
+// once.
 func (r *Relay) Freeze() ([]FrozenConn, error) {
 	r.mu.Lock()
 	e := r.impl
@@ -103,6 +104,15 @@ func (r *Relay) Unfreeze() {
 	r.mu.Unlock()
 	if e != nil {
 		e.unfreeze()
+	}
+}
+
+// dropThawed resets fc, which will not be resumed, and releases its
+// server t (nil for a Pending fc).
+func dropThawed(fc FrozenConn, t Target) {
+	fc.Close()
+	if t != nil {
+		t.Release()
 	}
 }
 

@@ -95,18 +95,10 @@ func (l *loop) freezePending(c *conn) (FrozenConn, bool) {
 		tries-- // abandoned, not failed
 		c.srv.Attempts--
 	}
-	fc := FrozenConn{
-		ID: uint64(l.index)<<32 | uint64(c.id), Frontend: c.rt.Name, Backend: c.rt.Backend, Peer: c.peer,
-		ClientFD: c.client.fd, ServerFD: -1, ClientUnix: c.client.unix,
-		Up: FrozenHalf{PipeR: -1, PipeW: -1}, Down: FrozenHalf{PipeR: -1, PipeW: -1},
-		Born: l.e.start.Add(time.Duration(c.born)), Tries: tries,
-		Pending: true, HeaderRead: !c.header,
-	}
+	fc := l.frozen(c)
+	fc.ServerFD, fc.Tries, fc.Pending, fc.HeaderRead = -1, tries, true, !c.header
 	if c.header || c.hello {
 		fc.Wait = time.Duration(max(c.deadline-l.now, 0))
-	}
-	if c.target != nil {
-		fc.Server = c.target.Name()
 	}
 	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.client.fd, nil)
 	if fd := c.backend.fd; fd >= 0 {
@@ -172,10 +164,13 @@ func (l *loop) freezeConn(c *conn) (FrozenConn, bool) {
 // frozen describes c as a FrozenConn, its pipes included.
 func (l *loop) frozen(c *conn) FrozenConn {
 	fc := FrozenConn{
-		ID: uint64(l.index)<<32 | uint64(c.id), Frontend: c.rt.Name, Backend: c.rt.Backend, Server: c.target.Name(), Peer: c.peer,
+		ID: uint64(l.index)<<32 | uint64(c.id), Frontend: c.rt.Name, Backend: c.rt.Backend, Peer: c.peer,
 		ClientFD: c.client.fd, ServerFD: c.backend.fd, ClientUnix: c.client.unix, ServerUnix: c.backend.unix,
 		Up: freezeHalf(&c.up), Down: freezeHalf(&c.down),
 		Born: l.e.start.Add(time.Duration(c.born)), Tries: c.tries, ClientFirst: c.clientFirst,
+	}
+	if c.target != nil { // none yet while a PROXY header or ClientHello is awaited
+		fc.Server = c.target.Name()
 	}
 	if c.connAt != 0 {
 		fc.Connect = time.Duration(c.connAt - c.born)
@@ -204,19 +199,13 @@ func (e *spliceEngine) thaw(fc FrozenConn, rt *Route, t Target) error {
 		}
 	}
 	if best == nil || !e.r.admitAlways() {
-		fc.Close()
-		if t != nil {
-			t.Release()
-		}
+		dropThawed(fc, t)
 		return errors.New("relay is not running")
 	}
 	best.load.Add(1)
 	if !best.enqueue(command{op: cmdThaw, thaw: &thawing{fc: fc, rt: rt, t: t}}) {
 		best.load.Add(-1)
-		fc.Close()
-		if t != nil {
-			t.Release()
-		}
+		dropThawed(fc, t)
 		e.r.connDone(1)
 		return errors.New("relay is not running")
 	}

@@ -397,10 +397,7 @@ func (l *loop) exit(reason error) {
 			l.dropAdopted(c.fd)
 		} else if c.op == cmdThaw {
 			l.load.Add(-1)
-			c.thaw.fc.Close()
-			if c.thaw.t != nil {
-				c.thaw.t.Release()
-			}
+			dropThawed(c.thaw.fc, c.thaw.t)
 			l.e.r.connDone(1)
 		} else if c.ln != nil && c.ln.fd >= 0 {
 			unix.Close(c.ln.fd)
