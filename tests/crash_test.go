@@ -270,3 +270,133 @@ func TestCrashStoreDropped(t *testing.T) {
 		t.Errorf("client of a connection nobody resumed: read = %v; want a reset", err)
 	}
 }
+
+// TestCrashJournalWaits: when systemd's queue is full (a busy PID 1), the
+// stores of new connections wait in rsp, which says so in its metrics;
+// meanwhile an event loop polls the notification socket for room, and once
+// systemd reads again the idle loops send what waited with no traffic to
+// wake them. Then rsp's metrics and STATUS= count every connection kept,
+// and a crash resets none of them.
+func TestCrashJournalWaits(t *testing.T) {
+	store, err := handover.NewFDStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	be := echoBackend(t)
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfg := writeConfig(t, "", fmt.Sprintf("[global]\nhandover = \"crash\"\nmetrics = \"127.0.0.1:0\"\n[frontend.f]\nsocket = \"web\"\nbackend = \"b\"\n[backend.b]\nserver.s = { address = %q }\n", be.Addr()))
+	p1 := crashRsp(t, ln, store, cfg)
+	maddr := metricsAddr(t, p1)
+	release := store.Hold()
+	defer release()
+
+	const n = 40 // each a store of its sockets, most one of a pipe too: past the queue's 10
+	conns := make([]*net.TCPConn, n)
+	for i := range conns {
+		conns[i] = dial(t, ln.Addr().String())
+		defer conns[i].Close()
+		fmt.Fprintf(conns[i], "one %d\n", i)
+		if l, err := readLine(conns[i], 5*time.Second); err != nil || l != fmt.Sprintf("one %d\n", i) {
+			t.Fatalf("connection %d with systemd busy: %q, %v", i, l, err)
+		}
+	}
+	journal := func() (kept, waiting float64) {
+		s := scrapeMetrics(t, maddr)
+		return s["rsp_crash_journal_connections"], s["rsp_crash_journal_waiting"]
+	}
+	kept, waiting := journal()
+	if waiting == 0 || kept >= n {
+		t.Fatalf("with systemd's queue full: rsp_crash_journal_connections %v, rsp_crash_journal_waiting %v; want under %d and some", kept, waiting, n)
+	}
+	if fd := pollsJournal(t, p1.pid()); fd < 0 {
+		t.Error("no event loop polls the notification socket for room while stores wait")
+	}
+
+	// Watched from the store's side alone: a scrape would wake the loops.
+	release()
+	held, released := waiting, time.Now()
+	stored := 0
+	if !eventually(30*time.Second, func() bool { stored = storedConns(t, store); return stored == n }) {
+		t.Fatalf("once systemd reads again, the store holds %d connections; want %d", stored, n)
+	}
+	t.Logf("%v messages waited; every connection was in the store %v after systemd read again", held, time.Since(released).Round(time.Millisecond))
+	if !eventually(5*time.Second, func() bool { kept, waiting = journal(); return kept == n && waiting == 0 }) {
+		t.Errorf("with every connection stored: rsp_crash_journal_connections %v, rsp_crash_journal_waiting %v; want %d and 0", kept, waiting, n)
+	}
+	if !eventually(5*time.Second, func() bool { return pollsJournal(t, p1.pid()) < 0 }) {
+		t.Error("an event loop still polls the notification socket with nothing waiting")
+	}
+	want := fmt.Sprintf(", %d kept in systemd's store", n)
+	if !eventually(5*time.Second, func() bool { return strings.HasSuffix(store.Status(), want) }) {
+		t.Errorf("STATUS=%q; want it to end %q", store.Status(), want)
+	}
+
+	p1.cmd.Process.Kill()
+	p1.wait(10 * time.Second)
+	p2 := crashRsp(t, ln, store, cfg)
+	m := crashTookRE.FindStringSubmatch(p2.stderr.String())
+	if m == nil || m[1] != strconv.Itoa(n) || m[2] != "0" {
+		t.Fatalf("want %d connections resumed and none reset after the crash; got %q:\n%s", n, m, p2.stderr.String())
+	}
+	for i, c := range conns {
+		fmt.Fprintf(c, "two %d\n", i)
+		if l, err := readLine(c, 5*time.Second); err != nil || l != fmt.Sprintf("two %d\n", i) {
+			t.Errorf("connection %d after the crash: %q, %v", i, l, err)
+		}
+		c.Close()
+	}
+	p2.signal(syscall.SIGTERM)
+	p2.wait(40 * time.Second)
+}
+
+// storedConns returns how many connections store holds.
+func storedConns(t *testing.T, store *handover.FDStore) int {
+	t.Helper()
+	files, names, err := store.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for i, f := range files {
+		f.Close()
+		if strings.Contains(names[i], ".c.") {
+			n++
+		}
+	}
+	return n / 2 // two sockets each
+}
+
+// pollsJournal returns a socket that an epoll instance of process pid
+// watches for room to write alone (EPOLLOUT, level-triggered, and the
+// EPOLLERR|EPOLLHUP the kernel adds: what the event loops register only
+// for the journal's notification socket), or -1 if none.
+func pollsJournal(t *testing.T, pid int) int {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch := regexp.MustCompile(`(?m)^tfd:\s+(\d+)\s+events:\s+1c\s`)
+	for _, e := range ents {
+		if target, _ := os.Readlink(dir + "/" + e.Name()); target != "anon_inode:[eventpoll]" {
+			continue
+		}
+		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, e.Name()))
+		if err != nil {
+			continue
+		}
+		for _, m := range watch.FindAllStringSubmatch(string(info), -1) {
+			if target, _ := os.Readlink(dir + "/" + m[1]); strings.HasPrefix(target, "socket:") {
+				fd, _ := strconv.Atoi(m[1])
+				return fd
+			}
+		}
+	}
+	return -1
+}

@@ -1014,15 +1014,18 @@ func scrapeValue(url, family string, want map[string]string) (float64, error) {
 // its echo, and the errors seen.
 func streamsAcross(t *testing.T, addr string, n int, do func()) (longest time.Duration) {
 	t.Helper()
-	longest, _ = streamsAcrossCrash(t, addr, n, do, false)
+	longest, _ = streamsAcrossCrash(t, addr, n, nil, do)
 	return longest
 }
 
-// streamsAcrossCrash is streamsAcross; with crash, do kills rsp, and a new
-// client that rsp had accepted but not yet journaled when it died is
-// reset (the kernel closes it with SO_LINGER 0): such resets are counted
-// in lost, not failed, and the client tries again.
-func streamsAcrossCrash(t *testing.T, addr string, n int, do func(), crash bool) (longest time.Duration, lost int) {
+// streamsAcrossCrash is streamsAcross; with stored (not nil), do kills
+// rsp: stored is called once every stream is in flight, and returns once
+// systemd's store holds them all. A new client that rsp had accepted but
+// not yet journaled when it died is reset (the kernel closes it with
+// SO_LINGER 0): such resets are counted in lost, not failed, and the
+// client tries again.
+func streamsAcrossCrash(t *testing.T, addr string, n int, stored, do func()) (longest time.Duration, lost int) {
+	crash := stored != nil
 	t.Helper()
 	const size = 1 << 20
 	open := make(chan struct{})
@@ -1086,9 +1089,10 @@ func streamsAcrossCrash(t *testing.T, addr string, n int, do func(), crash bool)
 			return 0, 0
 		}
 	}
-	// The first halves in flight; and, before a crash, time for systemd
-	// to read the last stores.
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // the first halves in flight
+	if crash {
+		stored()
+	}
 	stop := make(chan struct{})
 	pinged := make(chan time.Duration)
 	go func() {
@@ -1165,7 +1169,27 @@ func crashAcross(t *testing.T, c *container, in instance, good string, sockets f
 	// Past StartLimitBurst= systemd would refuse to start rsp again
 	// after the crash (and reset every connection in its store).
 	c.must(t, "systemctl", "reset-failed", in.service)
-	waited, lost := streamsAcrossCrash(t, in.addr, handoverStreams, func() {
+	// Each connection costs systemd's store two messages and a compare
+	// with each descriptor it holds: with 200 streams starting at once,
+	// rsp holds stores back for room in systemd's queue, and a crash
+	// before they are sent would reset those connections. rsp's STATUS=
+	// says how many it has sent.
+	keptRE := regexp.MustCompile(`(\d+) kept in systemd's store`)
+	stored := func() {
+		var status string
+		began := time.Now()
+		if !eventually(time.Minute, func() bool {
+			status = c.prop(t, in.service, "StatusText")
+			m := keptRE.FindStringSubmatch(status)
+			// The half-closed stream may have ended.
+			return m != nil && atoi(m[1]) >= handoverStreams && !strings.Contains(status, "waiting")
+		}) {
+			t.Errorf("%s: systemd's store does not hold the %d streams; STATUS=%q", in.service, handoverStreams, status)
+			return
+		}
+		t.Logf("%s: STATUS=%q %v after the streams were in flight", in.service, status, time.Since(began).Round(time.Millisecond))
+	}
+	waited, lost := streamsAcrossCrash(t, in.addr, handoverStreams, stored, func() {
 		c.must(t, "systemctl", "kill", "-s", "SIGKILL", "--kill-who=main", in.service)
 		if !eventually(15*time.Second, func() bool {
 			newPID = c.prop(t, in.service, "MainPID")
@@ -1174,7 +1198,7 @@ func crashAcross(t *testing.T, c *container, in instance, good string, sockets f
 			j, _ := c.run("journalctl", "-u", in.service, "--no-pager", "-o", "cat", "-n", "30")
 			t.Errorf("%s not started again after kill -9; journal:\n%s", in.service, j)
 		}
-	}, true)
+	})
 	journal := c.must(t, "journalctl", "-u", in.service, "--no-pager", "-o", "cat")
 	took := regexp.MustCompile(`msg="took over the live connections of an rsp that ended without handing over \(crash survival\)" conns=(\d+) reset=(\d+) bytes_in_pipes=(\d+)`).FindAllStringSubmatch(journal, -1)
 	switch {

@@ -196,6 +196,11 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 		Relay: relay, Servers: func() []metrics.ServerState { return serverStates(px) }, Frontends: running.frontends, MaxConn: running.maxConn,
 		Reloads: reloads, ConnLog: connLog, Version: version,
 	}
+	var journaled func() (kept, waiting int64) // nil: crash survival off
+	if journal != nil {
+		journaled = journal.Counts
+		metricsSources.Journal = journaled
+	}
 	metricsSrv, err := serveMetrics(cfg, metricsSockets, metricsSources, logger)
 	if err != nil {
 		abort()
@@ -265,7 +270,7 @@ func serve(o *options, stderr io.Writer, level *slog.LevelVar, ready func([]stri
 
 	ctx, stopNotifier := context.WithCancel(context.Background())
 	defer stopNotifier()
-	go notifier.Run(ctx, func() string { return statusLine(relay.Stats()) },
+	go notifier.Run(ctx, func() string { return statusLine(relay.Stats(), journaled) },
 		func() bool { return relay.Alive(time.Second) })
 
 	names := discovery.New(logger)
@@ -509,9 +514,19 @@ func parseLevel(s string) slog.Level {
 	return l
 }
 
-// statusLine is the STATUS= text systemctl status shows.
-func statusLine(s splice.Stats) string {
-	return fmt.Sprintf("%d active connections, %d accepted, %d backend failures", s.Active, s.Accepted, s.Failed)
+// statusLine is the STATUS= text systemctl status shows; with journaled
+// (crash survival), also how many connections a crash would keep.
+func statusLine(s splice.Stats, journaled func() (kept, waiting int64)) string {
+	line := fmt.Sprintf("%d active connections, %d accepted, %d backend failures", s.Active, s.Accepted, s.Failed)
+	if journaled == nil {
+		return line
+	}
+	kept, waiting := journaled()
+	line += fmt.Sprintf(", %d kept in systemd's store", kept)
+	if waiting > 0 {
+		line += fmt.Sprintf(" (%d messages waiting for room in its queue)", waiting)
+	}
+	return line
 }
 
 // logStats logs the relay's counters and the process's goroutines and

@@ -30,11 +30,14 @@ type FDStore struct {
 	held   map[string][]*os.File // by name
 	ids    map[FileID]string
 	msgs   int64
+	status string        // the last STATUS=
+	hold   chan struct{} // open while Hold holds reading back; nil: read on
+	stop   chan struct{} // closed by Close
 }
 
 // NewFDStore listens on a socket in dir.
 func NewFDStore(dir string) (*FDStore, error) {
-	s := &FDStore{Path: filepath.Join(dir, "notify"), done: make(chan struct{}), held: map[string][]*os.File{}, ids: map[FileID]string{}}
+	s := &FDStore{Path: filepath.Join(dir, "notify"), done: make(chan struct{}), stop: make(chan struct{}), held: map[string][]*os.File{}, ids: map[FileID]string{}}
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("store socket: %w", err)
@@ -55,6 +58,16 @@ func (s *FDStore) serve() {
 	buf := make([]byte, 4096)
 	oob := make([]byte, unix.CmsgSpace(4*maxFDsPerMessage))
 	for {
+		s.mu.Lock()
+		hold := s.hold
+		s.mu.Unlock()
+		if hold != nil {
+			select {
+			case <-hold:
+			case <-s.stop:
+				return
+			}
+		}
 		n, oobn, _, _, err := unix.Recvmsg(s.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
 		if err == unix.EINTR {
 			continue
@@ -87,6 +100,10 @@ func (s *FDStore) take(msg []byte, fds []int) {
 			remove = string(v) == "1"
 		case "FDNAME":
 			name = string(v)
+		case "STATUS":
+			s.mu.Lock()
+			s.status = string(v)
+			s.mu.Unlock()
 		}
 	}
 	s.mu.Lock()
@@ -124,6 +141,29 @@ func (s *FDStore) Len() (fds int, msgs int64) {
 	return len(s.ids), s.msgs
 }
 
+// Status returns the last STATUS= text the store was sent.
+func (s *FDStore) Status() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status
+}
+
+// Hold stops the store taking messages, as a busy systemd would, until
+// release is called: what is sent meanwhile fills the socket's queue (at
+// most one message more is taken).
+func (s *FDStore) Hold() (release func()) {
+	h := make(chan struct{})
+	s.mu.Lock()
+	s.hold = h
+	s.mu.Unlock()
+	return sync.OnceFunc(func() {
+		s.mu.Lock()
+		s.hold = nil
+		s.mu.Unlock()
+		close(h)
+	})
+}
+
 // Files returns duplicates of what the store holds, with their names.
 func (s *FDStore) Files() ([]*os.File, []string, error) {
 	s.mu.Lock()
@@ -149,6 +189,7 @@ func (s *FDStore) Files() ([]*os.File, []string, error) {
 // Close stops the store and closes what it holds.
 func (s *FDStore) Close() {
 	s.closed.Store(true)
+	close(s.stop)
 	unix.Shutdown(s.fd, unix.SHUT_RDWR) // wakes serve
 	<-s.done
 	unix.Close(s.fd)

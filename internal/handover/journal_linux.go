@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -87,9 +88,13 @@ type Journal struct {
 	loops   int
 	perLoop int // conn slots per loop
 	pipes   int // pipe slots per loop
-	sock    int // datagram socket to systemd's notification socket
+	sock    int // datagram socket connected to systemd's notification socket
 	addr    *unix.SockaddrUnix
 	parts   []*loopJournal
+	// kept counts the connections whose store systemd has been sent and
+	// not their removal; waiting the stores and removals the loops hold
+	// back for room in systemd's queue.
+	kept, waiting atomic.Int64
 }
 
 // OpenJournal makes the journal of a relay with loops event loops whose
@@ -132,13 +137,17 @@ func OpenJournal(loops, fds int) (*Journal, error) {
 	le.PutUint32(j.mem[8:], uint32(loops))
 	le.PutUint32(j.mem[12:], uint32(j.perLoop))
 	le.PutUint32(j.mem[16:], uint32(j.pipes))
-	// Non-blocking: an event loop must not wait for PID 1. A store that
-	// cannot be sent leaves a connection or pipe out of the journal; a
-	// removal waits in its loop's part (Flush).
+	// Non-blocking: an event loop must not wait for PID 1. What systemd's
+	// full queue cannot take waits in its loop's part (Flush). Connected,
+	// so that the socket polls writable once that queue has room (WaitFD).
 	if j.sock, err = unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0); err != nil {
 		unix.Munmap(j.mem)
 		unix.Close(mfd)
 		return nil, fmt.Errorf("notify socket: %w", err)
+	}
+	if err := unix.Connect(j.sock, j.addr); err != nil {
+		j.Close()
+		return nil, fmt.Errorf("connect to systemd's notification socket %s: %w", path, err)
 	}
 	for i := range loops {
 		j.parts = append(j.parts, &loopJournal{j: j, index: i})
@@ -148,6 +157,11 @@ func OpenJournal(loops, fds int) (*Journal, error) {
 
 // Capacity returns how many connections the journal can hold.
 func (j *Journal) Capacity() int { return j.loops * j.perLoop }
+
+// Counts returns how many connections systemd's store holds for a
+// successor now (a crash would not reset them), and how many stores and
+// removals wait in rsp for room in systemd's queue.
+func (j *Journal) Counts() (kept, waiting int64) { return j.kept.Load(), j.waiting.Load() }
 
 // Publish stores the journal itself with systemd: once done, a crash
 // leaves what a successor needs. It is stored after what a crashed rsp
@@ -206,12 +220,15 @@ type loopJournal struct {
 	index       int
 	free, pfree []int32 // local slots given back
 	hw, phw     int32   // local slots ever used
+	stored      []bool  // by local conn slot: its store was sent (counted in kept)
 	msg         []byte
 	// queue holds what could not be sent yet (systemd's queue was
 	// full), in order: a slot is used again only once its removal is
 	// sent, and a store not sent when its connection or pipe ends is
 	// dropped with its removal.
-	queue []journalOp
+	queue   []journalOp
+	counted int  // len(queue) as last added to j.waiting
+	blocked bool // the last send found systemd's queue full
 }
 
 // journalOp is a store (fds set) or a removal of a connection's or a
@@ -382,6 +399,7 @@ func (lj *loopJournal) End(ref int32) bool {
 // do sends op, or queues it behind what is queued; false if it waits. A
 // removal whose store is still queued cancels it instead.
 func (lj *loopJournal) do(op journalOp) bool {
+	defer lj.count()
 	if op.remove {
 		for i, q := range lj.queue {
 			if !q.remove && q.pipe == op.pipe && q.ref == op.ref {
@@ -390,12 +408,34 @@ func (lj *loopJournal) do(op journalOp) bool {
 				return len(lj.queue) == 0
 			}
 		}
+		if !op.pipe && lj.sent(op.ref, false) {
+			lj.j.kept.Add(-1)
+		}
 	}
 	if len(lj.queue) > 0 || !lj.send(op) {
 		lj.queue = append(lj.queue, op)
 		return false
 	}
 	return true
+}
+
+// count brings j.waiting up to date with the queue's length.
+func (lj *loopJournal) count() {
+	if d := len(lj.queue) - lj.counted; d != 0 {
+		lj.j.waiting.Add(int64(d))
+		lj.counted = len(lj.queue)
+	}
+}
+
+// sent reports whether conn ref's store was sent, and records now.
+func (lj *loopJournal) sent(ref int32, now bool) bool {
+	s := int(ref - 1 - int32(lj.index*lj.j.perLoop))
+	for len(lj.stored) <= s {
+		lj.stored = append(lj.stored, false)
+	}
+	was := lj.stored[s]
+	lj.stored[s] = now
+	return was
 }
 
 // send sends op now; false if it could not. A removal that could not
@@ -422,11 +462,15 @@ func (lj *loopJournal) send(op journalOp) bool {
 	} else {
 		err = lj.j.send(msg, op.fds[0], op.fds[1])
 	}
+	lj.blocked = errors.Is(err, unix.EAGAIN)
 	switch {
-	case op.remove && err != nil, errors.Is(err, unix.EAGAIN):
+	case op.remove && err != nil, lj.blocked:
 		return false
 	case op.remove:
 		lj.release(op)
+	case err == nil && !op.pipe:
+		lj.sent(op.ref, true)
+		lj.j.kept.Add(1)
 	}
 	return true
 }
@@ -442,6 +486,7 @@ func (lj *loopJournal) release(op journalOp) {
 
 // Flush sends what is queued; with wait, for up to 5 s.
 func (lj *loopJournal) Flush(wait bool) bool {
+	defer lj.count()
 	for try := 0; len(lj.queue) > 0; try++ {
 		n := 0
 		for n < len(lj.queue) && lj.send(lj.queue[n]) {
@@ -454,6 +499,16 @@ func (lj *loopJournal) Flush(wait bool) bool {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return len(lj.queue) > 0
+}
+
+// WaitFD returns the journal's socket while systemd's full queue holds
+// back what is queued: it polls writable once that queue has room. -1
+// if nothing waits for that (what is left is tried again at a tick).
+func (lj *loopJournal) WaitFD() int {
+	if len(lj.queue) > 0 && lj.blocked {
+		return lj.j.sock
+	}
+	return -1
 }
 
 // Pipe records a pipe and stores its two ends.

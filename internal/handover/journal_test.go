@@ -251,6 +251,23 @@ func TestJournalQueueFull(t *testing.T) {
 	if queued == 0 {
 		t.Fatalf("%d stores, none waited: systemd's queue never filled", len(refs))
 	}
+	if kept, waiting := j.Counts(); kept != int64(len(refs)-queued) || waiting != int64(queued) {
+		t.Errorf("Counts = %d kept, %d waiting; want %d and %d", kept, waiting, len(refs)-queued, queued)
+	}
+	// While stores wait, WaitFD polls writable only once systemd's queue
+	// has room.
+	wfd := lj.WaitFD()
+	if wfd < 0 {
+		t.Fatal("WaitFD is -1 with stores held back by a full queue")
+	}
+	writable := func() bool {
+		p := []unix.PollFd{{Fd: int32(wfd), Events: unix.POLLOUT}}
+		n, err := unix.Poll(p, 0)
+		return err == nil && n == 1 && p[0].Revents&unix.POLLOUT != 0
+	}
+	if writable() {
+		t.Error("WaitFD's descriptor polls writable with systemd's queue full")
+	}
 	first, last := refs[0], refs[len(refs)-1]
 	if lj.End(first) {
 		t.Fatal("End reported its removal sent behind a full queue")
@@ -259,25 +276,38 @@ func TestJournalQueueFull(t *testing.T) {
 	if !lj.Flush(false) {
 		t.Fatal("Flush reported nothing left with systemd's queue full")
 	}
+	if kept, waiting := j.Counts(); kept != int64(len(refs)-queued-1) || waiting != int64(queued) {
+		t.Errorf("after two ends: Counts = %d kept, %d waiting; want %d and %d (the first's removal waits, the last's store is dropped)", kept, waiting, len(refs)-queued-1, queued)
+	}
 	buf := make([]byte, 512)
 	oob := make([]byte, unix.CmsgSpace(8))
 	var got []string
-	drain := func() {
-		for {
-			n, oobn, _, _, err := unix.Recvmsg(sink, buf, oob, 0)
-			if err != nil {
-				return
-			}
-			got = append(got, strings.ReplaceAll(string(buf[:n]), "\n", " "))
-			if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
-				for _, m := range msgs {
-					fds, _ := unix.ParseUnixRights(&m)
-					for _, fd := range fds {
-						unix.Close(fd)
-					}
+	// takeOne reads one message as systemd would; false if none is there.
+	takeOne := func() bool {
+		n, oobn, _, _, err := unix.Recvmsg(sink, buf, oob, 0)
+		if err != nil {
+			return false
+		}
+		got = append(got, strings.ReplaceAll(string(buf[:n]), "\n", " "))
+		if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+			for _, m := range msgs {
+				fds, _ := unix.ParseUnixRights(&m)
+				for _, fd := range fds {
+					unix.Close(fd)
 				}
 			}
 		}
+		return true
+	}
+	drain := func() {
+		for takeOne() {
+		}
+	}
+	if !takeOne() {
+		t.Fatal("systemd's side has nothing to read with its queue full")
+	}
+	if !writable() {
+		t.Error("WaitFD's descriptor does not poll writable once systemd's queue has room")
 	}
 	for range 100 {
 		drain()
@@ -288,6 +318,12 @@ func TestJournalQueueFull(t *testing.T) {
 	drain()
 	if lj.Flush(false) {
 		t.Fatal("Flush left messages unsent with systemd's queue drained")
+	}
+	if fd := lj.WaitFD(); fd != -1 {
+		t.Errorf("WaitFD = %d with nothing left; want -1", fd)
+	}
+	if kept, waiting := j.Counts(); kept != int64(len(refs)-2) || waiting != 0 {
+		t.Errorf("once all is sent: Counts = %d kept, %d waiting; want %d and 0", kept, waiting, len(refs)-2)
 	}
 	want := len(refs) - 1 + 1 // every store but the last's, and the first's removal
 	if len(got) != want {

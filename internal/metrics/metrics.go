@@ -60,6 +60,9 @@ type Sources struct {
 	Reloads   *Reloads
 	ConnLog   *connlog.Logger
 	Version   string
+	// Journal returns, with handover = "crash", how many connections
+	// systemd's store holds and how many messages to it wait; nil: off.
+	Journal func() (kept, waiting int64)
 }
 
 // States returns the server states, each a series of rsp_server_state.

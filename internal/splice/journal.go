@@ -38,7 +38,10 @@ type LoopJournal interface {
 	// PipeEnd forgets pipe: it is about to be closed or to leave.
 	// False means the store still holds it: Flush must try again.
 	PipeEnd(pipe int32) bool
-	// Flush tries again what End and PipeEnd could not finish, waiting
+	// Flush tries again what the other methods could not finish, waiting
 	// for it if wait; it reports whether some is still left.
 	Flush(wait bool) bool
+	// WaitFD returns a descriptor that polls writable once Flush can go
+	// on, or -1 if what is left is to be tried again later.
+	WaitFD() int
 }

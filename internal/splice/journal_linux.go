@@ -51,6 +51,28 @@ func (l *loop) forget(c *conn) {
 	}
 }
 
+// flushJournal sends the stores and removals systemd's full queue held
+// back, and has the loop woken as soon as that queue has room for what is
+// still left (level-triggered: the descriptor polls writable only then).
+func (l *loop) flushJournal() {
+	l.jpending, l.pool.jpending = l.j.Flush(false), false
+	fd := -1
+	if l.jpending {
+		fd = l.j.WaitFD()
+	}
+	if fd == l.jwait {
+		return
+	}
+	if l.jwait >= 0 {
+		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, l.jwait, nil)
+	}
+	l.jwait = -1
+	ev := unix.EpollEvent{Events: unix.EPOLLOUT, Fd: int32(fd)}
+	if fd >= 0 && unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev) == nil {
+		l.jwait = fd
+	}
+}
+
 // setLinger0 makes closing fd reset its connection.
 func setLinger0(fd int) {
 	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})

@@ -107,6 +107,7 @@ type loop struct {
 	lowat     int         // TCP_NOTSENT_LOWAT set on each TCP socket (capSendQueue); 0: none
 	j         LoopJournal // records connections for crash survival; nil when off
 	jpending  bool        // j has messages to send again (Flush)
+	jwait     int         // j.WaitFD() polled for writing; -1 none
 
 	tally   tally    // counters of this loop's connections
 	busy    int64    // ns spent outside epoll_wait
@@ -125,6 +126,7 @@ func newLoop(e *spliceEngine, index int) (*loop, error) {
 		events: make([]unix.EpollEvent, maxEvents),
 		pool:   pipePool{max: e.r.maxIdlePipes(), size: e.r.PipeSize, fail: e.r.test.noPipes, budget: e.budget},
 		tick:   int64(maxTick),
+		jwait:  -1,
 
 		noSplice:  e.r.test.noSplice,
 		lowat:     e.r.notSentLowat(),
@@ -288,8 +290,7 @@ func (l *loop) run(wg *sync.WaitGroup) {
 		}
 		l.runReady()
 		if l.j != nil {
-			// Stores and removals systemd's full queue held back.
-			l.jpending, l.pool.jpending = l.j.Flush(false), false
+			l.flushJournal()
 		}
 		if l.now >= l.sweep {
 			l.sweepTimeouts()
