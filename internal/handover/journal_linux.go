@@ -91,8 +91,8 @@ type Journal struct {
 	sock    int // datagram socket connected to systemd's notification socket
 	addr    *unix.SockaddrUnix
 	parts   []*loopJournal
-	// kept counts the connections whose store systemd has been sent and
-	// not their removal; waiting the stores and removals the loops hold
+	// kept counts the connections whose sockets' store systemd has been
+	// sent and not their removal; waiting the stores and removals the loops hold
 	// back for room in systemd's queue.
 	kept, waiting atomic.Int64
 }
@@ -158,9 +158,9 @@ func OpenJournal(loops, fds int) (*Journal, error) {
 // Capacity returns how many connections the journal can hold.
 func (j *Journal) Capacity() int { return j.loops * j.perLoop }
 
-// Counts returns how many connections systemd's store holds for a
-// successor now (a crash would not reset them), and how many stores and
-// removals wait in rsp for room in systemd's queue.
+// Counts returns how many connections' sockets systemd's store holds for
+// a successor now, and how many stores and removals wait in rsp for room
+// in systemd's queue.
 func (j *Journal) Counts() (kept, waiting int64) { return j.kept.Load(), j.waiting.Load() }
 
 // Publish stores the journal itself with systemd: once done, a crash
@@ -183,13 +183,20 @@ func (j *Journal) Close() {
 // Loop returns loop index's part of the journal.
 func (j *Journal) Loop(index int) splice.LoopJournal { return j.parts[index] }
 
-// send sends msg with fds to systemd's notification socket.
+// send sends msg with fds to systemd's notification socket: the one
+// polled for room (WaitFD), connected again if its path names a new one.
 func (j *Journal) send(msg []byte, fds ...int) error {
 	var oob []byte
 	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
 	}
-	if err := unix.Sendmsg(j.sock, msg, oob, j.addr, 0); err != nil {
+	err := unix.Sendmsg(j.sock, msg, oob, nil, 0)
+	if err == unix.ECONNREFUSED || err == unix.ENOTCONN {
+		if err = unix.Connect(j.sock, j.addr); err == nil {
+			err = unix.Sendmsg(j.sock, msg, oob, nil, 0)
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("send to %s: %w", j.addr.Name, err)
 	}
 	return nil

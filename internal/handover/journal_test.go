@@ -306,6 +306,13 @@ func TestJournalQueueFull(t *testing.T) {
 	if !takeOne() {
 		t.Fatal("systemd's side has nothing to read with its queue full")
 	}
+	// Where systemd raised net.unix.max_dgram_qlen, the sender's send
+	// buffer is what filled: it polls writable once a quarter used.
+	for range 4000 {
+		if writable() || !takeOne() {
+			break
+		}
+	}
 	if !writable() {
 		t.Error("WaitFD's descriptor does not poll writable once systemd's queue has room")
 	}

@@ -64,7 +64,7 @@ func newCollector(src Sources) *collector {
 		reloadAt:       d("rsp_config_last_reload_success_timestamp_seconds", "When the running configuration was loaded, in Unix time.", nil...),
 		suppressed:     d("rsp_log_lines_suppressed_total", "Connection-log error lines dropped by the rate limit, by cause.", "cause"),
 		dropped:        d("rsp_log_lines_dropped_total", "Connection-log lines dropped because the log output did not keep up.", nil...),
-		journalKept:    d("rsp_crash_journal_connections", "Connections kept in systemd's descriptor store (handover = \"crash\"): a crash now would not reset them.", nil...),
+		journalKept:    d("rsp_crash_journal_connections", "Connections whose sockets systemd's descriptor store holds (handover = \"crash\"): what a crash now leaves to the next rsp.", nil...),
 		journalWaiting: d("rsp_crash_journal_waiting", "Stores and removals for systemd's descriptor store waiting in rsp for room in systemd's queue; a connection whose store waits is reset by a crash.", nil...),
 		build:          d("rsp_build_info", "rsp's version and the Go that built it (always 1).", "version", "goversion"),
 	}

@@ -60,8 +60,9 @@ type Sources struct {
 	Reloads   *Reloads
 	ConnLog   *connlog.Logger
 	Version   string
-	// Journal returns, with handover = "crash", how many connections
-	// systemd's store holds and how many messages to it wait; nil: off.
+	// Journal returns, with handover = "crash", how many connections'
+	// sockets systemd's store holds and how many messages to it wait;
+	// nil: off.
 	Journal func() (kept, waiting int64)
 }
 
