@@ -46,6 +46,24 @@ func crashRsp(t *testing.T, ln *net.TCPListener, store *handover.FDStore, cfg st
 	return p
 }
 
+// crashSetup returns a store standing in for systemd's, and the listening
+// socket that systemd would pass rsp as "web"; both close when the test
+// ends.
+func crashSetup(t *testing.T) (*handover.FDStore, *net.TCPListener) {
+	t.Helper()
+	store, err := handover.NewFDStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.Close)
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return store, ln
+}
+
 var crashTookRE = regexp.MustCompile(`msg="took over the live connections of an rsp that ended without handing over \(crash survival\)" conns=(\d+) reset=(\d+) bytes_in_pipes=(\d+)`)
 
 // TestCrashSurvival: with handover = "crash", rsp keeps each established
@@ -56,20 +74,11 @@ var crashTookRE = regexp.MustCompile(`msg="took over the live connections of an 
 // with no reset, serves new clients on the same socket, and in the end
 // the store and the new process hold nothing of the old connections.
 func TestCrashSurvival(t *testing.T) {
-	store, err := handover.NewFDStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store, ln := crashSetup(t)
 	handed := make(chan struct{})
 	var closeHanded sync.Once
 	defer closeHanded.Do(func() { close(handed) })
 	be := handoverBackend(t, handed)
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	addr := ln.Addr().String()
 	cfg := writeConfig(t, "", fmt.Sprintf(`
 [global]
@@ -166,17 +175,8 @@ server.s = { address = %q }
 // journaled), and a connection that had urgent data (its byte may have
 // been in rsp's memory). A stream that was fine resumes beside them.
 func TestCrashResets(t *testing.T) {
-	store, err := handover.NewFDStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store, ln := crashSetup(t)
 	be := echoBackend(t)
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	hole, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -244,16 +244,8 @@ server.h = { address = %q }
 // their clients see a reset, not a clean end of stream: rsp keeps
 // SO_LINGER 0 on a journaled connection's sockets until it ends cleanly.
 func TestCrashStoreDropped(t *testing.T) {
-	store, err := handover.NewFDStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	store, ln := crashSetup(t)
 	be := echoBackend(t)
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	cfg := writeConfig(t, "", fmt.Sprintf("[global]\nhandover = \"crash\"\n[frontend.f]\nsocket = \"web\"\nbackend = \"b\"\n[backend.b]\nserver.s = { address = %q }\n", be.Addr()))
 	p := crashRsp(t, ln, store, cfg)
 	c := dial(t, ln.Addr().String())
@@ -278,17 +270,8 @@ func TestCrashStoreDropped(t *testing.T) {
 // wake them. Then rsp's metrics and STATUS= count every connection kept,
 // and a crash resets none of them.
 func TestCrashJournalWaits(t *testing.T) {
-	store, err := handover.NewFDStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store, ln := crashSetup(t)
 	be := echoBackend(t)
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	cfg := writeConfig(t, "", fmt.Sprintf("[global]\nhandover = \"crash\"\nmetrics = \"127.0.0.1:0\"\n[frontend.f]\nsocket = \"web\"\nbackend = \"b\"\n[backend.b]\nserver.s = { address = %q }\n", be.Addr()))
 	p1 := crashRsp(t, ln, store, cfg)
 	maddr := metricsAddr(t, p1)

@@ -186,9 +186,11 @@ func (s *FDStore) Files() ([]*os.File, []string, error) {
 	return files, names, nil
 }
 
-// Close stops the store and closes what it holds.
+// Close stops the store and closes what it holds; once is enough.
 func (s *FDStore) Close() {
-	s.closed.Store(true)
+	if s.closed.Swap(true) {
+		return
+	}
 	close(s.stop)
 	unix.Shutdown(s.fd, unix.SHUT_RDWR) // wakes serve
 	<-s.done
