@@ -371,24 +371,19 @@ func storedConns(t *testing.T, store *handover.FDStore) int {
 // for the journal's notification socket), or -1 if none.
 func pollsJournal(t *testing.T, pid int) int {
 	t.Helper()
-	dir := fmt.Sprintf("/proc/%d/fd", pid)
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	watch := regexp.MustCompile(`(?m)^tfd:\s+(\d+)\s+events:\s+1c\s`)
-	for _, e := range ents {
-		if target, _ := os.Readlink(dir + "/" + e.Name()); target != "anon_inode:[eventpoll]" {
+	targets := fdTargets(t, pid)
+	for fd, target := range targets {
+		if target != "anon_inode:[eventpoll]" {
 			continue
 		}
-		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, e.Name()))
+		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", pid, fd))
 		if err != nil {
 			continue
 		}
 		for _, m := range watch.FindAllStringSubmatch(string(info), -1) {
-			if target, _ := os.Readlink(dir + "/" + m[1]); strings.HasPrefix(target, "socket:") {
-				fd, _ := strconv.Atoi(m[1])
-				return fd
+			if tfd, _ := strconv.Atoi(m[1]); strings.HasPrefix(targets[tfd], "socket:") {
+				return tfd
 			}
 		}
 	}

@@ -527,18 +527,33 @@ func (ms *carriedStreams) wait(t *testing.T) {
 // socketFDs counts the sockets among pid's descriptors.
 func socketFDs(t *testing.T, pid int) int {
 	t.Helper()
+	n := 0
+	for _, target := range fdTargets(t, pid) {
+		if strings.HasPrefix(target, "socket:") {
+			n++
+		}
+	}
+	return n
+}
+
+// fdTargets returns what each of pid's descriptors refers to, as
+// /proc/PID/fd shows it ("socket:[INODE]", "anon_inode:[eventpoll]", …).
+func fdTargets(t *testing.T, pid int) map[int]string {
+	t.Helper()
 	dir := fmt.Sprintf("/proc/%d/fd", pid)
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := 0
+	targets := make(map[int]string, len(ents))
 	for _, e := range ents {
-		if l, err := os.Readlink(dir + "/" + e.Name()); err == nil && strings.HasPrefix(l, "socket:") {
-			n++
+		fd, err1 := strconv.Atoi(e.Name())
+		target, err2 := os.Readlink(dir + "/" + e.Name())
+		if err1 == nil && err2 == nil {
+			targets[fd] = target
 		}
 	}
-	return n
+	return targets
 }
 
 // TestHandoverFails: a hand-over that cannot happen leaves rsp serving
